@@ -1,0 +1,12 @@
+"""LOGO-CAP with HRNet-W48 on COCO (experiments/logocap-hrnet-w48-coco.yaml): W32 widened x1.5,
+heatmap transition 48 wide, input 640."""
+
+from configs import w32
+
+
+def get_config():
+    config = w32.get_config()
+    config.model.stage_widths = (48, 96, 192, 384)
+    config.model.heatmap_width = 48
+    config.test.input_size = 640
+    return config

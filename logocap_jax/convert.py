@@ -1,0 +1,141 @@
+"""Official PyTorch state dicts <-> Flax variables, and the conversion CLI.
+
+Flax module names equal the official module paths, so a variable's PyTorch key is its path
+joined with dots plus a renamed leaf (kernel/scale -> weight, mean/var -> running_mean/var).
+Convolution kernels go from PyTorch OIHW to Flax HWIO.
+
+  python -m logocap_jax.convert --config configs/w32.py --input logocap-w32.pth.tar --output ckpt/w32
+"""
+
+import argparse
+import os
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+_LEAF_TO_TORCH = {
+    ("params", "kernel"): "weight",
+    ("params", "scale"): "weight",
+    ("params", "bias"): "bias",
+    ("params", "weight_"): "weight_",
+    ("params", "bias_"): "bias_",
+    ("batch_stats", "mean"): "running_mean",
+    ("batch_stats", "var"): "running_var",
+}
+
+
+def torch_key(path) -> str:
+    """The official state-dict key of a Flax variable path (collection, module..., leaf)."""
+    collection, *modules, leaf = path
+    try:
+        return ".".join(modules + [_LEAF_TO_TORCH[collection, leaf]])
+    except KeyError:
+        raise ValueError(f"No PyTorch counterpart for variable {'/'.join(path)}") from None
+
+
+def _to_torch_layout(array):
+    return np.transpose(array, (3, 2, 0, 1)) if array.ndim == 4 else array
+
+
+def _from_torch_layout(array):
+    return np.transpose(array, (2, 3, 1, 0)) if array.ndim == 4 else array
+
+
+def state_dict_shapes(variables) -> dict:
+    """{official key: PyTorch shape} of every array in `variables` (arrays or shape structs)."""
+    flat = traverse_util.flatten_dict(jax.tree_util.tree_map(lambda x: x, dict(variables)))
+    shapes = {}
+    for path, value in flat.items():
+        shape = tuple(value.shape)
+        shapes[torch_key(path)] = shape[::-1][:2] + shape[:2] if len(shape) == 4 else shape
+    return shapes
+
+
+def is_buffer_counter(key: str) -> bool:
+    """BatchNorm step counters (`num_batches_tracked`) have no Flax counterpart."""
+    return key.endswith("num_batches_tracked")
+
+
+def variables_from_state_dict(state_dict: Mapping[str, np.ndarray], template) -> dict:
+    """Builds Flax variables from an official state dict.
+
+    Args:
+      state_dict: official key -> array (PyTorch layout).
+      template: variables (or `jax.eval_shape` structs) of the target model, fixing the tree.
+
+    Returns:
+      {'params': ..., 'batch_stats': ...} float32 numpy arrays in the template's tree.
+
+    Raises:
+      KeyError: listing missing and unexpected keys.
+      ValueError: naming a key whose shape does not fit.
+    """
+    flat = traverse_util.flatten_dict(dict(template))
+    wanted = {torch_key(path): path for path in flat}
+    given = {k for k in state_dict if not is_buffer_counter(k)}
+    missing, unexpected = sorted(wanted.keys() - given), sorted(given - wanted.keys())
+    if missing or unexpected:
+        raise KeyError(f"State dict does not fit the model: missing keys {missing[:10]}"
+                       f"{' ...' if len(missing) > 10 else ''} ({len(missing)}), unexpected keys "
+                       f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} ({len(unexpected)})")
+    converted = {}
+    for key, path in wanted.items():
+        array = _from_torch_layout(np.asarray(state_dict[key], dtype=np.float32))
+        if array.shape != tuple(flat[path].shape):
+            raise ValueError(f"State dict key {key!r} has shape {np.shape(state_dict[key])}, the model "
+                             f"needs {_to_torch_layout(np.zeros(flat[path].shape)).shape}")
+        converted[path] = array
+    return traverse_util.unflatten_dict(converted)
+
+
+def state_dict_from_variables(variables) -> dict:
+    """The inverse of `variables_from_state_dict` (without `num_batches_tracked`)."""
+    flat = traverse_util.flatten_dict(dict(variables))
+    return {torch_key(path): _to_torch_layout(np.asarray(value)) for path, value in flat.items()}
+
+
+def load_state_dict(path: str) -> dict:
+    """Reads an official checkpoint: `.npz` (key -> array) or `.pth`/`.pth.tar` (needs torch)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    if path.endswith(".npz"):
+        with np.load(path) as data:
+            return {key: data[key] for key in data.files}
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(f"Reading {path} needs PyTorch: pip install 'logocap-jax[torch]', or "
+                          "save the state dict as .npz") from None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    return {key.removeprefix("module."): value.numpy() for key, value in state.items()}
+
+
+def model_template(model, image_size: int = 64):
+    """Variable shapes of `model` (no computation)."""
+    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), images, method=model.initialize))
+
+
+def main(argv=None):
+    from logocap_jax import checkpoints, config_utils
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="config file, e.g. configs/w32.py")
+    parser.add_argument("--input", required=True, help="official .pth/.pth.tar or .npz state dict")
+    parser.add_argument("--output", required=True, help="directory of the orbax checkpoint to write")
+    args = parser.parse_args(argv)
+    config = config_utils.load_config(args.config)
+    model = config_utils.build_model(config)
+    variables = variables_from_state_dict(load_state_dict(args.input), model_template(model))
+    checkpoints.save_variables(args.output, variables)
+    count = sum(np.size(x) for x in jax.tree_util.tree_leaves(variables["params"]))
+    print(f"Wrote {args.output}: {count:,} parameters")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""HRNet backbone as configured by LOGO-CAP (spec section 1).
+
+Submodule names follow the official state-dict keys (dots included), so that a converted
+checkpoint maps one-to-one: Flax path ('stage3.2', 'fuse_layers.1.0.0.0', 'kernel') is the
+PyTorch key 'stage3.2.fuse_layers.1.0.0.0.weight'.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from logocap_jax.models.layers import Dtype, batch_norm, conv
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with an identity residual (input and output widths are equal)."""
+
+    width: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        y = conv(self.width, 3, dtype=self.dtype, name="conv1")(x)
+        y = nn.relu(batch_norm(train=train, dtype=self.dtype, name="bn1")(y))
+        y = conv(self.width, 3, dtype=self.dtype, name="conv2")(y)
+        y = batch_norm(train=train, dtype=self.dtype, name="bn2")(y)
+        return nn.relu(y + x)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 -> 1x1 (x4 expansion) residual block of layer1."""
+
+    planes: int
+    downsample: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        norm = lambda name: batch_norm(train=train, dtype=self.dtype, name=name)
+        y = nn.relu(norm("bn1")(conv(self.planes, 1, dtype=self.dtype, name="conv1")(x)))
+        y = nn.relu(norm("bn2")(conv(self.planes, 3, dtype=self.dtype, name="conv2")(y)))
+        y = norm("bn3")(conv(4 * self.planes, 1, dtype=self.dtype, name="conv3")(y))
+        if self.downsample:
+            x = norm("downsample.1")(conv(4 * self.planes, 1, dtype=self.dtype,
+                                          name="downsample.0")(x))
+        return nn.relu(y + x)
+
+
+class HighResolutionModule(nn.Module):
+    """Parallel branches of BasicBlocks followed by the all-to-all fuse (spec 1.3).
+
+    Attributes:
+      widths: channels of each branch, from the highest resolution down.
+      num_blocks: BasicBlocks per branch.
+    """
+
+    widths: Sequence[int]
+    num_blocks: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, branches, *, train: bool):
+        branches = list(branches)
+        for b, width in enumerate(self.widths):
+            for k in range(self.num_blocks):
+                branches[b] = BasicBlock(width, dtype=self.dtype, name=f"branches.{b}.{k}")(
+                    branches[b], train=train)
+        return [nn.relu(self._fuse(branches, i, train)) for i in range(len(self.widths))]
+
+    def _fuse(self, branches, i, train):
+        total = None
+        for j, x in enumerate(branches):
+            prefix = f"fuse_layers.{i}.{j}"
+            if j > i:
+                x = conv(self.widths[i], 1, dtype=self.dtype, name=f"{prefix}.0")(x)
+                x = batch_norm(train=train, dtype=self.dtype, name=f"{prefix}.1")(x)
+                factor = 2 ** (j - i)
+                x = jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+            elif j < i:
+                for k in range(i - j):
+                    last = k == i - j - 1
+                    width = self.widths[i] if last else self.widths[j]
+                    x = conv(width, 3, stride=2, dtype=self.dtype, name=f"{prefix}.{k}.0")(x)
+                    x = batch_norm(train=train, dtype=self.dtype, name=f"{prefix}.{k}.1")(x)
+                    if not last:
+                        x = nn.relu(x)
+            total = x if total is None else total + x
+        return total
+
+
+class HRNet(nn.Module):
+    """HRNet returning the concatenated stride-4 feature map.
+
+    Attributes:
+      stage_widths: branch widths of stage 4 (stages 2 and 3 use the leading 2 and 3);
+        (32, 64, 128, 256) for W32, (48, 96, 192, 384) for W48.
+      stage_modules: HighResolutionModules in stages 2, 3 and 4.
+      num_blocks: BasicBlocks per branch in every module.
+      stem_width: width of the two stride-2 stem convolutions.
+      layer1_blocks: Bottlenecks in layer1 (planes = stem_width, output 4 * stem_width).
+    """
+
+    stage_widths: Sequence[int] = (32, 64, 128, 256)
+    stage_modules: Sequence[int] = (1, 4, 3)
+    num_blocks: int = 4
+    stem_width: int = 64
+    layer1_blocks: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, *, train: bool):
+        """Runs the backbone.
+
+        Args:
+          images: [B, H, W, 3] normalised RGB, H and W multiples of 32.
+          train: use batch statistics in BatchNorm and update the running averages.
+
+        Returns:
+          [B, H/4, W/4, sum(stage_widths)] features.
+        """
+        assert images.ndim == 4 and images.shape[-1] == 3, f"Expected [B, H, W, 3], got {images.shape}"
+        norm = lambda name: batch_norm(train=train, dtype=self.dtype, name=name)
+        x = nn.relu(norm("bn1")(conv(self.stem_width, 3, stride=2, dtype=self.dtype, name="conv1")(images)))
+        x = nn.relu(norm("bn2")(conv(self.stem_width, 3, stride=2, dtype=self.dtype, name="conv2")(x)))
+        for k in range(self.layer1_blocks):
+            x = Bottleneck(self.stem_width, downsample=k == 0, dtype=self.dtype, name=f"layer1.{k}")(x, train=train)
+
+        branches = [x]
+        for stage, num_modules in enumerate(self.stage_modules):
+            widths = self.stage_widths[:stage + 2]
+            branches = self._transition(branches, widths, stage + 1, train)
+            for m in range(num_modules):
+                branches = HighResolutionModule(widths, self.num_blocks, dtype=self.dtype,
+                                                name=f"stage{stage + 2}.{m}")(branches, train=train)
+
+        height, width = branches[0].shape[1:3]
+        upsampled = [jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), "bilinear")
+                     for x in branches[1:]]
+        return jnp.concatenate([branches[0]] + upsampled, axis=-1)
+
+    def _transition(self, branches, widths, index, train):
+        """Adapts existing branches to the new widths and adds one branch at half resolution."""
+        out = []
+        for i, width in enumerate(widths):
+            prefix = f"transition{index}.{i}"
+            if i < len(branches):
+                x = branches[i]
+                if x.shape[-1] != width:
+                    x = conv(width, 3, dtype=self.dtype, name=f"{prefix}.0")(x)
+                    x = nn.relu(batch_norm(train=train, dtype=self.dtype, name=f"{prefix}.1")(x))
+            else:
+                x = conv(width, 3, stride=2, dtype=self.dtype, name=f"{prefix}.0.0")(branches[-1])
+                x = nn.relu(batch_norm(train=train, dtype=self.dtype, name=f"{prefix}.0.1")(x))
+            out.append(x)
+        return out

@@ -1,0 +1,48 @@
+"""Convolution and normalisation layers with the official model's conventions.
+
+PyTorch and Flax differ in three places that matter for converted weights: 3x3 stride-2
+convolutions pad symmetrically (Flax 'SAME' would pad (0, 1) on even sizes), BatchNorm momentum
+0.1 in PyTorch is 0.9 in Flax, and the default initialisers differ (used only when training).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+# The official backbone initialises every convolution with N(0, 0.001).
+backbone_kernel_init = nn.initializers.normal(stddev=0.001)
+# PyTorch's default convolution init, kaiming_uniform(a=sqrt(5)), is U(+-1/sqrt(fan_in)).
+torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias_init(fan_in: int):
+    """PyTorch's default convolution bias init, U(+-1/sqrt(fan_in))."""
+    bound = 1.0 / fan_in**0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def conv(features: int, kernel_size: int, *, stride: int = 1, use_bias: bool = False,
+         kernel_init=backbone_kernel_init, bias_init=nn.initializers.zeros,
+         dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
+    """A square convolution with PyTorch's symmetric padding of kernel_size // 2."""
+    pad = kernel_size // 2
+    return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
+                   padding=((pad, pad), (pad, pad)), use_bias=use_bias, kernel_init=kernel_init,
+                   bias_init=bias_init, dtype=dtype, name=name)
+
+
+def batch_norm(*, train: bool, dtype: Dtype = jnp.float32, name: str | None = None, **kwargs) -> nn.BatchNorm:
+    """BatchNorm with the official epsilon and momentum; batch statistics when training."""
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                        dtype=dtype, name=name, **kwargs)

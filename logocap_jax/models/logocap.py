@@ -1,0 +1,110 @@
+"""The LOGO-CAP network: HRNet, the three heads and the CMP (spec sections 1, 2 and 4.3).
+
+The module only predicts. Decoding, LOGO-CA and losses are pure functions elsewhere.
+"""
+
+from typing import Any, Mapping, NamedTuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from logocap_jax.models.cmp import ConvMessagePassing
+from logocap_jax.models.hrnet import HRNet
+from logocap_jax.models.layers import (Dtype, batch_norm, conv, torch_default_bias_init,
+                                       torch_default_kernel_init)
+
+CMP_VARIANTS = {"conv": ConvMessagePassing}
+
+
+class Predictions(NamedTuple):
+    """Head outputs on the stride-4 grid.
+
+    Attributes:
+      heatmaps: [B, h, w, K + 1] keypoint heatmaps, the last channel the person center.
+      offsets: [B, h, w, 2K] channel 2k = x, 2k + 1 = y of (pixel - keypoint k), in grid pixels.
+      embeddings: [B, h, w, C] features sampled by the local KEMs.
+    """
+
+    heatmaps: Any
+    offsets: Any
+    embeddings: Any
+
+
+class HeadTransition(nn.Module):
+    """1x1 conv (no bias) + BatchNorm + ReLU, named as the official `transition_*` Sequentials."""
+
+    width: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        x = conv(self.width, 1, kernel_init=torch_default_kernel_init, dtype=self.dtype, name="0")(x)
+        return nn.relu(batch_norm(train=train, dtype=self.dtype, name="1")(x))
+
+
+class LogoCap(nn.Module):
+    """LOGO-CAP's learned parts.
+
+    Attributes:
+      stage_widths, stage_modules, num_blocks: HRNet size (see `HRNet`).
+      num_joints: K.
+      heatmap_width: channels of the heatmap head's transition.
+      offset_width: channels of the offset head's transition.
+      embedding_dim: C, channels of the embedding sampled by the local KEMs.
+      cmp_variant: key of `CMP_VARIANTS`.
+      cmp_options: keyword arguments of the CMP variant (besides num_joints and dtype).
+      dtype: compute dtype; parameters stay float32 and outputs are returned as float32.
+    """
+
+    stage_widths: tuple = (32, 64, 128, 256)
+    stage_modules: tuple = (1, 4, 3)
+    num_blocks: int = 4
+    num_joints: int = 17
+    heatmap_width: int = 32
+    offset_width: int = 256
+    embedding_dim: int = 64
+    cmp_variant: str = "conv"
+    cmp_options: Mapping[str, Any] | None = None
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.backbone = HRNet(tuple(self.stage_widths), tuple(self.stage_modules), self.num_blocks,
+                              dtype=self.dtype)
+        self.transition_cls = HeadTransition(self.heatmap_width, dtype=self.dtype)
+        self.final_layer_cls = self._output_conv(self.num_joints + 1, self.heatmap_width)
+        self.transition_reg = HeadTransition(self.offset_width, dtype=self.dtype)
+        self.final_layer_reg = self._output_conv(2 * self.num_joints, self.offset_width)
+        self.transition_embedding = HeadTransition(self.embedding_dim, dtype=self.dtype)
+        self.joints_mlp = CMP_VARIANTS[self.cmp_variant](
+            num_joints=self.num_joints, dtype=self.dtype, **dict(self.cmp_options or {}))
+
+    def _output_conv(self, features, fan_in):
+        return conv(features, 1, use_bias=True, kernel_init=torch_default_kernel_init,
+                    bias_init=torch_default_bias_init(fan_in), dtype=self.dtype)
+
+    def __call__(self, images, *, train: bool) -> Predictions:
+        """Runs backbone and heads.
+
+        Args:
+          images: [B, H, W, 3] normalised RGB, H and W multiples of 32.
+          train: batch statistics in BatchNorm.
+
+        Returns:
+          float32 `Predictions` on the [B, H/4, W/4] grid.
+        """
+        features = self.backbone(images, train=train)
+        heatmaps = self.final_layer_cls(self.transition_cls(features, train=train))
+        offsets = self.final_layer_reg(self.transition_reg(features, train=train))
+        embeddings = self.transition_embedding(features, train=train)
+        return Predictions(heatmaps.astype(jnp.float32), offsets.astype(jnp.float32),
+                           embeddings.astype(jnp.float32))
+
+    def attraction_maps(self, features, *, train: bool, mask=None):
+        """KAMs of local KEM features: [N, S, S, K*C] -> float32 [N, S, S, K] (see the CMP)."""
+        return self.joints_mlp(features, train=train, mask=mask).astype(jnp.float32)
+
+    def initialize(self, images):
+        """Touches every parameter: heads on `images`, the CMP on a dummy 3 x 3 window."""
+        predictions = self(images, train=False)
+        dummy = jnp.zeros((1, 3, 3, self.num_joints * self.embedding_dim), self.dtype)
+        return predictions, self.attraction_maps(dummy, train=False)

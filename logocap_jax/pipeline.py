@@ -1,0 +1,189 @@
+"""The test-time pipeline from normalised images to fixed pose slots (spec sections 3-6.4).
+
+Four pure stages, the columns of the paper's Table 4, composed by `predict_poses`:
+
+  network_stage   backbone + heads, flip merge, x4 upsampling of the heatmaps
+  local_kems      center NMS, center-offset initial poses, sigma-scaled local meshes
+  local_kams      embedding sampled on the meshes, CMP, clamp to [0, 1]
+  global_kams     global KEMs, Gaussian reweighing, KAM dynamic convolution, top-2, scores
+
+Every image gets `num_centers` slots; `valid` marks the slots the official code would keep.
+Host-side back-projection, pose NMS and JSON writing live in `postprocess`.
+"""
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from logocap_jax import decode, refine
+from logocap_jax.keypoints import STRIDE
+from logocap_jax.models import LogoCap
+from logocap_jax.sampling import SAMPLING_MODES, sample
+
+ADAPTATION_LEVELS = ("none", "partial", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSettings:
+    """Static settings of the test-time pipeline (hashable: jit recompiles when they change).
+
+    Attributes:
+      flip_test: average the predictions of the image and its mirror.
+      num_centers: N, candidate slots per image.
+      center_threshold: minimum center score of a kept candidate.
+      local_half_size: r of the local KEM window, S = 2r + 1.
+      global_half_size: half extent of the global KEM window, A = 2 * half + 1.
+      global_sigma: sigma of the Gaussian reweighing, input pixels.
+      reweigh: apply the Gaussian reweighing (ablation switch).
+      adaptation: 'full' (LOGO-CA), 'partial' (KAM argmax on the local mesh) or 'none'
+        (center-offset poses), the official refine modes.
+      sampling: bilinear sampling mode, see `logocap_jax.sampling`.
+      dynamic_conv: KAM convolution implementation, see `refine.attract`.
+    """
+
+    flip_test: bool = True
+    num_centers: int = 30
+    center_threshold: float = 0.01
+    local_half_size: int = 5
+    global_half_size: int = 48
+    global_sigma: float = 16.0
+    reweigh: bool = True
+    adaptation: str = "full"
+    sampling: str = "reference"
+    dynamic_conv: str = "auto"
+
+    def __post_init__(self):
+        if self.adaptation not in ADAPTATION_LEVELS:
+            raise ValueError(f"adaptation must be one of {ADAPTATION_LEVELS}, got {self.adaptation!r}")
+        if self.sampling not in SAMPLING_MODES:
+            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
+        if self.dynamic_conv not in refine.DYNAMIC_CONV_MODES:
+            raise ValueError(f"dynamic_conv must be one of {refine.DYNAMIC_CONV_MODES}, "
+                             f"got {self.dynamic_conv!r}")
+
+
+class NetworkOutputs(NamedTuple):
+    """Attributes: heatmaps [B, H, W, K + 1] at input resolution; offsets [B, h, w, 2K];
+    embeddings [B, h, w, C] of the unflipped images."""
+
+    heatmaps: Any
+    offsets: Any
+    embeddings: Any
+
+
+class Candidates(NamedTuple):
+    """Attributes: centers [B, N, 3] (x, y, score); poses [B, N, K, 2] initial keypoints;
+    mesh [B, N, S, S, K, 2] local KEM coordinates, all in input pixels."""
+
+    centers: Any
+    poses: Any
+    mesh: Any
+
+
+class PoseOutputs(NamedTuple):
+    """Attributes: poses [B, N, K, 3] (x, y, score) in input pixels; scores [B, N] pose scores;
+    valid [B, N] slots kept by the official pipeline; centers [B, N, 3]; initial_poses
+    [B, N, K, 2]; mesh [B, N, S, S, K, 2]; kams [B, N, S, S, K]; refined [B, N, K, A, A]
+    (zeros unless adaptation is 'full')."""
+
+    poses: Any
+    scores: Any
+    valid: Any
+    centers: Any
+    initial_poses: Any
+    mesh: Any
+    kams: Any
+    refined: Any
+
+
+def network_stage(model: LogoCap, variables, images, settings: DecodeSettings) -> NetworkOutputs:
+    """Backbone and heads (with flip test), heatmaps upsampled x4 to the input size.
+
+    Args:
+      images: [B, H, W, 3] normalised RGB, H and W multiples of 32.
+    """
+    batch, height, width, _ = images.shape
+    inputs = jnp.concatenate([images, images[:, :, ::-1]]) if settings.flip_test else images
+    predictions = model.apply(variables, inputs, train=False)
+    heatmaps, offsets = predictions.heatmaps, predictions.offsets
+    if settings.flip_test:
+        heatmaps, offsets = decode.flip_merge(heatmaps, offsets)
+    return NetworkOutputs(decode.upsample(heatmaps, height, width), offsets,
+                          predictions.embeddings[:batch])
+
+
+def local_kems(network: NetworkOutputs, settings: DecodeSettings) -> Candidates:
+    """Center NMS, initial poses and local meshes."""
+    centers = decode.center_nms(network.heatmaps[..., -1], settings.num_centers)
+    poses = decode.initial_poses(centers, network.offsets)
+    return Candidates(centers, poses, decode.local_mesh(poses, settings.local_half_size))
+
+
+def sample_local_features(embeddings, mesh, *, mode: str):
+    """Embedding sampled at every mesh point: [B, h, w, C], [B, N, S, S, K, 2] -> [B*N, S, S, K*C]."""
+    per_image = jax.vmap(functools.partial(sample, mode=mode))
+    features = per_image(embeddings, mesh / STRIDE)
+    *lead, num_joints, channels = features.shape
+    return features.reshape(-1, *lead[2:], num_joints * channels)
+
+
+def local_kams(model: LogoCap, variables, network: NetworkOutputs, candidates: Candidates,
+               settings: DecodeSettings):
+    """KAMs of every candidate, clamped to [0, 1]: [B, N, S, S, K]."""
+    features = sample_local_features(network.embeddings, candidates.mesh, mode=settings.sampling)
+    kams = model.apply(variables, features, train=False, method=LogoCap.attraction_maps)
+    return jnp.clip(kams, 0.0, 1.0).reshape(*candidates.mesh.shape[:-1])
+
+
+def _refine_image(heatmaps, poses, mesh, kams, settings: DecodeSettings):
+    """Per-image keypoints [N, K, 3] (x, y, value before the center score) and refined maps."""
+    num_joints = poses.shape[1]
+    if settings.adaptation == "none":
+        values = sample(heatmaps[..., :num_joints], poses, mode=settings.sampling, per_channel=True)
+        return jnp.concatenate([poses, values[..., None]], axis=-1), None
+    if settings.adaptation == "partial":
+        flat = kams.reshape(kams.shape[0], -1, num_joints)
+        best = jnp.argmax(flat, axis=1)
+        points = jnp.take_along_axis(mesh.reshape(mesh.shape[0], -1, num_joints, 2),
+                                     best[:, None, :, None], axis=1)[:, 0]
+        return jnp.concatenate([points, flat.max(axis=1)[..., None]], axis=-1), None
+    windows = refine.global_kems(heatmaps, poses, settings.global_half_size, mode=settings.sampling)
+    if settings.reweigh:
+        windows = windows * refine.gaussian_window(settings.global_half_size, settings.global_sigma)
+    attract = functools.partial(refine.attract, mode=settings.dynamic_conv)
+    refined = jax.vmap(attract)(windows, jnp.transpose(kams, (0, 3, 1, 2)))
+    return refine.top2_blend(refined, poses, settings.global_half_size), refined
+
+
+def global_kams(network: NetworkOutputs, candidates: Candidates, kams, settings: DecodeSettings):
+    """Final keypoints, their scores and the slot mask: see `PoseOutputs`."""
+    refine_fn = functools.partial(_refine_image, settings=settings)
+    keypoints, refined = jax.vmap(refine_fn)(network.heatmaps, candidates.poses, candidates.mesh, kams)
+    center_scores = candidates.centers[..., 2]
+    keypoint_scores = keypoints[..., 2] * center_scores[..., None]
+    poses = jnp.concatenate([keypoints[..., :2], keypoint_scores[..., None]], axis=-1)
+    scores = keypoint_scores.mean(axis=-1)
+    valid = decode.valid_centers(center_scores, settings.center_threshold) & (scores > 0)
+    if refined is None:
+        refined = jnp.zeros(poses.shape[:3] + (0, 0), poses.dtype)
+    return PoseOutputs(poses, scores, valid, candidates.centers, candidates.poses,
+                       candidates.mesh, kams, refined)
+
+
+def predict_poses(model: LogoCap, variables, images, settings: DecodeSettings) -> PoseOutputs:
+    """The whole test-time pipeline on a batch of normalised images [B, H, W, 3]."""
+    network = network_stage(model, variables, images, settings)
+    candidates = local_kems(network, settings)
+    kams = local_kams(model, variables, network, candidates, settings)
+    return global_kams(network, candidates, kams, settings)
+
+
+def make_predict_fn(model: LogoCap, settings: DecodeSettings):
+    """`predict_poses` jitted for one model and settings: fn(variables, images) -> PoseOutputs.
+
+    It compiles once per input shape.
+    """
+    return jax.jit(functools.partial(predict_poses, model, settings=settings))

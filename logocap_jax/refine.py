@@ -1,0 +1,110 @@
+"""LOGO-CA: global KEMs, Gaussian reweighing, KAMs as dynamic kernels, top-2 blend (spec 5).
+
+Everything here works on one image; the pipeline vmaps it over the batch. The dynamic
+convolution is written for one instance and vmapped over instances.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from logocap_jax.sampling import sample
+
+DYNAMIC_CONV_MODES = ("shift_add", "grouped", "auto")
+# Weight of the best position in the top-2 blend of the refined heatmaps.
+TOP1_WEIGHT = 0.75
+
+
+def gaussian_window(half_size: int, sigma: float):
+    """[A, A] Gaussian reweighing prior, A = 2 * half_size + 1, centered, peak 1."""
+    steps = jnp.arange(-half_size, half_size + 1, dtype=jnp.float32)
+    yy, xx = jnp.meshgrid(steps, steps, indexing="ij")
+    window = jnp.exp(-(xx**2 + yy**2) / (2 * sigma * sigma))
+    # The official cut; a no-op for the default 97 px window and sigma 16.
+    return window * (window >= 1e-4)
+
+
+def global_kems(heatmaps, poses, half_size: int, *, mode: str):
+    """Samples each joint's heatmap on a unit-spaced window around its initial keypoint.
+
+    Args:
+      heatmaps: [H, W, >=K] input-resolution heatmaps; channel k is sampled for joint k.
+      poses: [N, K, 2] initial keypoints in input pixels.
+      half_size: the window has A = 2 * half_size + 1 points per side.
+      mode: sampling mode.
+
+    Returns:
+      [N, K, A, A]; entry [n, k, u, v] samples joint k at pose + (v - half, u - half).
+    """
+    num_joints = poses.shape[1]
+    steps = jnp.arange(-half_size, half_size + 1, dtype=jnp.float32)
+    yy, xx = jnp.meshgrid(steps, steps, indexing="ij")
+    shift = jnp.stack([xx, yy], axis=-1)[:, :, None, :]
+    coordinates = poses[:, None, None, :, :] + shift
+    samples = sample(heatmaps[..., :num_joints], coordinates, mode=mode, per_channel=True)
+    return jnp.transpose(samples, (0, 3, 1, 2))
+
+
+def _attract_shift_add(heatmaps, kernels):
+    size = kernels.shape[-1]
+    extent = heatmaps.shape[-1]
+    padded = jnp.pad(heatmaps, ((0, 0), (size // 2, size // 2), (size // 2, size // 2)))
+    total = jnp.zeros_like(heatmaps)
+    for i in range(size):
+        for j in range(size):
+            row, col = size - 1 - i, size - 1 - j
+            total = total + kernels[:, i, j, None, None] * padded[:, row:row + extent, col:col + extent]
+    return total
+
+
+def _attract_grouped(heatmaps, kernels):
+    size = kernels.shape[-1]
+    flipped = kernels[:, None, ::-1, ::-1]
+    out = jax.lax.conv_general_dilated(
+        heatmaps[None], flipped, (1, 1), [(size // 2, size // 2)] * 2,
+        dimension_numbers=("NCHW", "OIHW", "NCHW"), feature_group_count=kernels.shape[0])
+    return out[0]
+
+
+def attract(heatmaps, kams, *, mode: str = "auto"):
+    """LOGO-CA for one instance: each joint's map convolved with its KAM / S^2.
+
+    A true convolution with zero padding: out[k, u, v] = sum_ij kam[k, i, j] / S^2 *
+    heatmaps[k, u - (i - S//2), v - (j - S//2)].
+
+    Args:
+      heatmaps: [K, A, A] reweighted global KEMs.
+      kams: [K, S, S] keypoint attraction maps.
+      mode: 'shift_add' (S^2 shifted multiply-adds), 'grouped' (one grouped convolution), or
+        'auto': shift_add on CPU, where XLA's grouped convolution is 10-25x slower, else grouped.
+
+    Returns:
+      [K, A, A] refined heatmaps.
+    """
+    if mode == "auto":
+        mode = "shift_add" if jax.default_backend() == "cpu" else "grouped"
+    kernels = kams / (kams.shape[-1] * kams.shape[-2])
+    if mode == "shift_add":
+        return _attract_shift_add(heatmaps, kernels)
+    if mode == "grouped":
+        return _attract_grouped(heatmaps, kernels)
+    raise ValueError(f"Unknown dynamic convolution mode {mode!r}; expected one of {DYNAMIC_CONV_MODES}")
+
+
+def top2_blend(refined, poses, half_size: int):
+    """Keypoints at the 0.75 / 0.25 blend of the two best positions of each refined map.
+
+    Args:
+      refined: [N, K, A, A] refined heatmaps.
+      poses: [N, K, 2] window centers in input pixels.
+      half_size: A = 2 * half_size + 1.
+
+    Returns:
+      [N, K, 3] (x, y, value) in input pixels.
+    """
+    extent = refined.shape[-1]
+    values, index = jax.lax.top_k(refined.reshape(*refined.shape[:2], -1), 2)
+    weights = jnp.array([TOP1_WEIGHT, 1 - TOP1_WEIGHT], jnp.float32)
+    blend = lambda v: (v[..., 0] * weights[0] + v[..., 1] * weights[1])
+    dx = blend((index % extent).astype(jnp.float32)) - half_size
+    dy = blend((index // extent).astype(jnp.float32)) - half_size
+    return jnp.stack([poses[..., 0] + dx, poses[..., 1] + dy, blend(values)], axis=-1)
