@@ -1,0 +1,212 @@
+"""Per-image records from a COCO person-keypoint annotation file (pure Python + numpy).
+
+The TFDS builders store these records and evaluation reads them, so both see the same persons
+and the same ignore region. What is kept follows the official `CocoKeypoints` dataset
+(reference spec §8.1):
+
+* persons: annotations with `iscrowd == 0` or `num_keypoints > 0`, in file order;
+* ignore region: the union of the segmentations of crowd annotations and of non-crowd
+  annotations without keypoints, stored as pycocotools compressed RLE counts.
+
+P below is the number of kept persons of an image; it may be 0.
+"""
+
+import json
+import os
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from logocap_jax.keypoints import NUM_JOINTS
+
+_IMAGE_KEYS = ("id", "file_name", "height", "width")
+_ANNOTATION_KEYS = (
+    "image_id", "iscrowd", "num_keypoints", "keypoints", "area", "bbox", "segmentation")
+
+
+class CocoFormatError(ValueError):
+    """An annotation file is not in COCO person-keypoint format."""
+
+
+def load_annotations(annotation_file: str) -> dict[str, Any]:
+    """Reads and validates a COCO person-keypoint annotation file.
+
+    An image-info file without an `annotations` list (e.g. COCO test-dev) is accepted and
+    treated as having no annotations.
+
+    Args:
+      annotation_file: path of the JSON file.
+
+    Returns:
+      The parsed JSON object, with `annotations` set to `[]` when the file has none.
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+      CocoFormatError: the file is not JSON or lacks a required key.
+    """
+    if not os.path.isfile(annotation_file):
+        raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}")
+    with open(annotation_file, "rb") as f:
+        try:
+            dataset = json.load(f)
+        except ValueError as e:
+            raise CocoFormatError(f"{annotation_file} is not valid JSON: {e}") from e
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list):
+        raise CocoFormatError(
+            f"{annotation_file} is not a COCO annotation file: no top-level 'images' list")
+    dataset.setdefault("annotations", [])
+    if not isinstance(dataset["annotations"], list):
+        raise CocoFormatError(f"{annotation_file}: 'annotations' is not a list")
+    for image in dataset["images"]:
+        _require_keys(image, _IMAGE_KEYS, f"{annotation_file}: image {image.get('id')}")
+    for annotation in dataset["annotations"]:
+        where = f"{annotation_file}: annotation {annotation.get('id')}"
+        _require_keys(annotation, _ANNOTATION_KEYS, where)
+        if len(annotation["keypoints"]) != 3 * NUM_JOINTS:
+            raise CocoFormatError(
+                f"{where}: 'keypoints' has {len(annotation['keypoints'])} values, "
+                f"expected {3 * NUM_JOINTS} (17 COCO joints)")
+    return dataset
+
+
+def _require_keys(entry: Any, keys: Iterable[str], where: str) -> None:
+    if not isinstance(entry, dict):
+        raise CocoFormatError(f"{where} is not a JSON object")
+    missing = [key for key in keys if key not in entry]
+    if missing:
+        raise CocoFormatError(
+            f"{where} lacks key(s) {missing}: not a COCO person-keypoint annotation file")
+
+
+def image_records(annotation_file: str, image_dir: str, *,
+                  keep_images_without_people: bool) -> Iterator[dict[str, Any]]:
+    """Reads a COCO person-keypoint file into one record per image, in file order.
+
+    The file is read and validated, and every kept image is checked to exist, before the
+    first record is produced, so bad input fails at the call.
+
+    Args:
+      annotation_file: COCO-format JSON (e.g. `person_keypoints_val2017.json`).
+      image_dir: folder holding the images under their `file_name`.
+      keep_images_without_people: False keeps only images with at least one annotation,
+        crowd-only images included (training); True keeps every image (evaluation).
+
+    Returns:
+      An iterator of dicts with keys
+        image_id int, file_name str, image_path str (absolute), height int, width int,
+        keypoints float32 [P, 17, 3] (x, y, visibility), area float32 [P],
+        bbox float32 [P, 4] (x, y, w, h), iscrowd int32 [P], num_keypoints int32 [P],
+        ignore_rle bytes (compressed RLE counts of the ignore region, size [height, width]).
+
+    Raises:
+      FileNotFoundError: the annotation file or a kept image file is missing.
+      CocoFormatError: the file is not in COCO person-keypoint format, or an annotation
+        refers to an image id the file does not list.
+    """
+    dataset = load_annotations(annotation_file)
+    by_image = _annotations_by_image(dataset, annotation_file)
+    images = [image for image in dataset["images"]
+              if keep_images_without_people or by_image[image["id"]]]
+    image_dir = os.path.abspath(image_dir)
+    _check_images_exist(images, image_dir)
+    return (_record(image, by_image[image["id"]], image_dir, annotation_file)
+            for image in images)
+
+
+def _annotations_by_image(dataset: dict[str, Any],
+                          annotation_file: str) -> dict[int, list[dict[str, Any]]]:
+    by_image = {image["id"]: [] for image in dataset["images"]}
+    for annotation in dataset["annotations"]:
+        if annotation["image_id"] not in by_image:
+            raise CocoFormatError(
+                f"{annotation_file}: annotation {annotation.get('id')} refers to image id "
+                f"{annotation['image_id']}, which is not in 'images'")
+        by_image[annotation["image_id"]].append(annotation)
+    return by_image
+
+
+def _check_images_exist(images: list[dict[str, Any]], image_dir: str) -> None:
+    missing = [image["file_name"] for image in images
+               if not os.path.isfile(os.path.join(image_dir, image["file_name"]))]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} image file(s) listed in the annotations are missing from "
+            f"{image_dir}, e.g. {os.path.join(image_dir, missing[0])}")
+
+
+def _record(image: dict[str, Any], annotations: list[dict[str, Any]], image_dir: str,
+            annotation_file: str) -> dict[str, Any]:
+    height, width = int(image["height"]), int(image["width"])
+    people = [a for a in annotations if not a["iscrowd"] or a["num_keypoints"] > 0]
+    ignored = [a for a in annotations if a["iscrowd"] or a["num_keypoints"] == 0]
+    return {
+        "image_id": int(image["id"]),
+        "file_name": image["file_name"],
+        "image_path": os.path.join(image_dir, image["file_name"]),
+        "height": height,
+        "width": width,
+        "keypoints": np.array([a["keypoints"] for a in people],
+                              np.float32).reshape(-1, NUM_JOINTS, 3),
+        "area": np.array([a["area"] for a in people], np.float32).reshape(-1),
+        "bbox": np.array([a["bbox"] for a in people], np.float32).reshape(-1, 4),
+        "iscrowd": np.array([a["iscrowd"] for a in people], np.int32).reshape(-1),
+        "num_keypoints": np.array([a["num_keypoints"] for a in people],
+                                  np.int32).reshape(-1),
+        "ignore_rle": ignore_rle(ignored, height, width, annotation_file),
+    }
+
+
+def ignore_rle(annotations: list[dict[str, Any]], height: int, width: int,
+               annotation_file: str = "<annotations>") -> bytes:
+    """Union of the segmentations of `annotations`, as compressed RLE counts.
+
+    Args:
+      annotations: COCO annotations whose `segmentation` is polygons or (un)compressed RLE.
+      height: image height in px.
+      width: image width in px.
+      annotation_file: named in error messages.
+
+    Returns:
+      pycocotools compressed RLE counts of the union, for a [height, width] mask.
+    """
+    rles = [rle for a in annotations
+            for rle in _segmentation_rles(a, height, width, annotation_file)]
+    if not rles:
+        empty = np.zeros((height, width), np.uint8, order="F")
+        return mask_utils.encode(empty)["counts"]
+    return mask_utils.merge(rles, intersect=0)["counts"]
+
+
+def _segmentation_rles(annotation: dict[str, Any], height: int, width: int,
+                       annotation_file: str) -> list[dict[str, Any]]:
+    segmentation = annotation["segmentation"]
+    where = f"{annotation_file}: annotation {annotation.get('id')}"
+    if isinstance(segmentation, list):
+        # Polygons go through frPyObjects unchanged, as in the official get_mask, so its
+        # quirks (a 4-value first polygon is read as a box) are reproduced too.
+        return mask_utils.frPyObjects(segmentation, height, width) if segmentation else []
+    if not isinstance(segmentation, dict) or "counts" not in segmentation:
+        raise CocoFormatError(f"{where}: 'segmentation' is neither polygons nor RLE")
+    if list(segmentation.get("size", ())) != [height, width]:
+        raise CocoFormatError(
+            f"{where}: RLE size {segmentation.get('size')} differs from the image size "
+            f"{[height, width]}")
+    if isinstance(segmentation["counts"], list):
+        return [mask_utils.frPyObjects(segmentation, height, width)]
+    counts = segmentation["counts"]
+    return [{"size": [height, width],
+             "counts": counts.encode("ascii") if isinstance(counts, str) else counts}]
+
+
+def valid_mask(record: dict[str, Any]) -> np.ndarray:
+    """The official training mask: True where the loss counts, False on the ignore region.
+
+    Args:
+      record: an `image_records` record (uses height, width, ignore_rle).
+
+    Returns:
+      bool [height, width].
+    """
+    rle = {"size": [record["height"], record["width"]], "counts": record["ignore_rle"]}
+    return mask_utils.decode(rle) == 0
