@@ -117,8 +117,9 @@ def select_people(poses: np.ndarray, scores: np.ndarray, valid: np.ndarray,
         nms_min_joints: see `pose_nms` min_joints.
 
     Returns:
-        (keypoints, scores): [P, K, 3] in original-image pixels and [P], in NMS keep
-        order, or by descending score when the cap applied.
+        (keypoints, scores, slots): [P, K, 3] in original-image pixels, [P] scores and [P]
+        the candidate slot of each person, in NMS keep order, or by descending score when
+        the cap applied.
     """
     poses = np.asarray(poses)
     scores = np.asarray(scores)
@@ -132,11 +133,12 @@ def select_people(poses: np.ndarray, scores: np.ndarray, valid: np.ndarray,
     people_scores = scores[valid]
     keep = pose_nms(people[..., :2], people_scores,
                     distance_ratio=nms_distance_ratio, min_joints=nms_min_joints)
+    slots = np.flatnonzero(valid)[keep]
     people, people_scores = people[keep], people_scores[keep]
     if len(keep) > max_people:
         top = np.argsort(-people_scores, kind="stable")[:max_people]
-        people, people_scores = people[top], people_scores[top]
-    return people, people_scores
+        people, people_scores, slots = people[top], people_scores[top], slots[top]
+    return people, people_scores, slots
 
 
 def coco_results(image_id: int, keypoints: np.ndarray, scores: np.ndarray) -> list:

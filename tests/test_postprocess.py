@@ -128,8 +128,9 @@ def test_pose_nms_rejects_bad_shapes():
 def test_select_people_matches_golden(npz_name):
     g = _load(npz_name)
     valid = np.ones(len(g["model_scores"]), dtype=bool)
-    keypoints, scores = postprocess.select_people(
+    keypoints, scores, slots = postprocess.select_people(
         g["model_poses"], g["model_scores"], valid, GOLDEN_RESIZE)
+    np.testing.assert_array_equal(slots, g["nms_keep"])
     assert keypoints.shape == g["person_keypoints"].shape
     np.testing.assert_allclose(keypoints[..., :2], g["person_keypoints"][..., :2],
                                rtol=0, atol=COORD_ATOL)
@@ -145,12 +146,14 @@ def test_select_people_drops_invalid_slots_and_caps_by_score():
     poses = np.concatenate([xy, np.full((4, 17, 1), 0.5)], axis=2)
     scores = np.array([0.1, 0.9, 0.4, 0.7])
     valid = np.array([True, False, True, True])
-    keypoints, kept_scores = postprocess.select_people(poses, scores, valid, info,
-                                                       max_people=2)
+    keypoints, kept_scores, slots = postprocess.select_people(poses, scores, valid, info,
+                                                              max_people=2)
     np.testing.assert_array_equal(kept_scores, [0.7, 0.4])
+    np.testing.assert_array_equal(slots, [3, 2])
     np.testing.assert_allclose(keypoints, poses[[3, 2]], rtol=0, atol=1e-9)
-    keypoints, kept_scores = postprocess.select_people(poses, scores, valid, info)
+    keypoints, kept_scores, slots = postprocess.select_people(poses, scores, valid, info)
     np.testing.assert_array_equal(kept_scores, [0.1, 0.4, 0.7])
+    np.testing.assert_array_equal(slots, [0, 2, 3])
 
 
 @pytest.mark.parametrize("npz_name, json_name", CASES)
@@ -174,7 +177,7 @@ def test_coco_results_match_golden_json(npz_name, json_name):
 
 def test_end_to_end_from_model_outputs_to_json():
     g = _load("tiny_forward.npz")
-    keypoints, scores = postprocess.select_people(
+    keypoints, scores, _ = postprocess.select_people(
         g["model_poses"], g["model_scores"], np.ones(5, dtype=bool), GOLDEN_RESIZE)
     results = postprocess.coco_results(int(g["image_id"]), keypoints, scores)
     reference = json.loads((GOLDEN / "tiny_forward_results.json").read_text())
