@@ -37,3 +37,9 @@ def build_model(config, **overrides) -> LogoCap:
 def decode_settings(config, **overrides) -> DecodeSettings:
     """DecodeSettings(**config.decode)."""
     return DecodeSettings(**{**config.decode.to_dict(), **overrides})
+
+
+def default_config_path(name: str) -> str:
+    """Path of configs/<name>.py in this checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(root, "configs", f"{name}.py")
