@@ -32,6 +32,7 @@ def get_config():
         adaptation="full",
         sampling="reference",
         dynamic_conv="auto",
+        scales=(1.0,),
     ))
 
     # Test-time resize: short side input_size, long side rounded up to a multiple of 64.

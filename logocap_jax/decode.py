@@ -52,7 +52,9 @@ def center_nms(center_maps, num_centers: int):
     # Exact equality with the unclamped map: negative pixels are never peaks.
     peaks = jnp.where(pooled == center_maps, center_maps, 0.0)
     width = center_maps.shape[2]
-    scores, index = jax.lax.top_k(peaks.reshape(peaks.shape[0], -1), num_centers)
+    # See refine.top2_blend for the barrier.
+    scores, index = jax.lax.optimization_barrier(
+        jax.lax.top_k(peaks.reshape(peaks.shape[0], -1), num_centers))
     xy = jnp.stack([index % width, index // width], axis=-1).astype(jnp.float32)
     return jnp.concatenate([xy, scores[..., None]], axis=-1)
 

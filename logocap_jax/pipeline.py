@@ -42,6 +42,10 @@ class DecodeSettings:
         (center-offset poses), the official refine modes.
       sampling: bilinear sampling mode, see `logocap_jax.sampling`.
       dynamic_conv: KAM convolution implementation, see `refine.attract`.
+      scales: test scales; with several, the input-resolution heatmaps of the image resized by
+        each scale (to a multiple of 32) are averaged, while offsets and embeddings come from
+        scale 1, which must be listed. Not in the official pipeline (its multi-scale path is
+        broken, spec 9).
     """
 
     flip_test: bool = True
@@ -54,8 +58,11 @@ class DecodeSettings:
     adaptation: str = "full"
     sampling: str = "reference"
     dynamic_conv: str = "auto"
+    scales: tuple = (1.0,)
 
     def __post_init__(self):
+        if 1.0 not in self.scales:
+            raise ValueError(f"scales must include 1.0 (offsets and embeddings), got {self.scales}")
         if self.adaptation not in ADAPTATION_LEVELS:
             raise ValueError(f"adaptation must be one of {ADAPTATION_LEVELS}, got {self.adaptation!r}")
         if self.sampling not in SAMPLING_MODES:
@@ -99,20 +106,33 @@ class PoseOutputs(NamedTuple):
     refined: Any
 
 
+def _heads(model: LogoCap, variables, images, flip_test: bool):
+    """Heatmaps, offsets (flip-merged when flip_test) and embeddings of the unflipped images."""
+    inputs = jnp.concatenate([images, images[:, :, ::-1]]) if flip_test else images
+    predictions = model.apply(variables, inputs, train=False)
+    heatmaps, offsets = predictions.heatmaps, predictions.offsets
+    if flip_test:
+        heatmaps, offsets = decode.flip_merge(heatmaps, offsets)
+    return heatmaps, offsets, predictions.embeddings[:images.shape[0]]
+
+
 def network_stage(model: LogoCap, variables, images, settings: DecodeSettings) -> NetworkOutputs:
     """Backbone and heads (with flip test), heatmaps upsampled x4 to the input size.
 
     Args:
       images: [B, H, W, 3] normalised RGB, H and W multiples of 32.
     """
-    batch, height, width, _ = images.shape
-    inputs = jnp.concatenate([images, images[:, :, ::-1]]) if settings.flip_test else images
-    predictions = model.apply(variables, inputs, train=False)
-    heatmaps, offsets = predictions.heatmaps, predictions.offsets
-    if settings.flip_test:
-        heatmaps, offsets = decode.flip_merge(heatmaps, offsets)
-    return NetworkOutputs(decode.upsample(heatmaps, height, width), offsets,
-                          predictions.embeddings[:batch])
+    batch, height, width, channels = images.shape
+    heatmaps, offsets, embeddings = _heads(model, variables, images, settings.flip_test)
+    heatmaps = decode.upsample(heatmaps, height, width)
+    extra_scales = [scale for scale in settings.scales if scale != 1.0]
+    for scale in extra_scales:
+        size = [max(32, round(side * scale / 32) * 32) for side in (height, width)]
+        scaled = jax.image.resize(images, (batch, *size, channels), "bilinear")
+        scaled_heatmaps, _, _ = _heads(model, variables, scaled, settings.flip_test)
+        heatmaps = heatmaps + decode.upsample(scaled_heatmaps, height, width)
+    heatmaps = heatmaps / (1 + len(extra_scales))
+    return NetworkOutputs(heatmaps, offsets, embeddings)
 
 
 def local_kems(network: NetworkOutputs, settings: DecodeSettings) -> Candidates:
@@ -153,8 +173,8 @@ def _refine_image(heatmaps, poses, mesh, kams, settings: DecodeSettings):
     windows = refine.global_kems(heatmaps, poses, settings.global_half_size, mode=settings.sampling)
     if settings.reweigh:
         windows = windows * refine.gaussian_window(settings.global_half_size, settings.global_sigma)
-    attract = functools.partial(refine.attract, mode=settings.dynamic_conv)
-    refined = jax.vmap(attract)(windows, jnp.transpose(kams, (0, 3, 1, 2)))
+    refined = refine.attract_instances(windows, jnp.transpose(kams, (0, 3, 1, 2)),
+                                       mode=settings.dynamic_conv)
     return refine.top2_blend(refined, poses, settings.global_half_size), refined
 
 

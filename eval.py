@@ -1,0 +1,55 @@
+"""Evaluates a LOGO-CAP checkpoint on COCO, OCHuman or any COCO-format keypoint set.
+
+  python eval.py --config configs/w32.py --checkpoint ckpt/w32 --dataset coco_val2017 --data_root data/coco
+  python eval.py --config configs/tiny.py --state_dict tests/data/golden/tiny_state_dict.npz \
+      --annotations data/coco_mini/annotations/person_keypoints_mini.json --images data/coco_mini/images
+
+Writes results.json, stats.json, speed.json and report.md (AP table and speed) to --output_dir.
+"""
+
+import argparse
+
+from logocap_jax import config_utils, evaluate, predict, speed
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--checkpoint", help="orbax checkpoint directory")
+    parser.add_argument("--state_dict", help="official .pth/.pth.tar or .npz state dict")
+    parser.add_argument("--dataset", choices=sorted(evaluate.DATASETS))
+    parser.add_argument("--data_root", help="root of the --dataset layout")
+    parser.add_argument("--annotations", help="COCO-format annotation file (instead of --dataset)")
+    parser.add_argument("--images", help="image folder of --annotations")
+    parser.add_argument("--output_dir", default="eval_output")
+    parser.add_argument("--no_flip", action="store_true", help="disable flip test")
+    parser.add_argument("--scales", default="1", help="comma-separated test scales, e.g. 0.5,1,2")
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--max_images", type=int, help="only the first N images")
+    args = parser.parse_args(argv)
+    if bool(args.dataset) == bool(args.annotations):
+        parser.error("give either --dataset (with --data_root) or --annotations and --images")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.dataset:
+        annotations, images = evaluate.dataset_paths(args.dataset, args.data_root or ".")
+        name = args.dataset
+    else:
+        annotations, images, name = args.annotations, args.images, args.annotations
+    config = config_utils.load_config(args.config)
+    variables = predict.load_variables(config, args.checkpoint, args.state_dict)
+    scales = tuple(float(s) for s in args.scales.split(","))
+    predictor = predict.Predictor.from_config(config, variables, flip_test=not args.no_flip,
+                                              scales=scales)
+    predictor.batch_size = args.batch_size
+    predictor.report = speed.SpeedReport()
+    result = evaluate.run_evaluation(predictor, annotations, images, max_images=args.max_images)
+    print(evaluate.write_outputs(result, args.output_dir, name, predictor.report))
+    print(f"Outputs in {args.output_dir}/")
+
+
+if __name__ == "__main__":
+    main()
