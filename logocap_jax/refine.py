@@ -1,7 +1,7 @@
 """LOGO-CA: global KEMs, Gaussian reweighing, KAMs as dynamic kernels, top-2 blend (spec 5).
 
-
-
+Everything here works on one image; the pipeline vmaps it over the batch. The dynamic
+convolution is written for one instance and mapped over instances (`attract_instances`).
 """
 
 import functools
