@@ -97,6 +97,42 @@ def state_dict_from_variables(variables) -> dict:
     return {torch_key(path): _to_torch_layout(np.asarray(value)) for path, value in flat.items()}
 
 
+def load_imagenet_backbone(variables, state_dict: Mapping[str, np.ndarray]):
+    """Copies ImageNet-pretrained HRNet weights into the backbone, as the official training does.
+
+    Checkpoint keys are bare backbone names (`conv1.weight`, `stage3.2.fuse_layers.1.0.0.0.weight`,
+    the HRNet classification release's naming). Keys with no backbone counterpart (its
+    classification head: incre_modules, downsamp_modules, final_layer, classifier) are ignored;
+    backbone variables absent from the file keep their initialisation (spec 1.5).
+
+    Args:
+      variables: the model's variables, e.g. from `LogoCap.init`.
+      state_dict: key -> array in PyTorch layout.
+
+    Returns:
+      (variables with the backbone replaced, sorted loaded keys, sorted ignored keys).
+
+    Raises:
+      ValueError: naming a key whose shape does not fit the backbone.
+    """
+    flat = traverse_util.flatten_dict(dict(variables))
+    loaded = set()
+    for path, value in flat.items():
+        if len(path) < 3 or path[1] != "backbone":
+            continue
+        key = torch_key((path[0],) + path[2:])
+        if key not in state_dict:
+            continue
+        array = _from_torch_layout(np.asarray(state_dict[key], dtype=np.float32))
+        if array.shape != tuple(value.shape):
+            raise ValueError(f"ImageNet checkpoint key {key!r} has shape {np.shape(state_dict[key])},"
+                             f" the backbone needs {_to_torch_layout(np.zeros(value.shape)).shape}")
+        flat[path] = array
+        loaded.add(key)
+    ignored = sorted(k for k in state_dict if k not in loaded and not is_buffer_counter(k))
+    return traverse_util.unflatten_dict(flat), sorted(loaded), ignored
+
+
 def load_state_dict(path: str) -> dict:
     """Reads an official checkpoint: `.npz` (key -> array) or `.pth`/`.pth.tar` (needs torch)."""
     if not os.path.exists(path):
