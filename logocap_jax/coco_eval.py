@@ -14,16 +14,13 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from logocap_jax.data import coco_records
 from logocap_jax.keypoints import JOINT_NAMES, NUM_JOINTS
 
 PERSON_CATEGORY_ID = 1
 
 # Order of COCOeval.stats for iouType='keypoints'.
 STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
-
-# Keys COCOeval reads from every ground-truth annotation.
-_REQUIRED_ANNOTATION_KEYS = (
-    "id", "image_id", "category_id", "keypoints", "num_keypoints", "area", "bbox", "iscrowd")
 
 _NUM_VALUES = 3 * NUM_JOINTS
 
@@ -33,31 +30,6 @@ def _quiet():
     """Silences pycocotools, which reports progress on stdout."""
     with contextlib.redirect_stdout(io.StringIO()):
         yield
-
-
-def _read_json(path):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a valid JSON file ({err})") from err
-
-
-def _check_images(data, path):
-    images = data.get("images")
-    if not isinstance(images, list):
-        raise ValueError(f"{path}: missing key 'images' (a list of image records)")
-    seen = set()
-    for i, image in enumerate(images):
-        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
-            raise ValueError(f"{path}: images[{i}] needs the keys 'id' and 'file_name'")
-        if image["id"] in seen:
-            raise ValueError(f"{path}: images[{i}] repeats image id {image['id']}")
-        seen.add(image["id"])
-    return seen
 
 
 def _check_categories(data, path, with_keypoints):
@@ -78,24 +50,6 @@ def _check_categories(data, path, with_keypoints):
                          f"{NUM_JOINTS} COCO joints in COCO order")
 
 
-def _check_annotations(data, path, image_ids):
-    annotations = data["annotations"]
-    if not isinstance(annotations, list):
-        raise ValueError(f"{path}: 'annotations' must be a list")
-    for i, ann in enumerate(annotations):
-        if not isinstance(ann, dict):
-            raise ValueError(f"{path}: annotations[{i}] is not an object")
-        missing = [key for key in _REQUIRED_ANNOTATION_KEYS if key not in ann]
-        if missing:
-            raise ValueError(f"{path}: annotations[{i}] lacks the key(s) {missing}")
-        if len(ann["keypoints"]) != _NUM_VALUES:
-            raise ValueError(f"{path}: annotations[{i}] has {len(ann['keypoints'])} keypoint "
-                             f"values, expected {_NUM_VALUES}")
-        if ann["image_id"] not in image_ids:
-            raise ValueError(f"{path}: annotations[{i}] refers to unknown image id "
-                             f"{ann['image_id']}")
-
-
 def load_annotations(path, *, results_only=False):
     """Loads a COCO-format person-keypoint file (val2017, test-dev, OCHuman) and checks it.
 
@@ -113,17 +67,12 @@ def load_annotations(path, *, results_only=False):
         ValueError: the file is not JSON or not in COCO person-keypoint format; the message
             names the file and the offending key or entry.
     """
-    data = _read_json(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: the top level is not a JSON object")
+    data = coco_records.load_annotations(str(path))
     has_annotations = "annotations" in data
     if not has_annotations and not results_only:
         raise ValueError(f"{path}: missing key 'annotations' (an image-info file such as "
                          "test-dev can only be loaded with results_only=True)")
-    image_ids = _check_images(data, path)
     _check_categories(data, path, with_keypoints=has_annotations)
-    if has_annotations:
-        _check_annotations(data, path, image_ids)
     coco = COCO()
     coco.dataset = data
     with _quiet():

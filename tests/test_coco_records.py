@@ -125,7 +125,7 @@ def test_missing_annotation_file(tmp_path):
     (json.dumps({"images": [{"id": 1}]}), "file_name"),
     (json.dumps({"images": [_image(1, "000000000139.jpg")],
                  "annotations": [{"id": 9, "image_id": 1, "bbox": [0, 0, 1, 1]}]}),
-     "annotation 9 lacks"),
+     "annotations\\[0\\]: annotation 9 lacks"),
     (json.dumps({"images": [_image(1, "000000000139.jpg")],
                  "annotations": [_person(9, 1, keypoints=[1, 2, 3])]}), "'keypoints' has 3"),
     (json.dumps({"images": [_image(1, "000000000139.jpg")],

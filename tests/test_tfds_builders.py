@@ -116,7 +116,8 @@ def test_ochuman_from_manual_dir(tmp_path):
 
 
 def test_crowd_only_image_round_trip(tmp_path):
-    crowd = {"id": 5, "image_id": 1, "iscrowd": 1, "num_keypoints": 0, "keypoints": [0] * 51,
+    crowd = {"id": 5, "image_id": 1, "category_id": 1, "iscrowd": 1, "num_keypoints": 0,
+             "keypoints": [0] * 51,
              "area": 30.0, "bbox": [15, 10, 1, 30],
              "segmentation": {"size": [426, 640], "counts": [6400, 30, 426 * 640 - 6430]}}
     annotation_file = tmp_path / "a.json"

@@ -21,8 +21,10 @@ from pycocotools import mask as mask_utils
 from logocap_jax.keypoints import NUM_JOINTS
 
 _IMAGE_KEYS = ("id", "file_name", "height", "width")
+# What COCOeval and the training records read; `segmentation` is needed only for the ignore
+# mask (crowd regions and persons without keypoints) and checked there.
 _ANNOTATION_KEYS = (
-    "image_id", "iscrowd", "num_keypoints", "keypoints", "area", "bbox", "segmentation")
+    "id", "image_id", "category_id", "iscrowd", "num_keypoints", "keypoints", "area", "bbox")
 
 
 class CocoFormatError(ValueError):
@@ -30,20 +32,22 @@ class CocoFormatError(ValueError):
 
 
 def load_annotations(annotation_file: str) -> dict[str, Any]:
-    """Reads and validates a COCO person-keypoint annotation file.
+    """Reads and validates a COCO person-keypoint annotation file (the one reader of the package).
 
-    An image-info file without an `annotations` list (e.g. COCO test-dev) is accepted and
-    treated as having no annotations.
+    An image-info file without an `annotations` list (e.g. COCO test-dev) is accepted: its
+    dict has no `annotations` key, and readers treat it as having no annotations.
 
     Args:
       annotation_file: path of the JSON file.
 
     Returns:
-      The parsed JSON object, with `annotations` set to `[]` when the file has none.
+      The parsed JSON object.
 
     Raises:
       FileNotFoundError: the file does not exist.
-      CocoFormatError: the file is not JSON or lacks a required key.
+      CocoFormatError: the file is not JSON, lacks a required key, repeats an image id, has an
+        annotation with other than 51 keypoint values or of an unknown image; the message names
+        the file and the entry (`images[i]`, `annotations[i]` and its id).
     """
     if not os.path.isfile(annotation_file):
         raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}")
@@ -55,18 +59,26 @@ def load_annotations(annotation_file: str) -> dict[str, Any]:
     if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list):
         raise CocoFormatError(
             f"{annotation_file} is not a COCO annotation file: no top-level 'images' list")
-    dataset.setdefault("annotations", [])
-    if not isinstance(dataset["annotations"], list):
+    image_ids = set()
+    for i, image in enumerate(dataset["images"]):
+        _require_keys(image, _IMAGE_KEYS, f"{annotation_file}: images[{i}]")
+        if image["id"] in image_ids:
+            raise CocoFormatError(f"{annotation_file}: images[{i}] repeats image id {image['id']}")
+        image_ids.add(image["id"])
+    if not isinstance(dataset.get("annotations", []), list):
         raise CocoFormatError(f"{annotation_file}: 'annotations' is not a list")
-    for image in dataset["images"]:
-        _require_keys(image, _IMAGE_KEYS, f"{annotation_file}: image {image.get('id')}")
-    for annotation in dataset["annotations"]:
-        where = f"{annotation_file}: annotation {annotation.get('id')}"
+    for i, annotation in enumerate(dataset.get("annotations", [])):
+        where = f"{annotation_file}: annotations[{i}]"
+        if isinstance(annotation, dict):
+            where += f": annotation {annotation.get('id')}"
         _require_keys(annotation, _ANNOTATION_KEYS, where)
         if len(annotation["keypoints"]) != 3 * NUM_JOINTS:
             raise CocoFormatError(
                 f"{where}: 'keypoints' has {len(annotation['keypoints'])} values, "
                 f"expected {3 * NUM_JOINTS} (17 COCO joints)")
+        if annotation["image_id"] not in image_ids:
+            raise CocoFormatError(f"{where} refers to image id {annotation['image_id']}, "
+                                  "which is not in 'images'")
     return dataset
 
 
@@ -105,7 +117,7 @@ def image_records(annotation_file: str, image_dir: str, *,
         refers to an image id the file does not list.
     """
     dataset = load_annotations(annotation_file)
-    by_image = _annotations_by_image(dataset, annotation_file)
+    by_image = _annotations_by_image(dataset)
     images = [image for image in dataset["images"]
               if keep_images_without_people or by_image[image["id"]]]
     image_dir = os.path.abspath(image_dir)
@@ -114,14 +126,9 @@ def image_records(annotation_file: str, image_dir: str, *,
             for image in images)
 
 
-def _annotations_by_image(dataset: dict[str, Any],
-                          annotation_file: str) -> dict[int, list[dict[str, Any]]]:
+def _annotations_by_image(dataset: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
     by_image = {image["id"]: [] for image in dataset["images"]}
-    for annotation in dataset["annotations"]:
-        if annotation["image_id"] not in by_image:
-            raise CocoFormatError(
-                f"{annotation_file}: annotation {annotation.get('id')} refers to image id "
-                f"{annotation['image_id']}, which is not in 'images'")
+    for annotation in dataset.get("annotations", []):
         by_image[annotation["image_id"]].append(annotation)
     return by_image
 
@@ -180,8 +187,11 @@ def ignore_rle(annotations: list[dict[str, Any]], height: int, width: int,
 
 def _segmentation_rles(annotation: dict[str, Any], height: int, width: int,
                        annotation_file: str) -> list[dict[str, Any]]:
-    segmentation = annotation["segmentation"]
     where = f"{annotation_file}: annotation {annotation.get('id')}"
+    if "segmentation" not in annotation:
+        raise CocoFormatError(f"{where} lacks 'segmentation', needed for the ignore mask of "
+                              "crowd regions and persons without keypoints")
+    segmentation = annotation["segmentation"]
     if isinstance(segmentation, list):
         # Polygons go through frPyObjects unchanged, as in the official get_mask, so its
         # quirks (a 4-value first polygon is read as a box) are reproduced too.
