@@ -13,6 +13,7 @@ from logocap_jax import config_utils, evaluate, predict, speed
 
 
 def parse_args(argv=None):
+    """The command line's arguments, checked; `scales` becomes a tuple of floats."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--checkpoint", help="orbax checkpoint directory")
@@ -24,15 +25,20 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", default="eval_output")
     parser.add_argument("--no_flip", action="store_true", help="disable flip test")
     parser.add_argument("--scales", default="1", help="comma-separated test scales, e.g. 0.5,1,2")
-    parser.add_argument("--batch_size", type=int, default=1)
-    parser.add_argument("--max_images", type=int, help="only the first N images")
+    parser.add_argument("--batch_size", type=predict.positive_int, default=1)
+    parser.add_argument("--max_images", type=predict.positive_int, help="only the first N images")
     args = parser.parse_args(argv)
-    if bool(args.dataset) == bool(args.annotations):
+    if bool(args.dataset) == bool(args.annotations) or bool(args.annotations) != bool(args.images):
         parser.error("give either --dataset (with --data_root) or --annotations and --images")
+    try:
+        args.scales = tuple(float(s) for s in args.scales.split(","))
+    except ValueError:
+        parser.error(f"--scales must be comma-separated numbers, got {args.scales!r}")
     return args
 
 
-def main(argv=None):
+def main(argv=None) -> evaluate.EvaluationResult:
+    """Predicts and scores the chosen set; writes the outputs and returns the evaluation."""
     args = parse_args(argv)
     if args.dataset:
         annotations, images = evaluate.dataset_paths(args.dataset, args.data_root or ".")
@@ -41,14 +47,13 @@ def main(argv=None):
         annotations, images, name = args.annotations, args.images, args.annotations
     config = config_utils.load_config(args.config)
     variables = predict.load_variables(config, args.checkpoint, args.state_dict)
-    scales = tuple(float(s) for s in args.scales.split(","))
-    predictor = predict.Predictor.from_config(config, variables, flip_test=not args.no_flip,
-                                              scales=scales)
-    predictor.batch_size = args.batch_size
+    predictor = predict.Predictor.from_config(config, variables, batch_size=args.batch_size,
+                                              flip_test=not args.no_flip, scales=args.scales)
     predictor.report = speed.SpeedReport()
     result = evaluate.run_evaluation(predictor, annotations, images, max_images=args.max_images)
     print(evaluate.write_outputs(result, args.output_dir, name, predictor.report))
     print(f"Outputs in {args.output_dir}/")
+    return result
 
 
 if __name__ == "__main__":

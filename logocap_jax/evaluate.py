@@ -53,10 +53,16 @@ def run_evaluation(predictor: predict.Predictor, annotation_file: str, image_dir
         results only.
       max_images: evaluate only the first images of the file (and score on those).
       keep_people: keep every image's `People` (with pipeline outputs) in the result.
+
+    Raises:
+      FileNotFoundError: the annotation file or an image it lists is missing (named).
+      ValueError: the file is not in COCO person-keypoint format or lists no images.
     """
     gt = coco_eval.load_annotations(annotation_file, results_only=True)
     records = list(coco_records.image_records(annotation_file, image_dir,
                                               keep_images_without_people=True))[:max_images]
+    if not records:
+        raise ValueError(f"{annotation_file} lists no images: nothing to evaluate")
     if predictor.report is None:
         predictor.report = speed.SpeedReport()
     results, people_by_image = [], {}

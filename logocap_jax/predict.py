@@ -6,10 +6,12 @@ padded by repeating an image), so XLA compiles once per distinct size and batchi
 the results.
 
   python -m logocap_jax.predict --config configs/w32.py --checkpoint ckpt/w32 photos/ --output_dir out
+  python -m logocap_jax.predict ... --panel_joint left_wrist   # also one instance panel per image
 """
 
 import argparse
 import collections
+import copy
 import dataclasses
 import json
 import os
@@ -19,7 +21,10 @@ from typing import Iterable, Iterator, NamedTuple
 import jax
 import numpy as np
 
-from logocap_jax import config_utils, pipeline, postprocess, preprocess, speed
+from logocap_jax import config_utils, pipeline, postprocess, preprocess, speed, visualize
+from logocap_jax.keypoints import JOINT_NAMES
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 class People(NamedTuple):
@@ -49,8 +54,9 @@ class Predictor:
       settings: static decode settings.
       input_size: test-time short side (512 for W32, 640 for W48).
       max_people, nms_distance_ratio, nms_min_joints: host-side post-processing.
-      batch_size: images per device call.
-      report: when set, the four stages run as separate programs and are timed into it.
+      batch_size: images per device call (>= 1).
+      report: when set, the four stages run as separate programs and are timed into it; the
+        first batch of each input shape runs twice, so its compilation is timed apart.
     """
 
     model: object
@@ -64,18 +70,26 @@ class Predictor:
     report: speed.SpeedReport | None = None
 
     def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         self._predict_fn = pipeline.make_predict_fn(self.model, self.settings)
         self._stage_fns = pipeline.make_stage_fns(self.model, self.settings)
         self._seen_shapes = set()
 
     @classmethod
-    def from_config(cls, config, variables, **overrides):
+    def from_config(cls, config, variables, *, batch_size: int = 1, **overrides):
         """A Predictor for `config` (configs/*.py); overrides replace config.decode fields."""
         test = config.test
         return cls(config_utils.build_model(config), variables,
                    config_utils.decode_settings(config, **overrides), input_size=test.input_size,
                    max_people=test.max_people, nms_distance_ratio=test.nms_distance_ratio,
-                   nms_min_joints=test.nms_min_joints)
+                   nms_min_joints=test.nms_min_joints, batch_size=batch_size)
+
+    def with_variables(self, variables) -> "Predictor":
+        """A copy that runs `variables` (same shapes) and shares this one's compiled programs."""
+        other = copy.copy(self)
+        other.variables = variables
+        return other
 
     def __call__(self, image_rgb: np.ndarray) -> People:
         """Poses of one uint8 RGB image [h, w, 3]."""
@@ -101,10 +115,13 @@ class Predictor:
                 yield from self._run_batch(queue)
 
     def _run_batch(self, entries):
+        """Runs one size bucket of (key, normalised image, ResizeInfo), padded to batch_size."""
         images = np.stack([e[1] for e in entries])
         if len(entries) < self.batch_size:
             padding = np.repeat(images[:1], self.batch_size - len(entries), axis=0)
             images = np.concatenate([images, padding])
+        if self.report is not None and images.shape not in self._seen_shapes:
+            self._compile_stages(images)
         start = time.perf_counter()
         if self.report is None:
             outputs = self._predict_fn(self.variables, images)
@@ -120,15 +137,38 @@ class Predictor:
                 nms_min_joints=self.nms_min_joints)
             results.append((key, People(keypoints, scores, slots, image_outputs, resize)))
         if self.report is not None:
-            compiled = images.shape not in self._seen_shapes
             self.report.add(stage_times, time.perf_counter() - start,
-                            [len(p.scores) for _, p in results], compiled=compiled)
-        self._seen_shapes.add(images.shape)
+                            [len(p.scores) for _, p in results], compiled=False)
         return results
+
+    def _compile_stages(self, images):
+        """First run of the stage programs on a new shape, timed as compilation only.
+
+        Without it, sets whose images all differ in size (small sets, OCHuman) would leave no
+        batch in the speed averages.
+        """
+        start = time.perf_counter()
+        speed.run_timed(self._stage_fns, self.variables, images)
+        self.report.add({}, time.perf_counter() - start, [], compiled=True)
+        self._seen_shapes.add(images.shape)
+
+
+# (config JSON, overrides JSON) -> Predictor without variables, so that repeated predict()
+# calls reuse its compiled programs instead of compiling anew (seconds to minutes) each time.
+_SHARED_PREDICTORS = {}
+
+
+def _shared_predictor(config, overrides: dict) -> Predictor:
+    key = (config.to_json(), json.dumps(overrides, sort_keys=True))
+    if key not in _SHARED_PREDICTORS:
+        _SHARED_PREDICTORS[key] = Predictor.from_config(config, None, **overrides)
+    return _SHARED_PREDICTORS[key]
 
 
 def predict(variables, image, *, config=None, **overrides) -> tuple[np.ndarray, np.ndarray]:
     """Poses of one image in original-image coordinates.
+
+    Calls with the same config and overrides share one compiled program per input size.
 
     Args:
       variables: model variables ({'params', 'batch_stats'}), e.g. converted official weights.
@@ -139,21 +179,55 @@ def predict(variables, image, *, config=None, **overrides) -> tuple[np.ndarray, 
     Returns:
       (keypoints [P, 17, 3] as (x, y, score), scores [P]).
     """
-    if config is None or isinstance(config, str):
+    if config is None or isinstance(config, (str, os.PathLike)):
         config = config_utils.load_config(config or config_utils.default_config_path("w32"))
     if isinstance(image, (str, os.PathLike)):
         image = preprocess.read_image(image)
-    people = Predictor.from_config(config, variables, **overrides)(image)
+    people = _shared_predictor(config, overrides).with_variables(variables)(image)
     return people.keypoints, people.scores
 
 
+def best_person_panel(image_rgb: np.ndarray, people: People, joint: int) -> np.ndarray | None:
+    """`visualize.instance_panel` of the highest-scoring person's `joint`, or None without people.
+
+    The panel is drawn on the network input (`image_rgb` warped by `people.resize`), whose
+    pixels are the coordinates of the mesh, so the window shows exactly what the network saw.
+
+    Args:
+      image_rgb: the original uint8 RGB image [h, w, 3] that `people` was predicted from.
+      people: its result; needs adaptation 'full' (the refined heatmaps).
+      joint: 0 <= joint < 17.
+
+    Returns:
+      uint8 [tile, 3 * tile + 2 * gap, 3] RGB panel, see `visualize.instance_panel`.
+    """
+    if not len(people.scores):
+        return None
+    slot = people.slots[np.argmax(people.scores)]
+    outputs = people.outputs
+    network_input = preprocess.warp_test_image(image_rgb, people.resize)
+    return visualize.instance_panel(network_input, outputs.mesh[slot], outputs.kams[slot],
+                                    outputs.refined[slot], joint)
+
+
 def image_files(inputs) -> list:
-    """Image paths from files and folders (folders: their .jpg/.jpeg/.png/.bmp files, sorted)."""
+    """Image paths from files and folders (folders: their IMAGE_EXTENSIONS files, sorted).
+
+    Raises:
+      FileNotFoundError: an input does not exist.
+      ValueError: a folder holds no image file, or there are no inputs.
+    """
+    if not inputs:
+        raise ValueError("No input images or folders given")
     paths = []
     for entry in inputs:
         if os.path.isdir(entry):
-            paths += sorted(os.path.join(entry, name) for name in os.listdir(entry)
-                            if name.lower().endswith((".jpg", ".jpeg", ".png", ".bmp")))
+            found = sorted(os.path.join(entry, name) for name in os.listdir(entry)
+                           if name.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise ValueError(
+                    f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {entry}")
+            paths += found
         elif os.path.exists(entry):
             paths.append(entry)
         else:
@@ -171,17 +245,34 @@ def load_variables(config, checkpoint: str = None, state_dict: str = None):
     """Model variables from an orbax checkpoint directory or an official state dict."""
     from logocap_jax import checkpoints, convert
 
-    template = convert.model_template(config_utils.build_model(config))
     if (checkpoint is None) == (state_dict is None):
         raise ValueError("Give exactly one of --checkpoint (orbax directory) and --state_dict")
+    template = convert.model_template(config_utils.build_model(config))
     if checkpoint is not None:
         return checkpoints.restore_variables(checkpoint, template)
     return convert.variables_from_state_dict(convert.load_state_dict(state_dict), template)
 
 
-def main(argv=None):
-    from logocap_jax import visualize
+def _joint_arg(value: str) -> int:
+    """A joint given by COCO name (left_wrist) or index (9), for --panel_joint."""
+    if value in JOINT_NAMES:
+        return JOINT_NAMES.index(value)
+    if value.isdigit() and int(value) < len(JOINT_NAMES):
+        return int(value)
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is neither a joint index 0-{len(JOINT_NAMES) - 1} nor one of "
+        f"{', '.join(JOINT_NAMES)}")
 
+
+def positive_int(value: str) -> int:
+    """An argparse type for counts such as --batch_size: an integer >= 1."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def parse_args(argv=None):
+    """The CLI's arguments; `paths` holds the input images (an input error exits with usage)."""
     parser = argparse.ArgumentParser(description="LOGO-CAP poses for images: COCO JSON and overlays.")
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     parser.add_argument("--config", required=True)
@@ -189,28 +280,57 @@ def main(argv=None):
     parser.add_argument("--state_dict", help="official .pth/.pth.tar or .npz state dict")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--no_flip", action="store_true", help="disable flip test")
-    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--batch_size", type=positive_int, default=1)
     parser.add_argument("--no_draw", action="store_true", help="skip the overlay PNGs")
-    parser.add_argument("--threshold", type=float, default=0.1, help="min keypoint score drawn")
+    parser.add_argument("--threshold", type=float, default=visualize.DEFAULT_KEYPOINT_THRESHOLD,
+                        help="min keypoint score drawn")
+    parser.add_argument("--panel_joint", type=_joint_arg,
+                        help="also write <name>_panel.png: local window, KAM and refined heatmap "
+                             "of this joint (name or index) of the best-scoring person")
     args = parser.parse_args(argv)
+    try:
+        args.paths = image_files(args.inputs)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    # Outputs are named after the file (and numeric names give the COCO id): no silent overwrite.
+    stems = collections.Counter(os.path.splitext(os.path.basename(p))[0] for p in args.paths)
+    shared = sorted(stem for stem, count in stems.items() if count > 1)
+    if shared:
+        parser.error(f"several input images share the file name(s) {shared}; their outputs "
+                     "would overwrite each other")
+    return args
 
+
+def _write_images(args, path: str, people: People) -> None:
+    """The overlay and instance panel PNGs of one image, as the CLI options ask."""
+    if args.no_draw and args.panel_joint is None:
+        return
+    image = preprocess.read_image(path)
+    stem = os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0])
+    if not args.no_draw:
+        overlay = visualize.draw_poses(image, people.keypoints, scores=people.scores,
+                                       keypoint_threshold=args.threshold)
+        visualize.save_png(f"{stem}.png", overlay)
+    if args.panel_joint is not None:
+        panel = best_person_panel(image, people, args.panel_joint)
+        if panel is not None:
+            visualize.save_png(f"{stem}_panel.png", panel)
+
+
+def main(argv=None):
+    """Predicts every input image; writes results.json, image_ids.json and the PNGs asked for."""
+    args = parse_args(argv)
     config = config_utils.load_config(args.config)
-    paths = image_files(args.inputs)
     variables = load_variables(config, args.checkpoint, args.state_dict)
-    predictor = Predictor.from_config(config, variables, flip_test=not args.no_flip)
-    predictor.batch_size = args.batch_size
+    predictor = Predictor.from_config(config, variables, batch_size=args.batch_size,
+                                      flip_test=not args.no_flip)
     os.makedirs(args.output_dir, exist_ok=True)
-    results, ids = [], {}
-    items = ((index, path) for index, path in enumerate(paths))
-    for index, people in predictor.predict_many(items):
+    paths, results, ids = args.paths, [], {}
+    for index, people in predictor.predict_many(enumerate(paths)):
         path = paths[index]
         ids[path] = image_id_for(path, index)
         results += postprocess.coco_results(ids[path], people.keypoints, people.scores)
-        if not args.no_draw:
-            overlay = visualize.draw_poses(preprocess.read_image(path), people.keypoints,
-                                           scores=people.scores, keypoint_threshold=args.threshold)
-            stem = os.path.splitext(os.path.basename(path))[0]
-            visualize.save_png(os.path.join(args.output_dir, f"{stem}.png"), overlay)
+        _write_images(args, path, people)
         print(f"{path}: {len(people.scores)} people")
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump(results, f)
