@@ -9,4 +9,6 @@ def get_config():
     config.model.stage_widths = (48, 96, 192, 384)
     config.model.heatmap_width = 48
     config.test.input_size = 640
+    config.data.input_size = 640
+    config.data.output_size = 160
     return config
