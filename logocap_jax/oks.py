@@ -99,7 +99,8 @@ def match_mesh(mesh, keypoints, areas, valid) -> OksMatch:
 
     The matching score of person g is the mean over g's visible joints of the best per-joint
     OKS anywhere in the candidate's mesh (the "upper bound"); the assignment is its argmax, the
-    first index on ties, padding rows excluded.
+    first index on ties, padding rows excluded. An image without any real person gets row 0,
+    the all-zero padding person, like the official single dummy: OKS 0 everywhere.
 
     Args:
       mesh: [N, S, S, K, 2] candidate meshes in original-image pixels.

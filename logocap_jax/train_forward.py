@@ -123,8 +123,8 @@ def _refine_image(heatmaps, poses, kams, settings: TrainSettings):
     """LOGO-CA of one image's slots: [H, W, K+1], [N, K, 2], [N, S, S, K] -> [N, K, A, A]."""
     windows = refine.global_kems(heatmaps, poses, settings.global_half_size, mode=settings.sampling)
     windows = windows * refine.gaussian_window(settings.global_half_size, settings.global_sigma)
-    attract = functools.partial(refine.attract, mode=settings.dynamic_conv)
-    return jax.vmap(attract)(windows, jnp.transpose(kams, (0, 3, 1, 2)))
+    return refine.attract_instances(windows, jnp.transpose(kams, (0, 3, 1, 2)),
+                                    mode=settings.dynamic_conv)
 
 
 def _match_batch(mesh, batch: Mapping[str, Any], input_width: int):
