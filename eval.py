@@ -27,6 +27,9 @@ def parse_args(argv=None):
     parser.add_argument("--scales", default="1", help="comma-separated test scales, e.g. 0.5,1,2")
     parser.add_argument("--batch_size", type=predict.positive_int, default=1)
     parser.add_argument("--max_images", type=predict.positive_int, help="only the first N images")
+    parser.add_argument("--upper_bound", action="store_true",
+                        help="score the oracle 11x11 local search against the ground truth "
+                             "from the center-offset poses (the paper's Fig. 2) instead")
     args = parser.parse_args(argv)
     if bool(args.dataset) == bool(args.annotations) or bool(args.annotations) != bool(args.images):
         parser.error("give either --dataset (with --data_root) or --annotations and --images")
@@ -50,7 +53,8 @@ def main(argv=None) -> evaluate.EvaluationResult:
     predictor = predict.Predictor.from_config(config, variables, batch_size=args.batch_size,
                                               flip_test=not args.no_flip, scales=args.scales)
     predictor.report = speed.SpeedReport()
-    result = evaluate.run_evaluation(predictor, annotations, images, max_images=args.max_images)
+    result = evaluate.run_evaluation(predictor, annotations, images, max_images=args.max_images,
+                                     upper_bound=args.upper_bound)
     print(evaluate.write_outputs(result, args.output_dir, name, predictor.report))
     print(f"Outputs in {args.output_dir}/")
     return result

@@ -11,6 +11,7 @@ import os
 import tqdm
 
 from logocap_jax import coco_eval, postprocess, predict, speed
+from logocap_jax import upper_bound as upper_bound_lib
 from logocap_jax.data import coco_records
 
 # name -> (annotation file, image folder), relative to the data root.
@@ -43,8 +44,8 @@ class EvaluationResult:
 
 
 def run_evaluation(predictor: predict.Predictor, annotation_file: str, image_dir: str, *,
-                   max_images: int = None, keep_people: bool = False,
-                   progress: bool = True) -> EvaluationResult:
+                   max_images: int = None, keep_people: bool = False, progress: bool = True,
+                   upper_bound: bool = False) -> EvaluationResult:
     """Predicts every image of a COCO-format set and scores the results with COCOeval.
 
     Args:
@@ -53,6 +54,8 @@ def run_evaluation(predictor: predict.Predictor, annotation_file: str, image_dir
         results only.
       max_images: evaluate only the first images of the file (and score on those).
       keep_people: keep every image's `People` (with pipeline outputs) in the result.
+      upper_bound: score the oracle local search of `logocap_jax.upper_bound` instead of the
+        model's poses (the paper's Fig. 2 bound; needs ground truth).
 
     Raises:
       FileNotFoundError: the annotation file or an image it lists is missing (named).
@@ -65,10 +68,15 @@ def run_evaluation(predictor: predict.Predictor, annotation_file: str, image_dir
         raise ValueError(f"{annotation_file} lists no images: nothing to evaluate")
     if predictor.report is None:
         predictor.report = speed.SpeedReport()
+    if upper_bound and not coco_eval.can_evaluate(gt):
+        raise ValueError(f"{annotation_file} has no annotations: the upper bound needs them")
+    by_id = {r["image_id"]: r for r in records}
     results, people_by_image = [], {}
     items = ((r["image_id"], r["image_path"]) for r in records)
     for image_id, people in tqdm.tqdm(predictor.predict_many(items), total=len(records),
                                       disable=not progress, desc="images", unit="img"):
+        if upper_bound:
+            people = _oracle_people(predictor, people, by_id[image_id])
         results += postprocess.coco_results(image_id, people.keypoints, people.scores)
         if keep_people:
             people_by_image[image_id] = people
@@ -76,6 +84,15 @@ def run_evaluation(predictor: predict.Predictor, annotation_file: str, image_dir
     if coco_eval.can_evaluate(gt):
         stats = coco_eval.evaluate_keypoints(gt, results, [r["image_id"] for r in records])
     return EvaluationResult(results, stats, predictor.report.summary(), people_by_image)
+
+
+def _oracle_people(predictor, people, record):
+    outputs = upper_bound_lib.oracle_outputs(people.outputs, record, people.resize)
+    keypoints, scores, slots = postprocess.select_people(
+        outputs.poses, outputs.scores, outputs.valid, people.resize,
+        max_people=predictor.max_people, nms_distance_ratio=predictor.nms_distance_ratio,
+        nms_min_joints=predictor.nms_min_joints)
+    return people._replace(keypoints=keypoints, scores=scores, slots=slots, outputs=outputs)
 
 
 def write_outputs(result: EvaluationResult, output_dir: str, name: str, report: speed.SpeedReport):
