@@ -38,6 +38,9 @@ class TrainSettings:
       min_oks: a slot is selected when its best person OKS over the mesh reaches this.
       sampling: bilinear sampling mode, see `logocap_jax.sampling`.
       dynamic_conv: KAM convolution implementation, see `refine.attract`.
+      max_instances: M, slots per image carried through the CMP and LOGO-CA: the selected
+        slots first, in slot order. 0 keeps all N slots (the official behaviour); a smaller M
+        saves compute and drops the selected slots beyond the first M.
     """
 
     num_centers: int = 30
@@ -48,6 +51,7 @@ class TrainSettings:
     min_oks: float = oks.MIN_OKS
     sampling: str = "reference"
     dynamic_conv: str = "auto"
+    max_instances: int = 0
 
     def __post_init__(self):
         if self.sampling not in SAMPLING_MODES:
@@ -65,7 +69,8 @@ class TrainSettings:
 
 
 class TrainingOutputs(NamedTuple):
-    """What the losses need, every slot of every image (B images, N slots).
+    """What the losses need, for every slot of every image (B images; N slots, or the M of
+    `TrainSettings.max_instances`).
 
     Attributes:
       heatmaps: [B, h, w, K + 1] predicted heatmaps on the stride-4 grid.
@@ -127,6 +132,20 @@ def _refine_image(heatmaps, poses, kams, settings: TrainSettings):
                                     mode=settings.dynamic_conv)
 
 
+def selected_slots(selected, count: int):
+    """[B, count] slot indices: the selected slots in slot order, then unselected ones."""
+    num_slots = selected.shape[1]
+    # Larger keys for selected slots, and among them for earlier ones; top_k breaks the ties of
+    # the unselected (key 0) by lower index.
+    keys = jnp.where(selected, num_slots - jnp.arange(num_slots), 0)
+    return jax.lax.top_k(keys, count)[1]
+
+
+def _take_slots(values, slots):
+    index = slots.reshape(slots.shape + (1,) * (values.ndim - 2))
+    return jnp.take_along_axis(values, index, axis=1)
+
+
 def _match_batch(mesh, batch: Mapping[str, Any], input_width: int):
     match_fn = functools.partial(oks.match_candidates, input_width=input_width)
     return jax.vmap(match_fn)(mesh, batch["keypoints"], batch["areas"], batch["valid"],
@@ -160,6 +179,10 @@ def training_outputs(model: LogoCap, variables, batch: Mapping[str, Any], *,
     mesh = decode.local_mesh(poses, settings.local_half_size)
     match, pose_gt = _match_batch(mesh, batch, width)
     selected = decode.valid_centers(match.person.max(axis=(2, 3)), settings.min_oks)
+    if 0 < settings.max_instances < settings.num_centers:
+        slots = selected_slots(selected, settings.max_instances)
+        centers, poses, mesh, match, pose_gt, selected = jax.tree_util.tree_map(
+            lambda x: _take_slots(x, slots), (centers, poses, mesh, match, pose_gt, selected))
 
     features = sample_local_features(predictions.embeddings, mesh, mode=settings.sampling)
     kams, state = model.apply({**variables, **state}, features, train=True,

@@ -294,3 +294,29 @@ def test_map_losses_formulas():
     heat_w = rng.uniform(0, 1, (2, 3, 3, 1))
     np.testing.assert_allclose(losses.heatmap_loss(pred[..., :18], target[..., :18], heat_w),
                                np.mean((pred[..., :18] - target[..., :18]) ** 2 * heat_w), rtol=1e-5)
+
+
+def test_selected_slots_come_first_in_slot_order():
+    selected = jnp.array([[False, True, False, True, True], [False, False, False, False, False]])
+    slots = np.asarray(train_forward.selected_slots(selected, 3))
+    np.testing.assert_array_equal(slots, [[1, 3, 4], [0, 1, 2]])
+
+
+def test_compacted_instances_give_the_golden_losses(golden):
+    # 6 and 5 instances are selected: carrying 8 slots per image through the CMP and LOGO-CA
+    # must give the same losses as carrying all 30.
+    model = config_utils.build_model(config_utils.load_config(str(ROOT / 'configs' / 'tiny.py')))
+    variables = convert.variables_from_state_dict(
+        convert.load_state_dict(str(GOLDEN / 'tiny_loss_state_dict.npz')), convert.model_template(model))
+    settings = train_forward.TrainSettings(max_instances=8)
+
+    @jax.jit
+    def run(variables, batch):
+        outputs, _ = train_forward.training_outputs(model, variables, batch, settings=settings)
+        return outputs.selected, losses.training_losses(outputs, batch)
+
+    selected, terms = run(variables, golden_batch(golden))
+    assert selected.shape == (2, 8)
+    np.testing.assert_array_equal(np.asarray(selected).sum(axis=1), [6, 5])
+    for name in TERMS:
+        np.testing.assert_allclose(terms[name], golden[TERMS[name]], rtol=1e-5)
