@@ -58,6 +58,7 @@ def get_config():
         max_translate=40.0,
         flip_prob=0.5,
         worker_count=8,
+        max_examples=0,
     ))
 
     # The official recipe: Adam 1e-3, x0.1 at epochs 90 and 120 of 140, no weight decay,
@@ -70,6 +71,8 @@ def get_config():
         lr_drop_epochs=(90, 120),
         lr_drop_factor=0.1,
         loss_weights=dict(heatmaps=1.0, offsets=0.01, oks=0.01, refined_heatmaps=1.0),
+        # Training instances per image through the CMP and LOGO-CA; 0 = all num_centers slots.
+        max_instances=0,
         seed=0,
         compute_dtype="float32",
         imagenet_checkpoint="",

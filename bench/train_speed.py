@@ -1,0 +1,77 @@
+"""Training step time and compile time on this machine.
+
+  python bench/train_speed.py                                   # tiny model, batch 4 at 256
+  python bench/train_speed.py --config configs/w32.py --batch_size 2 --input_size 512
+
+Random weights and a synthetic batch with ground-truth people near the predicted centers
+cannot be made without a trained model, so the step runs on coco_mini images through the real
+input pipeline (first global batch), which is what a training run computes.
+"""
+
+import argparse
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from logocap_jax import config_utils, train_lib
+from logocap_jax.data import input_pipeline, tfds_builders
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=config_utils.default_config_path("mini"))
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--input_size", type=int, default=256)
+    parser.add_argument("--max_instances", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--data_dir", default="/tmp/logocap_bench_tfds")
+    args = parser.parse_args()
+
+    config = config_utils.load_config(args.config)
+    if args.max_instances is not None:
+        config.train.max_instances = args.max_instances
+    tfds_builders.build_mini("coco_mini", args.data_dir)
+    source = tfds_builders.data_source("coco_format/coco_mini", "train", args.data_dir)
+    dataset = input_pipeline.make_train_dataset(
+        source, batch_size=args.batch_size, seed=0, input_size=args.input_size,
+        output_size=args.input_size // 4, max_people=config.data.max_people)
+    batch = next(iter(dataset))
+    batch.pop("image_id")
+
+    mesh = train_lib.make_mesh()
+    model = config_utils.build_model(config, dtype=train_lib.compute_dtype(config))
+    tx = train_lib.create_optimizer(config.train, steps_per_epoch=1000)
+    start = time.perf_counter()
+    state = train_lib.create_train_state(model, tx, jax.random.key(0), args.input_size, mesh)
+    jax.block_until_ready(state)
+    init_seconds = time.perf_counter() - start
+    step = train_lib.make_train_step(model, train_lib.train_settings_from(config),
+                                     train_lib.loss_weights_from(config), mesh, state)
+    sharded = train_lib.shard_batch(batch, mesh)
+    start = time.perf_counter()
+    state, metrics = step(state, sharded)
+    jax.block_until_ready(metrics)
+    first_seconds = time.perf_counter() - start
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        state, metrics = step(state, sharded)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+
+    print(f"Device: {jax.devices()[0].device_kind} x{jax.device_count()}; model widths "
+          f"{tuple(config.model.stage_widths)}; batch {args.batch_size} at {args.input_size}; "
+          f"max_instances {config.train.max_instances or config.decode.num_centers}; "
+          f"compute {config.train.compute_dtype}")
+    print(f"init (compile + run): {init_seconds:.1f} s")
+    print(f"first step (compile + run): {first_seconds:.1f} s")
+    print(f"step: median {statistics.median(times):.2f} s over {args.repeats} "
+          f"(min {min(times):.2f}, max {max(times):.2f}); "
+          f"{args.batch_size / statistics.median(times):.2f} images/s; "
+          f"loss {float(np.asarray(metrics['total'])):.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""The training loop: sharded train step, optimiser schedule, checkpoints, evaluation, metrics.
+
+One program from a single CPU to a TPU pod: the global batch is sharded over the `data` axis of a
+device mesh, parameters are replicated, and BatchNorm statistics are global-batch statistics by
+construction under jit. Each process feeds its own shard of every global batch.
+"""
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+import orbax.checkpoint as ocp
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from logocap_jax import (config_utils, convert, evaluate, losses, predict, speed,
+                         train_forward)
+from logocap_jax.data import input_pipeline, tfds_builders
+
+MINI_SETS = ("coco_mini", "ochuman_mini")
+
+
+class TrainState(train_state.TrainState):
+    """Optimiser state plus the BatchNorm running statistics."""
+
+    batch_stats: Any
+
+
+def learning_rate_schedule(train_config, steps_per_epoch: int):
+    """Piecewise-constant learning rate: x lr_drop_factor at each of lr_drop_epochs."""
+    boundaries = {int(epoch * steps_per_epoch): train_config.lr_drop_factor
+                  for epoch in train_config.lr_drop_epochs}
+    return optax.piecewise_constant_schedule(train_config.learning_rate, boundaries)
+
+
+def create_optimizer(train_config, steps_per_epoch: int):
+    """Adam (0.9, 0.999, eps 1e-8) without weight decay, as the official training."""
+    return optax.adam(learning_rate_schedule(train_config, steps_per_epoch))
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A one-axis ('data') mesh over all devices of all processes."""
+    return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
+
+
+def create_train_state(model, tx, rng, input_size: int, mesh: Mesh) -> TrainState:
+    """Initialises the model and optimiser directly into replicated arrays on the mesh."""
+
+    def init(key):
+        images = jnp.zeros((1, input_size, input_size, 3), jnp.float32)
+        variables = model.init(key, images, method=model.initialize)
+        return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                                 batch_stats=variables["batch_stats"])
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    shardings = jax.tree_util.tree_map(lambda _: replicated, jax.eval_shape(init, rng))
+    return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def loss_and_gradients(state: TrainState, batch, *, model, settings, loss_weights):
+    """Loss terms and their gradient with respect to the parameters.
+
+    Returns:
+      (terms, gradients, new batch_stats, number of selected training instances).
+    """
+
+    def loss_fn(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        outputs, batch_stats = train_forward.training_outputs(model, variables, batch,
+                                                              settings=settings)
+        terms = losses.training_losses(outputs, batch, weights=loss_weights)
+        return terms["total"], (terms, batch_stats, outputs.selected.sum())
+
+    (_, (terms, batch_stats, selected)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    return terms, grads, batch_stats, selected
+
+
+def train_step(state: TrainState, batch, *, model, settings, loss_weights):
+    """One optimisation step on a (sharded) global batch.
+
+    Args:
+      state: the train state.
+      batch: images [B, H, W, 3], the map targets and the padded OKS ground truth (see
+        `train_forward.training_outputs` and `losses.training_losses`).
+
+    Returns:
+      (new state, metrics): the loss terms, the number of selected training instances and the
+      gradient norm.
+    """
+    terms, grads, batch_stats, selected = loss_and_gradients(
+        state, batch, model=model, settings=settings, loss_weights=loss_weights)
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    metrics = dict(terms, selected_instances=selected, grad_norm=optax.global_norm(grads))
+    return new_state, metrics
+
+
+def make_train_step(model, settings, loss_weights, mesh: Mesh, state: TrainState):
+    """`train_step` jitted with a replicated state (donated) and a data-sharded batch."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+    step = functools.partial(train_step, model=model, settings=settings, loss_weights=loss_weights)
+    return jax.jit(step, out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
+def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
+    """Global arrays from this process's slice of the batch (its local rows)."""
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+            for key, value in local_batch.items()}
+
+
+def model_variables(state: TrainState) -> dict:
+    """{'params', 'batch_stats'} of a train state, for inference or export."""
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def check_finite(metrics: dict, step: int, workdir: str, last_saved: int | None):
+    """Raises FloatingPointError naming the step and terms when a loss is NaN or infinite."""
+    bad = {k: v for k, v in metrics.items() if not np.all(np.isfinite(v))}
+    if bad:
+        where = (f"the last good checkpoint is step {last_saved} in {workdir}/checkpoints"
+                 if last_saved is not None else "no checkpoint was written yet")
+        raise FloatingPointError(f"Non-finite training metrics at step {step}: {bad}; {where}. "
+                                 "Lower the learning rate or check the data, then resume.")
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to <workdir>/metrics.jsonl (process 0 only)."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.enabled = jax.process_index() == 0
+
+    def write(self, step: int, split: str, values: dict):
+        if not self.enabled:
+            return
+        row = {"step": int(step), "split": split, "time": time.time()}
+        row.update({k: float(v) for k, v in values.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class PreemptionFlag:
+    """Set by SIGTERM/SIGINT so the loop can checkpoint and stop at the next step."""
+
+    def __init__(self):
+        self.raised = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.raised = True
+
+
+def loss_weights_from(config) -> losses.LossWeights:
+    return losses.LossWeights(**config.train.loss_weights.to_dict())
+
+
+def train_settings_from(config) -> train_forward.TrainSettings:
+    return train_forward.TrainSettings.from_decode(config_utils.decode_settings(config),
+                                                   max_instances=config.train.max_instances)
+
+
+def compute_dtype(config):
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.train.compute_dtype]
+
+
+def checkpoint_managers(workdir: str, config):
+    """(latest, best): keep-N periodic checkpoints with the data iterator, and the best by AP."""
+    latest = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints,
+                                             enable_async_checkpointing=True))
+    best = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "best"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["AP"],
+                                             best_mode="max"))
+    return latest, best
+
+
+
+def open_train_source(data_config):
+    """The training split as a random-access source, building the TFDS data set if needed.
+
+    With data_config.max_examples > 0 only the first examples are used (small CPU runs).
+    """
+    data_dir = os.path.expanduser(data_config.data_dir)
+    name = data_config.dataset
+    if name in MINI_SETS:
+        tfds_builders.build_mini(name, data_dir)
+        name = f"coco_format/{name}"
+    elif name.startswith("coco_person_keypoints/"):
+        tfds_builders.build_named(tfds_builders.CocoPersonKeypoints, data_dir,
+                                  data_config.manual_dir, configs=[data_config.split])
+    source = tfds_builders.data_source(name, data_config.split, data_dir)
+    if data_config.max_examples > 0:
+        return [source[i] for i in range(min(data_config.max_examples, len(source)))]
+    return source
+
+
+def make_dataset(config, source):
+    data = config.data
+    augmentation = input_pipeline.Augmentation(
+        max_rotation=data.max_rotation, min_scale=data.min_scale, max_scale=data.max_scale,
+        max_translate=data.max_translate, flip_prob=data.flip_prob)
+    return input_pipeline.make_train_dataset(
+        source, batch_size=config.train.global_batch_size, seed=config.train.seed,
+        input_size=data.input_size, output_size=data.output_size, max_people=data.max_people,
+        augmentation=augmentation, worker_count=data.worker_count)
+
+
+def _load_imagenet(state: TrainState, path: str) -> TrainState:
+    variables, loaded, _ = convert.load_imagenet_backbone(
+        model_variables(jax.device_get(state)), convert.load_state_dict(path))
+    print(f"ImageNet backbone: {len(loaded)} tensors from {path}")
+    variables = jax.device_put(variables, jax.tree_util.tree_map(
+        lambda x: x.sharding, model_variables(state)))
+    return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+
+
+def _save(manager, step: int, state: TrainState, iterator):
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)))
+
+
+def _restore(manager, state: TrainState, iterator) -> TrainState:
+    step = manager.latest_step()
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(iterator)))
+    print(f"Resumed from step {step}")
+    return restored["state"]
+
+
+def _evaluate(config, predictor, state: TrainState) -> dict:
+    predictor.variables = model_variables(state)
+    predictor.report = speed.SpeedReport()
+    result = evaluate.run_evaluation(predictor, config.eval.annotations, config.eval.images,
+                                     max_images=config.eval.max_images, progress=False)
+    return result.stats
+
+
+def train_and_evaluate(config, workdir: str) -> TrainState:
+    """Trains with `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+    Writes metrics.jsonl, checkpoints/ (latest keep-N, with the data iterator state) and best/
+    (model variables of the best evaluation AP).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    mesh = make_mesh()
+    source = open_train_source(config.data)
+    steps_per_epoch = max(1, len(source) // config.train.global_batch_size)
+    num_steps = (config.train.num_steps if config.train.num_steps > 0
+                 else config.train.num_epochs * steps_per_epoch)
+    model = config_utils.build_model(config, dtype=compute_dtype(config))
+    tx = create_optimizer(config.train, steps_per_epoch)
+    state = create_train_state(model, tx, jax.random.key(config.train.seed),
+                               config.data.input_size, mesh)
+    iterator = iter(make_dataset(config, source))
+    latest, best = checkpoint_managers(workdir, config)
+    if latest.latest_step() is not None:
+        state = _restore(latest, state, iterator)
+    elif config.train.imagenet_checkpoint:
+        state = _load_imagenet(state, config.train.imagenet_checkpoint)
+    step_fn = make_train_step(model, train_settings_from(config), loss_weights_from(config),
+                              mesh, state)
+    predictor = predict.Predictor.from_config(config, model_variables(state))
+    writer, preempted = MetricsWriter(workdir), PreemptionFlag()
+    schedule = learning_rate_schedule(config.train, steps_per_epoch)
+    first = int(state.step)
+    last_saved = first if first else None
+    if first == 0 and config.train.eval_every_steps > 0:
+        writer.write(0, "eval", _evaluate(config, predictor, state) or {})
+    progress = tqdm.tqdm(range(first, num_steps), initial=first, total=num_steps, unit="step",
+                         disable=jax.process_index() != 0)
+    for step in progress:
+        local = next(iterator)
+        local.pop("image_id", None)
+        state, metrics = step_fn(state, shard_batch(local, mesh))
+        metrics = jax.device_get(metrics)
+        check_finite(metrics, step + 1, workdir, last_saved)
+        done = step + 1 == num_steps or preempted.raised
+        if (step + 1) % config.train.log_every_steps == 0 or done:
+            writer.write(step + 1, "train", dict(metrics, learning_rate=schedule(step)))
+            progress.set_postfix(loss=f"{metrics['total']:.4g}")
+        if ((step + 1) % config.train.checkpoint_every_steps == 0 or done
+                or latest.reached_preemption(step + 1)):
+            _save(latest, step + 1, state, iterator)
+            last_saved = step + 1
+        if config.train.eval_every_steps > 0 and ((step + 1) % config.train.eval_every_steps == 0
+                                                  or step + 1 == num_steps):
+            stats = _evaluate(config, predictor, state)
+            if stats is not None:
+                writer.write(step + 1, "eval", stats)
+                best.save(step + 1, args=ocp.args.StandardSave(model_variables(state)),
+                          metrics=stats)
+        if preempted.raised:
+            print(f"Stopped by a signal after step {step + 1}; checkpoint saved, rerun to resume.")
+            break
+    latest.wait_until_finished()
+    best.wait_until_finished()
+    return state
