@@ -1,0 +1,95 @@
+"""A training run killed mid-way resumes from its last checkpoint and continues exactly as an
+uninterrupted run: the same batches (iterator state) and the same parameters."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from logocap_jax import checkpoints
+
+ROOT = Path(__file__).parent.parent
+STEPS = 6
+
+
+def _command(workdir, data_dir):
+    return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "mini.py"),
+            "--workdir", str(workdir), f"--config.train.num_steps={STEPS}",
+            "--config.train.checkpoint_every_steps=2", "--config.train.eval_every_steps=0",
+            "--config.train.log_every_steps=1", "--config.data.input_size=128",
+            "--config.data.output_size=32", f"--config.data.data_dir={data_dir}"]
+
+
+def _env(tmp_path):
+    # Processes share compiled programs through the persistent cache.
+    return dict(os.environ, JAX_PLATFORMS="cpu",
+                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+
+def _kill_after_first_checkpoint(command, env, workdir):
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (workdir / "checkpoints" / "2").is_dir():
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert time.time() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def _train_rows(workdir):
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row for row in rows if row["split"] == "train"}
+
+
+def _final_state(workdir):
+    return jax.tree_util.tree_leaves(checkpoints.restore_variables(
+        workdir / "checkpoints" / str(STEPS) / "state"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("resume")
+    env = _env(tmp_path)
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    subprocess.run(_command(straight, tmp_path / "tfds"), env=env, cwd=ROOT, check=True,
+                   capture_output=True, timeout=900)
+    _kill_after_first_checkpoint(_command(interrupted, tmp_path / "tfds"), env, interrupted)
+    killed_at = max(_train_rows(interrupted))
+    subprocess.run(_command(interrupted, tmp_path / "tfds"), env=env, cwd=ROOT, check=True,
+                   capture_output=True, timeout=900)
+    return straight, interrupted, killed_at
+
+
+def test_the_run_was_killed_before_the_end(runs):
+    _, _, killed_at = runs
+    assert 2 <= killed_at < STEPS
+
+
+def test_resumed_steps_equal_the_uninterrupted_run(runs):
+    straight, interrupted, _ = runs
+    expected, resumed = _train_rows(straight), _train_rows(interrupted)
+    assert sorted(expected) == list(range(1, STEPS + 1))
+    assert set(resumed) == set(expected)
+    for step in expected:
+        for term in ("total", "heatmaps", "offsets", "oks", "refined_heatmaps"):
+            # Same program on the same inputs: identical up to float32 summation order.
+            np.testing.assert_allclose(resumed[step][term], expected[step][term], rtol=1e-6,
+                                       err_msg=f"step {step} {term}")
+
+
+def test_final_parameters_equal(runs):
+    straight, interrupted, _ = runs
+    expected, resumed = _final_state(straight), _final_state(interrupted)
+    assert len(expected) == len(resumed) > 400
+    for a, b in zip(expected, resumed):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-9)
