@@ -93,3 +93,12 @@ def test_final_parameters_equal(runs):
     assert len(expected) == len(resumed) > 400
     for a, b in zip(expected, resumed):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-9)
+
+
+def test_work_directory_restores_as_model_variables(runs):
+    straight, _, _ = runs
+    variables = checkpoints.restore_variables(straight)
+    assert set(variables) == {"params", "batch_stats"}
+    state = checkpoints.restore_variables(straight / "checkpoints" / str(STEPS) / "state")
+    for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(state)):
+        np.testing.assert_array_equal(a, b)
