@@ -235,10 +235,14 @@ def image_files(inputs) -> list:
     return paths
 
 
-def image_id_for(path: str, index: int) -> int:
-    """COCO ids from numeric file names (000000197388.jpg -> 197388), else the input index."""
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return int(stem) if stem.isdigit() else index
+def image_ids(paths) -> list:
+    """COCO ids from numeric file names (000000197388.jpg -> 197388) when every name is a
+    distinct number, else the input positions 0, 1, ... (never a mix, which could collide)."""
+    stems = [os.path.splitext(os.path.basename(path))[0] for path in paths]
+    numbers = [int(stem) for stem in stems if stem.isdigit()]
+    if len(numbers) == len(paths) and len(set(numbers)) == len(numbers):
+        return numbers
+    return list(range(len(paths)))
 
 
 def load_variables(config, checkpoint: str = None, state_dict: str = None):
@@ -325,10 +329,10 @@ def main(argv=None):
     predictor = Predictor.from_config(config, variables, batch_size=args.batch_size,
                                       flip_test=not args.no_flip)
     os.makedirs(args.output_dir, exist_ok=True)
-    paths, results, ids = args.paths, [], {}
+    paths, results = args.paths, []
+    ids = dict(zip(paths, image_ids(paths)))
     for index, people in predictor.predict_many(enumerate(paths)):
         path = paths[index]
-        ids[path] = image_id_for(path, index)
         results += postprocess.coco_results(ids[path], people.keypoints, people.scores)
         _write_images(args, path, people)
         print(f"{path}: {len(people.scores)} people")

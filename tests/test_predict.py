@@ -311,3 +311,9 @@ def test_bad_cli_options_are_rejected(flag, value, capsys):
 def test_batch_size_must_be_positive(config, variables):
     with pytest.raises(ValueError, match="batch_size"):
         predict.Predictor.from_config(config, variables, batch_size=0)
+
+
+def test_image_ids_never_collide():
+    assert predict.image_ids(["a/000000197388.jpg", "b/12.png"]) == [197388, 12]
+    assert predict.image_ids(["photo.jpg", "5.jpg", "x.jpg"]) == [0, 1, 2]
+    assert predict.image_ids(["a/7.jpg", "b/007.jpg"]) == [0, 1]
