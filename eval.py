@@ -9,7 +9,7 @@ Writes results.json, stats.json, speed.json and report.md (AP table and speed) t
 
 import argparse
 
-from logocap_jax import config_utils, evaluate, predict, speed
+from logocap_jax import config_utils, evaluate, pipeline, predict, speed
 
 
 def parse_args(argv=None):
@@ -25,6 +25,9 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", default="eval_output")
     parser.add_argument("--no_flip", action="store_true", help="disable flip test")
     parser.add_argument("--scales", default="1", help="comma-separated test scales, e.g. 0.5,1,2")
+    parser.add_argument("--adaptation", choices=pipeline.ADAPTATION_LEVELS,
+                        help="refinement: none (center-offset poses), partial (KAM argmax), "
+                             "full (LOGO-CA, the config's default)")
     parser.add_argument("--batch_size", type=predict.positive_int, default=1)
     parser.add_argument("--max_images", type=predict.positive_int, help="only the first N images")
     parser.add_argument("--upper_bound", action="store_true",
@@ -50,8 +53,10 @@ def main(argv=None) -> evaluate.EvaluationResult:
         annotations, images, name = args.annotations, args.images, args.annotations
     config = config_utils.load_config(args.config)
     variables = predict.load_variables(config, args.checkpoint, args.state_dict)
+    adaptation = {"adaptation": args.adaptation} if args.adaptation else {}
     predictor = predict.Predictor.from_config(config, variables, batch_size=args.batch_size,
-                                              flip_test=not args.no_flip, scales=args.scales)
+                                              flip_test=not args.no_flip, scales=args.scales,
+                                              **adaptation)
     predictor.report = speed.SpeedReport()
     result = evaluate.run_evaluation(predictor, annotations, images, max_images=args.max_images,
                                      upper_bound=args.upper_bound)

@@ -6,24 +6,20 @@ construction under jit. Each process feeds its own shard of every global batch.
 """
 
 import functools
-import json
 import os
-import signal
-import time
 from typing import Any
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 import orbax.checkpoint as ocp
+import tqdm
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from logocap_jax import (config_utils, convert, evaluate, losses, predict, speed,
-                         train_forward)
+                         train_forward, training_io)
 from logocap_jax.data import input_pipeline, tfds_builders
 
 MINI_SETS = ("coco_mini", "ochuman_mini")
@@ -124,43 +120,10 @@ def model_variables(state: TrainState) -> dict:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def check_finite(metrics: dict, step: int, workdir: str, last_saved: int | None):
-    """Raises FloatingPointError naming the step and terms when a loss is NaN or infinite."""
-    bad = {k: v for k, v in metrics.items() if not np.all(np.isfinite(v))}
-    if bad:
-        where = (f"the last good checkpoint is step {last_saved} in {workdir}/checkpoints"
-                 if last_saved is not None else "no checkpoint was written yet")
-        raise FloatingPointError(f"Non-finite training metrics at step {step}: {bad}; {where}. "
-                                 "Lower the learning rate or check the data, then resume.")
-
-
-class MetricsWriter:
-    """Appends one JSON object per line to <workdir>/metrics.jsonl (process 0 only)."""
-
-    def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.enabled = jax.process_index() == 0
-
-    def write(self, step: int, split: str, values: dict):
-        if not self.enabled:
-            return
-        row = {"step": int(step), "split": split, "time": time.time()}
-        row.update({k: float(v) for k, v in values.items()})
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-
-
-class PreemptionFlag:
-    """Set by SIGTERM/SIGINT so the loop can checkpoint and stop at the next step."""
-
-    def __init__(self):
-        self.raised = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.raised = True
+def host_copy(tree):
+    """This process's numpy copy of replicated arrays (also on several hosts, where replicated
+    global arrays are not fully addressable)."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
 def loss_weights_from(config) -> losses.LossWeights:
@@ -174,20 +137,6 @@ def train_settings_from(config) -> train_forward.TrainSettings:
 
 def compute_dtype(config):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.train.compute_dtype]
-
-
-def checkpoint_managers(workdir: str, config):
-    """(latest, best): keep-N periodic checkpoints with the data iterator, and the best by AP."""
-    latest = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints,
-                                             enable_async_checkpointing=True))
-    best = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "best"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["AP"],
-                                             best_mode="max"))
-    return latest, best
-
 
 
 def open_train_source(data_config):
@@ -222,29 +171,16 @@ def make_dataset(config, source):
 
 def _load_imagenet(state: TrainState, path: str) -> TrainState:
     variables, loaded, _ = convert.load_imagenet_backbone(
-        model_variables(jax.device_get(state)), convert.load_state_dict(path))
+        host_copy(model_variables(state)), convert.load_state_dict(path))
     print(f"ImageNet backbone: {len(loaded)} tensors from {path}")
     variables = jax.device_put(variables, jax.tree_util.tree_map(
         lambda x: x.sharding, model_variables(state)))
     return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
 
-def _save(manager, step: int, state: TrainState, iterator):
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)))
-
-
-def _restore(manager, state: TrainState, iterator) -> TrainState:
-    step = manager.latest_step()
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(iterator)))
-    print(f"Resumed from step {step}")
-    return restored["state"]
-
-
 def _evaluate(config, predictor, state: TrainState) -> dict:
-    predictor.variables = model_variables(state)
+    # Every process evaluates its own copy (the best-checkpoint save is collective).
+    predictor.variables = host_copy(model_variables(state))
     predictor.report = speed.SpeedReport()
     result = evaluate.run_evaluation(predictor, config.eval.annotations, config.eval.images,
                                      max_images=config.eval.max_images, progress=False)
@@ -268,15 +204,15 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     state = create_train_state(model, tx, jax.random.key(config.train.seed),
                                config.data.input_size, mesh)
     iterator = iter(make_dataset(config, source))
-    latest, best = checkpoint_managers(workdir, config)
+    latest, best = training_io.checkpoint_managers(workdir, config)
     if latest.latest_step() is not None:
-        state = _restore(latest, state, iterator)
+        state = training_io.restore_checkpoint(latest, state, iterator)
     elif config.train.imagenet_checkpoint:
         state = _load_imagenet(state, config.train.imagenet_checkpoint)
     step_fn = make_train_step(model, train_settings_from(config), loss_weights_from(config),
                               mesh, state)
-    predictor = predict.Predictor.from_config(config, model_variables(state))
-    writer, preempted = MetricsWriter(workdir), PreemptionFlag()
+    predictor = predict.Predictor.from_config(config, host_copy(model_variables(state)))
+    writer, preempted = training_io.MetricsWriter(workdir), training_io.PreemptionFlag()
     schedule = learning_rate_schedule(config.train, steps_per_epoch)
     first = int(state.step)
     last_saved = first if first else None
@@ -289,14 +225,14 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
         local.pop("image_id", None)
         state, metrics = step_fn(state, shard_batch(local, mesh))
         metrics = jax.device_get(metrics)
-        check_finite(metrics, step + 1, workdir, last_saved)
+        training_io.check_finite(metrics, step + 1, workdir, last_saved)
         done = step + 1 == num_steps or preempted.raised
         if (step + 1) % config.train.log_every_steps == 0 or done:
             writer.write(step + 1, "train", dict(metrics, learning_rate=schedule(step)))
             progress.set_postfix(loss=f"{metrics['total']:.4g}")
         if ((step + 1) % config.train.checkpoint_every_steps == 0 or done
                 or latest.reached_preemption(step + 1)):
-            _save(latest, step + 1, state, iterator)
+            training_io.save_checkpoint(latest, step + 1, state, iterator)
             last_saved = step + 1
         if config.train.eval_every_steps > 0 and ((step + 1) % config.train.eval_every_steps == 0
                                                   or step + 1 == num_steps):
