@@ -23,10 +23,10 @@ def get_config():
     config.data.max_scale = 1.0
     config.data.max_translate = 0.0
     config.train.global_batch_size = 4
-    config.train.num_steps = 300
+    config.train.num_steps = 400
     config.train.learning_rate = 2e-3
     config.train.max_instances = 8
-    config.train.lr_drop_epochs = (60,)
+    config.train.lr_drop_epochs = (150,)
     config.train.log_every_steps = 10
     config.train.checkpoint_every_steps = 50
     config.train.eval_every_steps = 100
