@@ -8,8 +8,8 @@ JSON_XY_ATOL = 1e-3 network-input px, i.e. 1e-3 * 392 / 128 original px (measure
 scores; centre scores alone already differ by ~2e-5, so 1e-5 is out of reach).
 
 The three routes (predict(), Predictor.predict_many, the CLI) run the same compiled program, so
-they must agree with each other exactly. Batching and size buckets only regroup images; measured
-bit-identical on XLA:CPU, checked to BATCH_ATOL.
+they must agree with each other exactly. Batching and size buckets only regroup images; the
+results agree to float32 precision (BATCH_RTOL, BATCH_ATOL).
 """
 
 import json
@@ -36,7 +36,9 @@ GOLDEN_RESULTS = {True: f"{GOLDEN}/tiny_forward_results.json",
 ORIGINAL_HEIGHT, INPUT_SHORT_SIDE = 392, 128
 JSON_XY_ATOL = 1e-3 * ORIGINAL_HEIGHT / INPUT_SHORT_SIDE
 SCORE_ATOL = 1e-4
-BATCH_ATOL = 1e-5
+# The 1x1 convolutions are matrix products whose blocking depends on the batch size: float32
+# results differ in the last bits (measured 6e-5 px on 300 px coordinates, 1.6e-6 relative).
+BATCH_RTOL, BATCH_ATOL = 1e-5, 1e-5
 # Two size buckets at short side 128: 128 x 256 (two images: a padded batch of 3) and
 # 128 x 192 (three images: a full batch). Given interleaved, so bucketing reorders them.
 BATCH_IDS = (197388, 129648, 229358, 196141, 211325)
@@ -239,12 +241,12 @@ def test_batch_size_and_buckets_change_nothing(batch_runs):
     for image_id in BATCH_IDS:
         one, three = runs[1][image_id], runs[3][image_id]
         np.testing.assert_array_equal(one.slots, three.slots)
-        np.testing.assert_allclose(three.keypoints, one.keypoints, rtol=0, atol=BATCH_ATOL)
-        np.testing.assert_allclose(three.scores, one.scores, rtol=0, atol=BATCH_ATOL)
+        np.testing.assert_allclose(three.keypoints, one.keypoints, rtol=BATCH_RTOL, atol=BATCH_ATOL)
+        np.testing.assert_allclose(three.scores, one.scores, rtol=BATCH_RTOL, atol=BATCH_ATOL)
         np.testing.assert_array_equal(three.outputs.valid, one.outputs.valid)
         for name in ("poses", "scores", "centers", "mesh", "kams", "refined"):
             np.testing.assert_allclose(getattr(three.outputs, name), getattr(one.outputs, name),
-                                       rtol=0, atol=BATCH_ATOL, err_msg=f"{image_id} {name}")
+                                       rtol=BATCH_RTOL, atol=BATCH_ATOL, err_msg=f"{image_id} {name}")
         np.testing.assert_array_equal(three.resize.size_wh, one.resize.size_wh)
 
 
