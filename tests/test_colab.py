@@ -62,7 +62,6 @@ def test_runnable_cells_are_plain_python(notebook):
 
 
 def test_notebook_runs(notebook, tmp_path):
-    pytest.importorskip("IPython")
     script = tmp_path / "demo.py"
     script.write_text("\n\n".join(source(c) for c in notebook["cells"] if runnable(c)) + "\n")
     proc = subprocess.run([sys.executable, str(script)], cwd=NOTEBOOK.parent, capture_output=True,

@@ -5,6 +5,7 @@ import logging
 
 import grain
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from logocap_jax.data import input_pipeline
@@ -111,7 +112,6 @@ def test_state_save_and_restore(source):
 
 
 def test_state_round_trips_through_orbax(source, tmp_path):
-    ocp = pytest.importorskip("orbax.checkpoint")
     iterator = _iterator(source)
     _take(iterator, 3)
     with ocp.CheckpointManager(tmp_path / "checkpoints") as manager:
