@@ -9,6 +9,7 @@ input pipeline (first global batch), which is what a training run computes.
 """
 
 import argparse
+import os
 import statistics
 import time
 
@@ -26,14 +27,15 @@ def main():
     parser.add_argument("--input_size", type=int, default=256)
     parser.add_argument("--max_instances", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--data_dir", default="/tmp/logocap_bench_tfds")
+    parser.add_argument("--data_dir", help="TFDS data dir (default: the config's data.data_dir)")
     args = parser.parse_args()
 
     config = config_utils.load_config(args.config)
     if args.max_instances is not None:
         config.train.max_instances = args.max_instances
-    tfds_builders.build_mini("coco_mini", args.data_dir)
-    source = tfds_builders.data_source("coco_format/coco_mini", "train", args.data_dir)
+    data_dir = os.path.expanduser(args.data_dir or config.data.data_dir)
+    tfds_builders.build_mini("coco_mini", data_dir)
+    source = tfds_builders.data_source("coco_format/coco_mini", "train", data_dir)
     dataset = input_pipeline.make_train_dataset(
         source, batch_size=args.batch_size, seed=0, input_size=args.input_size,
         output_size=args.input_size // 4, max_people=config.data.max_people)

@@ -170,11 +170,9 @@ def _refine_image(heatmaps, poses, mesh, kams, settings: DecodeSettings):
         points = jnp.take_along_axis(mesh.reshape(mesh.shape[0], -1, num_joints, 2),
                                      best[:, None, :, None], axis=1)[:, 0]
         return jnp.concatenate([points, flat.max(axis=1)[..., None]], axis=-1), None
-    windows = refine.global_kems(heatmaps, poses, settings.global_half_size, mode=settings.sampling)
-    if settings.reweigh:
-        windows = windows * refine.gaussian_window(settings.global_half_size, settings.global_sigma)
-    refined = refine.attract_instances(windows, jnp.transpose(kams, (0, 3, 1, 2)),
-                                       mode=settings.dynamic_conv)
+    refined = refine.logo_ca(heatmaps, poses, kams, half_size=settings.global_half_size,
+                             sigma=settings.global_sigma, reweigh=settings.reweigh,
+                             sampling=settings.sampling, dynamic_conv=settings.dynamic_conv)
     return refine.top2_blend(refined, poses, settings.global_half_size), refined
 
 

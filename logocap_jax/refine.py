@@ -109,6 +109,28 @@ def attract_instances(heatmaps, kams, *, mode: str = "auto"):
     return jax.vmap(functools.partial(attract, mode=mode))(heatmaps, kams)
 
 
+def logo_ca(heatmaps, poses, kams, *, half_size: int, sigma: float, reweigh: bool = True,
+            sampling: str = "reference", dynamic_conv: str = "auto"):
+    """One image's refined heatmaps: global KEMs, Gaussian reweighing, KAM convolution.
+
+    Args:
+      heatmaps: [H, W, >=K] input-resolution heatmaps.
+      poses: [N, K, 2] initial keypoints (window centers), input pixels.
+      kams: [N, S, S, K] keypoint attraction maps.
+      half_size, sigma: global window half extent and reweighing sigma, input pixels.
+      reweigh: apply the Gaussian reweighing (ablation switch).
+      sampling: sampling mode of the global KEMs.
+      dynamic_conv: see `attract`.
+
+    Returns:
+      [N, K, A, A] refined heatmaps.
+    """
+    windows = global_kems(heatmaps, poses, half_size, mode=sampling)
+    if reweigh:
+        windows = windows * gaussian_window(half_size, sigma)
+    return attract_instances(windows, jnp.transpose(kams, (0, 3, 1, 2)), mode=dynamic_conv)
+
+
 def top2_blend(refined, poses, half_size: int):
     """Keypoints at the 0.75 / 0.25 blend of the two best positions of each refined map.
 

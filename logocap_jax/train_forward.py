@@ -33,6 +33,7 @@ class TrainSettings:
       local_half_size: r of the local KEM window, S = 2r + 1.
       global_half_size: half extent of the global KEM window, A = 2 * half + 1.
       global_sigma: sigma of the Gaussian reweighing, input pixels.
+      reweigh: apply the Gaussian reweighing (ablation switch, as at test time).
       target_sigma: sigma of the refined-heatmap targets, input pixels (the official code
         hard-codes 4).
       min_oks: a slot is selected when its best person OKS over the mesh reaches this.
@@ -47,6 +48,7 @@ class TrainSettings:
     local_half_size: int = 5
     global_half_size: int = 48
     global_sigma: float = 16.0
+    reweigh: bool = True
     target_sigma: float = 4.0
     min_oks: float = oks.MIN_OKS
     sampling: str = "reference"
@@ -124,14 +126,6 @@ def refined_heatmap_targets(poses, pose_gt, half_size: int, sigma: float):
     return jnp.exp(-(dx**2 + dy**2) / (2 * sigma * sigma))
 
 
-def _refine_image(heatmaps, poses, kams, settings: TrainSettings):
-    """LOGO-CA of one image's slots: [H, W, K+1], [N, K, 2], [N, S, S, K] -> [N, K, A, A]."""
-    windows = refine.global_kems(heatmaps, poses, settings.global_half_size, mode=settings.sampling)
-    windows = windows * refine.gaussian_window(settings.global_half_size, settings.global_sigma)
-    return refine.attract_instances(windows, jnp.transpose(kams, (0, 3, 1, 2)),
-                                    mode=settings.dynamic_conv)
-
-
 def selected_slots(selected, count: int):
     """[B, count] slot indices: the selected slots in slot order, then unselected ones."""
     num_slots = selected.shape[1]
@@ -189,7 +183,9 @@ def training_outputs(model: LogoCap, variables, batch: Mapping[str, Any], *,
                               mask=selected.reshape(-1), method=LogoCap.attraction_maps,
                               mutable=["batch_stats"])
     kams = kams.reshape(mesh.shape[:-1])
-    refine_fn = functools.partial(_refine_image, settings=settings)
+    refine_fn = functools.partial(
+        refine.logo_ca, half_size=settings.global_half_size, sigma=settings.global_sigma,
+        reweigh=settings.reweigh, sampling=settings.sampling, dynamic_conv=settings.dynamic_conv)
     refined = jax.vmap(refine_fn)(heatmaps_hr, poses, kams)
     targets = refined_heatmap_targets(poses, pose_gt, settings.global_half_size,
                                       settings.target_sigma)

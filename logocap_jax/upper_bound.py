@@ -8,7 +8,7 @@ can reach.
 
 import numpy as np
 
-from logocap_jax import oks, pipeline, preprocess
+from logocap_jax import oks, pipeline, postprocess
 
 
 def _ground_truth(record):
@@ -17,10 +17,11 @@ def _ground_truth(record):
     return record["keypoints"][keep], record["area"][keep]
 
 
-def _to_original(points, resize):
-    matrix = preprocess.affine_transform_matrix(resize.center, resize.scale, 0, resize.size_wh,
-                                                inverse=True)
-    return points @ matrix[:, :2].T + matrix[:, 2]
+def _to_original(mesh, resize):
+    """[N, S, S, K, 2] input pixels -> original-image pixels (`postprocess.back_project`)."""
+    points = mesh.reshape(-1, mesh.shape[-2], 2)
+    padded = np.concatenate([points, np.zeros(points.shape[:-1] + (1,), points.dtype)], axis=-1)
+    return postprocess.back_project(padded, resize)[..., :2].reshape(mesh.shape)
 
 
 def oracle_outputs(outputs: pipeline.PoseOutputs, record, resize) -> pipeline.PoseOutputs:
