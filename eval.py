@@ -23,13 +23,15 @@ def parse_args(argv=None):
     parser.add_argument("--annotations", help="COCO-format annotation file (instead of --dataset)")
     parser.add_argument("--images", help="image folder of --annotations")
     parser.add_argument("--output_dir", default="eval_output")
-    parser.add_argument("--no_flip", action="store_true", help="disable flip test")
+    parser.add_argument("--no_flip", action="store_true",
+                        help="disable flip test (on unless the config turns it off)")
     parser.add_argument("--scales", default="1", help="comma-separated test scales, e.g. 0.5,1,2")
     parser.add_argument("--adaptation", choices=pipeline.ADAPTATION_LEVELS,
                         help="refinement: none (center-offset poses), partial (KAM argmax), "
                              "full (LOGO-CA, the config's default)")
     parser.add_argument("--batch_size", type=predict.positive_int, default=1)
     parser.add_argument("--max_images", type=predict.positive_int, help="only the first N images")
+    parser.add_argument("--image_ids", help="only these comma-separated image ids")
     parser.add_argument("--upper_bound", action="store_true",
                         help="score the oracle 11x11 local search against the ground truth "
                              "from the center-offset poses (the paper's Fig. 2) instead")
@@ -40,6 +42,10 @@ def parse_args(argv=None):
         args.scales = tuple(float(s) for s in args.scales.split(","))
     except ValueError:
         parser.error(f"--scales must be comma-separated numbers, got {args.scales!r}")
+    try:
+        args.image_ids = tuple(int(i) for i in args.image_ids.split(",")) if args.image_ids else ()
+    except ValueError:
+        parser.error(f"--image_ids must be comma-separated integers, got {args.image_ids!r}")
     return args
 
 
@@ -55,11 +61,12 @@ def main(argv=None) -> evaluate.EvaluationResult:
     variables = predict.load_variables(config, args.checkpoint, args.state_dict)
     adaptation = {"adaptation": args.adaptation} if args.adaptation else {}
     predictor = predict.Predictor.from_config(config, variables, batch_size=args.batch_size,
-                                              flip_test=not args.no_flip, scales=args.scales,
+                                              flip_test=config.decode.flip_test and not args.no_flip,
+                                              scales=args.scales,
                                               **adaptation)
     predictor.report = speed.SpeedReport()
     result = evaluate.run_evaluation(predictor, annotations, images, max_images=args.max_images,
-                                     upper_bound=args.upper_bound)
+                                     image_ids=args.image_ids, upper_bound=args.upper_bound)
     print(evaluate.write_outputs(result, args.output_dir, name, predictor.report))
     print(f"Outputs in {args.output_dir}/")
     return result

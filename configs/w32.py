@@ -58,6 +58,8 @@ def get_config():
         max_translate=40.0,
         flip_prob=0.5,
         worker_count=8,
+        # Small runs: only these image ids (empty: all), then only the first max_examples (0: all).
+        image_ids=(),
         max_examples=0,
     ))
 
@@ -87,6 +89,7 @@ def get_config():
         annotations="data/coco/annotations/person_keypoints_val2017.json",
         images="data/coco/images/val2017",
         max_images=500,
+        image_ids=(),
         batch_size=1,
     ))
     return config

@@ -142,7 +142,11 @@ def compute_dtype(config):
 def open_train_source(data_config):
     """The training split as a random-access source, building the TFDS data set if needed.
 
-    With data_config.max_examples > 0 only the first examples are used (small CPU runs).
+    Small CPU runs: a non-empty data_config.image_ids keeps only those images (found by
+    reading every record), and max_examples > 0 only the first examples.
+
+    Raises:
+      ValueError: an image id of data_config.image_ids is not in the split.
     """
     data_dir = os.path.expanduser(data_config.data_dir)
     name = data_config.dataset
@@ -153,6 +157,15 @@ def open_train_source(data_config):
         tfds_builders.build_named(tfds_builders.CocoPersonKeypoints, data_dir,
                                   data_config.manual_dir, configs=[data_config.split])
     source = tfds_builders.data_source(name, data_config.split, data_dir)
+    if data_config.image_ids:
+        wanted = [int(i) for i in data_config.image_ids]
+        examples = (source[i] for i in range(len(source)))
+        by_id = {int(e["image_id"]): e for e in examples if int(e["image_id"]) in wanted}
+        missing = sorted(set(wanted) - set(by_id))
+        if missing:
+            raise ValueError(f"data.image_ids not in {data_config.dataset} "
+                             f"{data_config.split}: {missing}")
+        source = [by_id[i] for i in wanted]
     if data_config.max_examples > 0:
         return [source[i] for i in range(min(data_config.max_examples, len(source)))]
     return source
@@ -183,7 +196,8 @@ def _evaluate(config, predictor, state: TrainState) -> dict:
     predictor.variables = host_copy(model_variables(state))
     predictor.report = speed.SpeedReport()
     result = evaluate.run_evaluation(predictor, config.eval.annotations, config.eval.images,
-                                     max_images=config.eval.max_images, progress=False)
+                                     max_images=config.eval.max_images,
+                                     image_ids=config.eval.image_ids, progress=False)
     return result.stats
 
 

@@ -162,6 +162,18 @@ def test_multi_scale_runs_and_differs(eval_main, subset_run, tmp_path):
     assert ours.shape != base.shape or np.abs(ours - base).max() > 1.0
 
 
+def test_image_ids_select_the_evaluated_images(eval_main, tmp_path):
+    """The whole coco_mini file, restricted to the golden image, gives the golden run."""
+    mini = ROOT / "data" / "coco_mini" / "annotations" / "person_keypoints_mini.json"
+    result = run(eval_main, mini, COCO_IMAGES, tmp_path / "out", "--image_ids", str(GOLDEN_ID))
+    assert_matches_golden(result.results, golden_results(flip=True))
+    expected = coco_eval.evaluate_keypoints(coco_eval.load_annotations(str(mini)),
+                                            golden_results(flip=True), [GOLDEN_ID])
+    assert result.stats == pytest.approx(expected, abs=1e-9)
+    with pytest.raises(ValueError, match=r"image ids not in .*person_keypoints_mini.json: \[1\]"):
+        run(eval_main, mini, COCO_IMAGES, tmp_path / "out", "--image_ids", f"{GOLDEN_ID},1")
+
+
 # ---------------------------------------------------------------------------- OCHuman
 
 
@@ -236,6 +248,7 @@ def test_missing_annotation_file_is_named(eval_main, tmp_path):
     (["--annotations", "a.json"], "--annotations and --images"),
     (["--annotations", "a.json", "--images", "x", "--scales", "0.5,one"], "--scales"),
     (["--annotations", "a.json", "--images", "x", "--batch_size", "-2"], "positive integer"),
+    (["--annotations", "a.json", "--images", "x", "--image_ids", "785,a"], "--image_ids"),
 ])
 def test_bad_arguments_exit_with_usage(eval_main, capsys, flags, message):
     with pytest.raises(SystemExit):

@@ -164,3 +164,20 @@ def test_no_tensorflow(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_train_source_keeps_the_configured_image_ids(mini_dir):
+    from logocap_jax import config_utils, train_lib
+
+    data = config_utils.load_config(str(REPO / "configs" / "mini.py")).data
+    data.data_dir = str(mini_dir)
+    data.image_ids = (40083, 785)
+    source = train_lib.open_train_source(data)
+    assert [record["image_id"] for record in source] == [40083, 785]
+    by_id = {r["image_id"]: r for r in _mini_records("coco_mini", False)}
+    _assert_records_equal(source, [by_id[40083], by_id[785]])
+    data.max_examples = 1
+    assert [record["image_id"] for record in train_lib.open_train_source(data)] == [40083]
+    data.image_ids = (785, 123456789)
+    with pytest.raises(ValueError, match=r"data.image_ids not in coco_mini train: \[123456789\]"):
+        train_lib.open_train_source(data)
