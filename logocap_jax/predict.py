@@ -187,6 +187,15 @@ def predict(variables, image, *, config=None, **overrides) -> tuple[np.ndarray, 
     return people.keypoints, people.scores
 
 
+def overlay(image_rgb: np.ndarray, people: People, *,
+            keypoint_threshold: float = visualize.DEFAULT_KEYPOINT_THRESHOLD,
+            min_score: float = 0.0) -> np.ndarray:
+    """The image with the skeletons of the people scoring at least `min_score`."""
+    shown = people.scores >= min_score
+    return visualize.draw_poses(image_rgb, people.keypoints[shown], scores=people.scores[shown],
+                                keypoint_threshold=keypoint_threshold)
+
+
 def best_person_panel(image_rgb: np.ndarray, people: People, joint: int) -> np.ndarray | None:
     """`visualize.instance_panel` of the highest-scoring person's `joint`, or None without people.
 
@@ -283,11 +292,15 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", help="orbax checkpoint directory (from convert or train)")
     parser.add_argument("--state_dict", help="official .pth/.pth.tar or .npz state dict")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--no_flip", action="store_true", help="disable flip test")
+    parser.add_argument("--no_flip", action="store_true",
+                        help="disable flip test (on unless the config turns it off)")
     parser.add_argument("--batch_size", type=positive_int, default=1)
     parser.add_argument("--no_draw", action="store_true", help="skip the overlay PNGs")
     parser.add_argument("--threshold", type=float, default=visualize.DEFAULT_KEYPOINT_THRESHOLD,
                         help="min keypoint score drawn")
+    parser.add_argument("--min_score", type=float, default=0.0,
+                        help="min pose score drawn (default 0: every person found); results.json "
+                             "keeps every person")
     parser.add_argument("--panel_joint", type=_joint_arg,
                         help="also write <name>_panel.png: local window, KAM and refined heatmap "
                              "of this joint (name or index) of the best-scoring person")
@@ -312,9 +325,8 @@ def _write_images(args, path: str, people: People) -> None:
     image = preprocess.read_image(path)
     stem = os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0])
     if not args.no_draw:
-        overlay = visualize.draw_poses(image, people.keypoints, scores=people.scores,
-                                       keypoint_threshold=args.threshold)
-        visualize.save_png(f"{stem}.png", overlay)
+        visualize.save_png(f"{stem}.png", overlay(image, people, keypoint_threshold=args.threshold,
+                                                  min_score=args.min_score))
     if args.panel_joint is not None:
         panel = best_person_panel(image, people, args.panel_joint)
         if panel is not None:
@@ -327,7 +339,7 @@ def main(argv=None):
     config = config_utils.load_config(args.config)
     variables = load_variables(config, args.checkpoint, args.state_dict)
     predictor = Predictor.from_config(config, variables, batch_size=args.batch_size,
-                                      flip_test=not args.no_flip)
+                                      flip_test=config.decode.flip_test and not args.no_flip)
     os.makedirs(args.output_dir, exist_ok=True)
     paths, results = args.paths, []
     ids = dict(zip(paths, image_ids(paths)))

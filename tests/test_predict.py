@@ -186,6 +186,20 @@ def test_cli_overlay_draws_where_the_keypoints_are(cli_runs):
     assert changed.any() and not changed[~near_people].any()
 
 
+def test_overlay_draws_only_people_above_min_score(golden_people):
+    people = golden_people[True]
+    image = preprocess.read_image(GOLDEN_IMAGE)
+    best = np.argsort(people.scores)[-2:]
+    threshold = float(people.scores[best[0]])
+    expected = visualize.draw_poses(image, people.keypoints[np.sort(best)],
+                                    scores=people.scores[np.sort(best)])
+    assert len(people.scores) > 2
+    np.testing.assert_array_equal(predict.overlay(image, people, min_score=threshold), expected)
+    np.testing.assert_array_equal(
+        predict.overlay(image, people, min_score=float(people.scores.max()) + 1), image)
+    assert not np.array_equal(predict.overlay(image, people), expected)
+
+
 def test_cli_instance_panel(cli_runs, golden_people):
     panel = cv2.cvtColor(cv2.imread(str(cli_runs[True] / f"{GOLDEN_ID:012d}_panel.png")),
                          cv2.COLOR_BGR2RGB)
