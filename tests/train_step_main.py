@@ -19,7 +19,9 @@ ROOT = Path(__file__).parent.parent
 
 
 def main(out_path):
-    config = config_utils.load_config(str(ROOT / "configs" / "mini.py"))
+    config = config_utils.load_config(str(ROOT / "configs" / "tiny.py"))
+    # Room for every golden instance (at most 6 per image), fewer slots than all 30 for speed.
+    config.train.max_instances = 8
     model = config_utils.build_model(config)
     variables = convert.variables_from_state_dict(
         convert.load_state_dict(str(GOLDEN / "tiny_loss_state_dict.npz")),
@@ -42,7 +44,7 @@ def main(out_path):
     state, metrics = step(state, batch)
     flat = traverse_util.flatten_dict(jax.device_get(train_lib.model_variables(state)), sep="/")
     flat.update(traverse_util.flatten_dict({"grad": jax.device_get(gradients)}, sep="/"))
-    np.savez(out_path, device_count=jax.device_count(),
+    np.savez(out_path, device_count=jax.device_count(), learning_rate=config.train.learning_rate,
              **{f"metric/{k}": v for k, v in jax.device_get(metrics).items()}, **flat)
 
 
