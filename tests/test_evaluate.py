@@ -162,6 +162,18 @@ def test_multi_scale_runs_and_differs(eval_main, subset_run, tmp_path):
     assert ours.shape != base.shape or np.abs(ours - base).max() > 1.0
 
 
+def test_a_config_without_flip_test_is_followed(eval_main, tmp_path):
+    """A config with decode.flip_test off gives the official noflip results without --no_flip."""
+    config = tmp_path / "tiny_noflip.py"
+    config.write_text("from logocap_jax import config_utils\n\n\ndef get_config():\n"
+                      f"    config = config_utils.load_config({str(CONFIG)!r})\n"
+                      "    config.decode.flip_test = False\n    return config\n")
+    result = eval_main(["--config", str(config), "--state_dict", str(STATE_DICT),
+                        "--annotations", str(subset_file(tmp_path)), "--images", str(COCO_IMAGES),
+                        "--output_dir", str(tmp_path / "out")])
+    assert_matches_golden(result.results, golden_results(flip=False))
+
+
 def test_image_ids_select_the_evaluated_images(eval_main, tmp_path):
     """The whole coco_mini file, restricted to the golden image, gives the golden run."""
     mini = ROOT / "data" / "coco_mini" / "annotations" / "person_keypoints_mini.json"
