@@ -44,8 +44,8 @@ class EvaluationResult:
 
 
 def run_evaluation(predictor: predict.Predictor, annotation_file: str, image_dir: str, *,
-                   max_images: int = None, image_ids=(), keep_people: bool = False, progress: bool = True,
-                   upper_bound: bool = False) -> EvaluationResult:
+                   max_images: int = None, image_ids=(), keep_people: bool = False,
+                   progress: bool = True, upper_bound: bool = False) -> EvaluationResult:
     """Predicts every image of a COCO-format set and scores the results with COCOeval.
 
     Args:
@@ -53,7 +53,8 @@ def run_evaluation(predictor: predict.Predictor, annotation_file: str, image_dir
       annotation_file, image_dir: the set. Files without annotations (test-dev) give
         results only.
       max_images: evaluate only the first images of the file (and score on those).
-      image_ids: evaluate only these images (before max_images applies); empty: all.
+      image_ids: evaluate only these images, in this order (before max_images applies);
+        empty: all.
       keep_people: keep every image's `People` (with pipeline outputs) in the result.
       upper_bound: score the oracle local search of `logocap_jax.upper_bound` instead of the
         model's poses (the paper's Fig. 2 bound; needs ground truth).
@@ -67,11 +68,8 @@ def run_evaluation(predictor: predict.Predictor, annotation_file: str, image_dir
     records = list(coco_records.image_records(annotation_file, image_dir,
                                               keep_images_without_people=True))
     if image_ids:
-        wanted = [int(i) for i in image_ids]
-        missing = sorted(set(wanted) - {r["image_id"] for r in records})
-        if missing:
-            raise ValueError(f"image ids not in {annotation_file}: {missing}")
-        records = [r for r in records if r["image_id"] in wanted]
+        records = coco_records.select_images(records, image_ids,
+                                             missing_message=f"image ids not in {annotation_file}")
     records = records[:max_images]
     if not records:
         raise ValueError(f"{annotation_file} lists no images: nothing to evaluate")

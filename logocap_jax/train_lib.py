@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from logocap_jax import (config_utils, convert, evaluate, losses, predict, speed,
                          train_forward, training_io)
-from logocap_jax.data import input_pipeline, tfds_builders
+from logocap_jax.data import coco_records, input_pipeline, tfds_builders
 
 MINI_SETS = ("coco_mini", "ochuman_mini")
 
@@ -158,14 +158,9 @@ def open_train_source(data_config):
                                   data_config.manual_dir, configs=[data_config.split])
     source = tfds_builders.data_source(name, data_config.split, data_dir)
     if data_config.image_ids:
-        wanted = [int(i) for i in data_config.image_ids]
-        examples = (source[i] for i in range(len(source)))
-        by_id = {int(e["image_id"]): e for e in examples if int(e["image_id"]) in wanted}
-        missing = sorted(set(wanted) - set(by_id))
-        if missing:
-            raise ValueError(f"data.image_ids not in {data_config.dataset} "
-                             f"{data_config.split}: {missing}")
-        source = [by_id[i] for i in wanted]
+        source = coco_records.select_images(
+            (source[i] for i in range(len(source))), data_config.image_ids,
+            missing_message=f"data.image_ids not in {data_config.dataset} {data_config.split}")
     if data_config.max_examples > 0:
         return [source[i] for i in range(min(data_config.max_examples, len(source)))]
     return source

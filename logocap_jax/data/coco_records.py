@@ -126,6 +126,21 @@ def image_records(annotation_file: str, image_dir: str, *,
             for image in images)
 
 
+def select_images(records: Iterable[dict[str, Any]], image_ids: Iterable[int], *,
+                  missing_message: str) -> list[dict[str, Any]]:
+    """The records of `image_ids`, in that order.
+
+    Raises:
+      ValueError: `missing_message` followed by the ids no record has.
+    """
+    wanted = [int(i) for i in image_ids]
+    by_id = {int(r["image_id"]): r for r in records if int(r["image_id"]) in wanted}
+    missing = sorted(set(wanted) - set(by_id))
+    if missing:
+        raise ValueError(f"{missing_message}: {missing}")
+    return [by_id[i] for i in wanted]
+
+
 def _annotations_by_image(dataset: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
     by_image = {image["id"]: [] for image in dataset["images"]}
     for annotation in dataset.get("annotations", []):
