@@ -1,8 +1,10 @@
 """Evaluates a LOGO-CAP checkpoint on COCO, OCHuman or any COCO-format keypoint set.
 
-  python eval.py --config configs/w32.py --checkpoint ckpt/w32 --dataset coco_val2017 --data_root data/coco
+  python eval.py --config configs/w32.py --checkpoint ckpt/w32 \
+      --dataset coco_val2017 --data_root data/coco
   python eval.py --config configs/tiny.py --state_dict tests/data/golden/tiny_state_dict.npz \
-      --annotations data/coco_mini/annotations/person_keypoints_mini.json --images data/coco_mini/images
+      --annotations data/coco_mini/annotations/person_keypoints_mini.json \
+      --images data/coco_mini/images
 
 Writes results.json, stats.json, speed.json and report.md (AP table and speed) to --output_dir.
 """
@@ -23,18 +25,27 @@ def parse_args(argv=None):
     parser.add_argument("--annotations", help="COCO-format annotation file (instead of --dataset)")
     parser.add_argument("--images", help="image folder of --annotations")
     parser.add_argument("--output_dir", default="eval_output")
-    parser.add_argument("--no_flip", action="store_true",
-                        help="disable flip test (on unless the config turns it off)")
+    parser.add_argument(
+        "--no_flip",
+        action="store_true",
+        help="disable flip test (on unless the config turns it off)",
+    )
     parser.add_argument("--scales", default="1", help="comma-separated test scales, e.g. 0.5,1,2")
-    parser.add_argument("--adaptation", choices=pipeline.ADAPTATION_LEVELS,
-                        help="refinement: none (center-offset poses), partial (KAM argmax), "
-                             "full (LOGO-CA, the config's default)")
+    parser.add_argument(
+        "--adaptation",
+        choices=pipeline.ADAPTATION_LEVELS,
+        help="refinement: none (center-offset poses), partial (KAM argmax), "
+        "full (LOGO-CA, the config's default)",
+    )
     parser.add_argument("--batch_size", type=predict.positive_int, default=1)
     parser.add_argument("--max_images", type=predict.positive_int, help="only the first N images")
     parser.add_argument("--image_ids", help="only these comma-separated image ids")
-    parser.add_argument("--upper_bound", action="store_true",
-                        help="score the oracle 11x11 local search against the ground truth "
-                             "from the center-offset poses (the paper's Fig. 2) instead")
+    parser.add_argument(
+        "--upper_bound",
+        action="store_true",
+        help="score the oracle 11x11 local search against the ground truth "
+        "from the center-offset poses (the paper's Fig. 2) instead",
+    )
     args = parser.parse_args(argv)
     if bool(args.dataset) == bool(args.annotations) or bool(args.annotations) != bool(args.images):
         parser.error("give either --dataset (with --data_root) or --annotations and --images")
@@ -60,13 +71,23 @@ def main(argv=None) -> evaluate.EvaluationResult:
     config = config_utils.load_config(args.config)
     variables = predict.load_variables(config, args.checkpoint, args.state_dict)
     adaptation = {"adaptation": args.adaptation} if args.adaptation else {}
-    predictor = predict.Predictor.from_config(config, variables, batch_size=args.batch_size,
-                                              flip_test=config.decode.flip_test and not args.no_flip,
-                                              scales=args.scales,
-                                              **adaptation)
+    predictor = predict.Predictor.from_config(
+        config,
+        variables,
+        batch_size=args.batch_size,
+        flip_test=config.decode.flip_test and not args.no_flip,
+        scales=args.scales,
+        **adaptation,
+    )
     predictor.report = speed.SpeedReport()
-    result = evaluate.run_evaluation(predictor, annotations, images, max_images=args.max_images,
-                                     image_ids=args.image_ids, upper_bound=args.upper_bound)
+    result = evaluate.run_evaluation(
+        predictor,
+        annotations,
+        images,
+        max_images=args.max_images,
+        image_ids=args.image_ids,
+        upper_bound=args.upper_bound,
+    )
     print(evaluate.write_outputs(result, args.output_dir, name, predictor.report))
     print(f"Outputs in {args.output_dir}/")
     return result

@@ -20,10 +20,14 @@ from logocap_jax import config_utils, pipeline, speed
 
 # (config name, height, width, flip) -> seconds, official code, 30 candidates, 2-core CPU.
 OFFICIAL_CPU_SECONDS = {
-    ("w32", 512, 512, True): 3.35, ("w32", 512, 512, False): 2.55,
-    ("w48", 512, 512, True): 5.23, ("w48", 512, 512, False): 3.75,
-    ("w32", 512, 896, True): 5.05, ("w32", 512, 896, False): 3.22,
-    ("w48", 640, 1088, True): 11.03, ("w48", 640, 1088, False): 6.27,
+    ("w32", 512, 512, True): 3.35,
+    ("w32", 512, 512, False): 2.55,
+    ("w48", 512, 512, True): 5.23,
+    ("w48", 512, 512, False): 3.75,
+    ("w32", 512, 896, True): 5.05,
+    ("w32", 512, 896, False): 3.22,
+    ("w48", 640, 1088, True): 11.03,
+    ("w48", 640, 1088, False): 6.27,
 }
 
 
@@ -42,7 +46,9 @@ def main():
     settings = config_utils.decode_settings(config, flip_test=not args.no_flip)
     images = jax.random.normal(jax.random.key(0), (args.batch_size, args.height, args.width, 3))
     start = time.perf_counter()
-    variables = jax.jit(lambda x: model.init(jax.random.key(1), x, method=model.initialize))(images[:1])
+    variables = jax.jit(lambda x: model.init(jax.random.key(1), x, method=model.initialize))(
+        images[:1]
+    )
     print(f"init: {time.perf_counter() - start:.1f} s")
 
     fused = pipeline.make_predict_fn(model, settings)
@@ -65,9 +71,11 @@ def main():
 
     device = jax.devices()[0].device_kind
     name = config.model.stage_widths[0]
-    print(f"\nDevice: {device} ({jax.device_count()} device(s)), model width {name}, input "
-          f"{args.height}x{args.width}, batch {args.batch_size}, flip test {not args.no_flip}, "
-          f"median of {args.repeats}")
+    print(
+        f"\nDevice: {device} ({jax.device_count()} device(s)), model width {name}, input "
+        f"{args.height}x{args.width}, batch {args.batch_size}, flip test {not args.no_flip}, "
+        f"median of {args.repeats}"
+    )
     print("| stage | ms per image |\n|---|---|")
     for stage in pipeline.STAGES:
         print(f"| {stage} | {1e3 * statistics.median(stage_times[stage]) / args.batch_size:.1f} |")
@@ -76,8 +84,10 @@ def main():
     key = ({32: "w32", 48: "w48"}.get(name), args.height, args.width, not args.no_flip)
     if key in OFFICIAL_CPU_SECONDS and jax.default_backend() == "cpu":
         official = OFFICIAL_CPU_SECONDS[key]
-        print(f"\nOfficial PyTorch on a 2-core CPU (recorded): {official:.2f} s per image; "
-              f"this run: {per_image:.2f} s, speed-up x{official / per_image:.2f}")
+        print(
+            f"\nOfficial PyTorch on a 2-core CPU (recorded): {official:.2f} s per image; "
+            f"this run: {per_image:.2f} s, speed-up x{official / per_image:.2f}"
+        )
 
 
 if __name__ == "__main__":

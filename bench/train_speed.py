@@ -37,8 +37,13 @@ def main():
     tfds_builders.build_mini("coco_mini", data_dir)
     source = tfds_builders.data_source("coco_format/coco_mini", "train", data_dir)
     dataset = input_pipeline.make_train_dataset(
-        source, batch_size=args.batch_size, seed=0, input_size=args.input_size,
-        output_size=args.input_size // 4, max_people=config.data.max_people)
+        source,
+        batch_size=args.batch_size,
+        seed=0,
+        input_size=args.input_size,
+        output_size=args.input_size // 4,
+        max_people=config.data.max_people,
+    )
     batch = next(iter(dataset))
     batch.pop("image_id")
 
@@ -49,8 +54,13 @@ def main():
     state = train_lib.create_train_state(model, tx, jax.random.key(0), args.input_size, mesh)
     jax.block_until_ready(state)
     init_seconds = time.perf_counter() - start
-    step = train_lib.make_train_step(model, train_lib.train_settings_from(config),
-                                     train_lib.loss_weights_from(config), mesh, state)
+    step = train_lib.make_train_step(
+        model,
+        train_lib.train_settings_from(config),
+        train_lib.loss_weights_from(config),
+        mesh,
+        state,
+    )
     sharded = train_lib.shard_batch(batch, mesh)
     start = time.perf_counter()
     state, metrics = step(state, sharded)
@@ -63,16 +73,20 @@ def main():
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
 
-    print(f"Device: {jax.devices()[0].device_kind} x{jax.device_count()}; model widths "
-          f"{tuple(config.model.stage_widths)}; batch {args.batch_size} at {args.input_size}; "
-          f"max_instances {config.train.max_instances or config.decode.num_centers}; "
-          f"compute {config.train.compute_dtype}")
+    print(
+        f"Device: {jax.devices()[0].device_kind} x{jax.device_count()}; model widths "
+        f"{tuple(config.model.stage_widths)}; batch {args.batch_size} at {args.input_size}; "
+        f"max_instances {config.train.max_instances or config.decode.num_centers}; "
+        f"compute {config.train.compute_dtype}"
+    )
     print(f"init (compile + run): {init_seconds:.1f} s")
     print(f"first step (compile + run): {first_seconds:.1f} s")
-    print(f"step: median {statistics.median(times):.2f} s over {args.repeats} "
-          f"(min {min(times):.2f}, max {max(times):.2f}); "
-          f"{args.batch_size / statistics.median(times):.2f} images/s; "
-          f"loss {float(np.asarray(metrics['total'])):.4f}")
+    print(
+        f"step: median {statistics.median(times):.2f} s over {args.repeats} "
+        f"(min {min(times):.2f}, max {max(times):.2f}); "
+        f"{args.batch_size / statistics.median(times):.2f} images/s; "
+        f"loss {float(np.asarray(metrics['total'])):.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""LOGO-CAP with HRNet-W32 on COCO, the official recipe (experiments/logocap-hrnet-w32-coco.yaml)."""
+"""LOGO-CAP with HRNet-W32 on COCO, the official recipe (logocap-hrnet-w32-coco.yaml)."""
 
 import ml_collections
 
@@ -7,89 +7,105 @@ def get_config():
     config = ml_collections.ConfigDict()
 
     # Keyword arguments of logocap_jax.models.LogoCap.
-    config.model = ml_collections.ConfigDict(dict(
-        stage_widths=(32, 64, 128, 256),
-        stage_modules=(1, 4, 3),
-        num_blocks=4,
-        num_joints=17,
-        heatmap_width=32,
-        offset_width=256,
-        embedding_dim=64,
-        cmp_variant="conv",
-        cmp_options=dict(widths=(512, 256, 128), attentive_norm=(False, True, False),
-                         num_affine=20, kernel_size=3),
-    ))
+    config.model = ml_collections.ConfigDict(
+        dict(
+            stage_widths=(32, 64, 128, 256),
+            stage_modules=(1, 4, 3),
+            num_blocks=4,
+            num_joints=17,
+            heatmap_width=32,
+            offset_width=256,
+            embedding_dim=64,
+            cmp_variant="conv",
+            cmp_options=dict(
+                widths=(512, 256, 128),
+                attentive_norm=(False, True, False),
+                num_affine=20,
+                kernel_size=3,
+            ),
+        )
+    )
 
     # Keyword arguments of logocap_jax.pipeline.DecodeSettings.
-    config.decode = ml_collections.ConfigDict(dict(
-        flip_test=True,
-        num_centers=30,
-        center_threshold=0.01,
-        local_half_size=5,
-        global_half_size=48,
-        global_sigma=16.0,
-        reweigh=True,
-        adaptation="full",
-        sampling="reference",
-        dynamic_conv="auto",
-        scales=(1.0,),
-    ))
+    config.decode = ml_collections.ConfigDict(
+        dict(
+            flip_test=True,
+            num_centers=30,
+            center_threshold=0.01,
+            local_half_size=5,
+            global_half_size=48,
+            global_sigma=16.0,
+            reweigh=True,
+            adaptation="full",
+            sampling="reference",
+            dynamic_conv="auto",
+            scales=(1.0,),
+        )
+    )
 
     # Test-time resize: short side input_size, long side rounded up to a multiple of 64.
-    config.test = ml_collections.ConfigDict(dict(
-        input_size=512,
-        max_people=30,
-        nms_distance_ratio=0.05,
-        nms_min_joints=8,
-    ))
+    config.test = ml_collections.ConfigDict(
+        dict(
+            input_size=512,
+            max_people=30,
+            nms_distance_ratio=0.05,
+            nms_min_joints=8,
+        )
+    )
 
     # Training data: a TFDS ArrayRecord data set (logocap_jax.data.tfds_builders).
-    config.data = ml_collections.ConfigDict(dict(
-        dataset="coco_person_keypoints/train2017",
-        split="train2017",
-        data_dir="~/tensorflow_datasets",
-        manual_dir="data/coco",
-        input_size=512,
-        output_size=128,
-        max_people=30,
-        max_rotation=30.0,
-        min_scale=0.75,
-        max_scale=1.5,
-        max_translate=40.0,
-        flip_prob=0.5,
-        worker_count=8,
-        # Small runs: only these image ids (empty: all), then only the first max_examples (0: all).
-        image_ids=(),
-        max_examples=0,
-    ))
+    config.data = ml_collections.ConfigDict(
+        dict(
+            dataset="coco_person_keypoints/train2017",
+            split="train2017",
+            data_dir="~/tensorflow_datasets",
+            manual_dir="data/coco",
+            input_size=512,
+            output_size=128,
+            max_people=30,
+            max_rotation=30.0,
+            min_scale=0.75,
+            max_scale=1.5,
+            max_translate=40.0,
+            flip_prob=0.5,
+            worker_count=8,
+            # Small runs: only these image ids (empty: all), then the first max_examples (0: all).
+            image_ids=(),
+            max_examples=0,
+        )
+    )
 
     # The official recipe: Adam 1e-3, x0.1 at epochs 90 and 120 of 140, no weight decay,
     # 12 images per GPU (the GPU count is not published).
-    config.train = ml_collections.ConfigDict(dict(
-        global_batch_size=96,
-        num_epochs=140,
-        num_steps=-1,
-        learning_rate=1e-3,
-        lr_drop_epochs=(90, 120),
-        lr_drop_factor=0.1,
-        loss_weights=dict(heatmaps=1.0, offsets=0.01, oks=0.01, refined_heatmaps=1.0),
-        # Training instances per image through the CMP and LOGO-CA; 0 = all num_centers slots.
-        max_instances=0,
-        seed=0,
-        compute_dtype="float32",
-        imagenet_checkpoint="",
-        log_every_steps=50,
-        checkpoint_every_steps=2000,
-        keep_checkpoints=3,
-        eval_every_steps=10000,
-    ))
+    config.train = ml_collections.ConfigDict(
+        dict(
+            global_batch_size=96,
+            num_epochs=140,
+            num_steps=-1,
+            learning_rate=1e-3,
+            lr_drop_epochs=(90, 120),
+            lr_drop_factor=0.1,
+            loss_weights=dict(heatmaps=1.0, offsets=0.01, oks=0.01, refined_heatmaps=1.0),
+            # Training instances per image through the CMP and LOGO-CA; 0 = all num_centers slots.
+            max_instances=0,
+            seed=0,
+            compute_dtype="float32",
+            imagenet_checkpoint="",
+            log_every_steps=50,
+            checkpoint_every_steps=2000,
+            keep_checkpoints=3,
+            eval_every_steps=10000,
+        )
+    )
 
     # Periodic evaluation during training (COCO-format annotations + images).
-    config.eval = ml_collections.ConfigDict(dict(
-        annotations="data/coco/annotations/person_keypoints_val2017.json",
-        images="data/coco/images/val2017",
-        max_images=500,
-        image_ids=(),
-        batch_size=1,
-    ))
+    config.eval = ml_collections.ConfigDict(
+        dict(
+            annotations="data/coco/annotations/person_keypoints_val2017.json",
+            images="data/coco/images/val2017",
+            max_images=500,
+            image_ids=(),
+            batch_size=1,
+        )
+    )
     return config

@@ -22,8 +22,11 @@ def save_variables(directory: str, variables) -> None:
 
 
 def _latest_step(directory: str):
-    steps = [int(name) for name in os.listdir(directory) if name.isdigit()] \
-        if os.path.isdir(directory) else []
+    steps = (
+        [int(name) for name in os.listdir(directory) if name.isdigit()]
+        if os.path.isdir(directory)
+        else []
+    )
     return max(steps) if steps else None
 
 
@@ -58,11 +61,15 @@ def restore_variables(directory: str, template=None):
         return variables
     expected = jax.tree_util.tree_structure(dict(template))
     if jax.tree_util.tree_structure(variables) != expected:
-        raise ValueError(f"Checkpoint {path} does not fit the model: its variable tree differs "
-                         "(another config?)")
-    for have, want in zip(jax.tree_util.tree_leaves(variables),
-                          jax.tree_util.tree_leaves(dict(template))):
+        raise ValueError(
+            f"Checkpoint {path} does not fit the model: its variable tree differs (another config?)"
+        )
+    for have, want in zip(
+        jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(dict(template))
+    ):
         if tuple(have.shape) != tuple(want.shape):
-            raise ValueError(f"Checkpoint {path} does not fit the model: an array of shape "
-                             f"{tuple(have.shape)} where the model has {tuple(want.shape)}")
+            raise ValueError(
+                f"Checkpoint {path} does not fit the model: an array of shape "
+                f"{tuple(have.shape)} where the model has {tuple(want.shape)}"
+            )
     return variables

@@ -43,11 +43,15 @@ def _check_categories(data, path, with_keypoints):
         return
     names = person[0].get("keypoints")
     if not isinstance(names, list):
-        raise ValueError(f"{path}: the person category has no 'keypoints' list, "
-                         "so this is not a COCO person-keypoint file")
+        raise ValueError(
+            f"{path}: the person category has no 'keypoints' list, "
+            "so this is not a COCO person-keypoint file"
+        )
     if tuple(names) != JOINT_NAMES:
-        raise ValueError(f"{path}: the person category's keypoints {names} are not the "
-                         f"{NUM_JOINTS} COCO joints in COCO order")
+        raise ValueError(
+            f"{path}: the person category's keypoints {names} are not the "
+            f"{NUM_JOINTS} COCO joints in COCO order"
+        )
 
 
 def load_annotations(path, *, results_only=False):
@@ -70,8 +74,10 @@ def load_annotations(path, *, results_only=False):
     data = coco_records.load_annotations(str(path))
     has_annotations = "annotations" in data
     if not has_annotations and not results_only:
-        raise ValueError(f"{path}: missing key 'annotations' (an image-info file such as "
-                         "test-dev can only be loaded with results_only=True)")
+        raise ValueError(
+            f"{path}: missing key 'annotations' (an image-info file such as "
+            "test-dev can only be loaded with results_only=True)"
+        )
     _check_categories(data, path, with_keypoints=has_annotations)
     coco = COCO()
     coco.dataset = data
@@ -99,9 +105,13 @@ def _numeric_fields(entry, index):
         raise ValueError(f"results[{index}] lacks the key(s) {missing}")
     try:
         bbox = entry.get("bbox")
-        return (int(entry["image_id"]), int(entry["category_id"]),
-                np.asarray(entry["keypoints"], dtype=np.float64).ravel(), float(entry["score"]),
-                None if bbox is None else np.asarray(bbox, dtype=np.float64).ravel())
+        return (
+            int(entry["image_id"]),
+            int(entry["category_id"]),
+            np.asarray(entry["keypoints"], dtype=np.float64).ravel(),
+            float(entry["score"]),
+            None if bbox is None else np.asarray(bbox, dtype=np.float64).ravel(),
+        )
     except (TypeError, ValueError) as err:
         raise ValueError(f"results[{index}] has a non-numeric field ({err})") from err
 
@@ -122,14 +132,19 @@ def _checked_entry(entry, index, known_image_ids=None):
         raise ValueError(f"results[{index}] is not a dict")
     image_id, category_id, keypoints, score, bbox = _numeric_fields(entry, index)
     if known_image_ids is not None and image_id not in known_image_ids:
-        raise ValueError(f"results[{index}] refers to image id {image_id}, "
-                         "which is not in the ground truth")
+        raise ValueError(
+            f"results[{index}] refers to image id {image_id}, which is not in the ground truth"
+        )
     if category_id != PERSON_CATEGORY_ID:
-        raise ValueError(f"results[{index}] has category_id {category_id}, "
-                         f"expected {PERSON_CATEGORY_ID} (person)")
+        raise ValueError(
+            f"results[{index}] has category_id {category_id}, "
+            f"expected {PERSON_CATEGORY_ID} (person)"
+        )
     if keypoints.size != _NUM_VALUES:
-        raise ValueError(f"results[{index}] has {keypoints.size} keypoint values, expected "
-                         f"{_NUM_VALUES} ({NUM_JOINTS} joints x (x, y, score))")
+        raise ValueError(
+            f"results[{index}] has {keypoints.size} keypoint values, expected "
+            f"{_NUM_VALUES} ({NUM_JOINTS} joints x (x, y, score))"
+        )
     if not np.all(np.isfinite(keypoints)):
         raise ValueError(f"results[{index}] has non-finite keypoint values")
     if not math.isfinite(score):
@@ -137,10 +152,16 @@ def _checked_entry(entry, index, known_image_ids=None):
     if bbox is None:
         bbox = np.asarray(_keypoint_box(keypoints))
     elif bbox.size != 4 or not np.all(np.isfinite(bbox)):
-        raise ValueError(f"results[{index}] has a bbox {bbox.tolist()}, "
-                         "expected 4 finite values [x, y, w, h]")
-    return {"image_id": image_id, "category_id": category_id, "keypoints": keypoints.tolist(),
-            "score": score, "bbox": bbox.tolist()}
+        raise ValueError(
+            f"results[{index}] has a bbox {bbox.tolist()}, expected 4 finite values [x, y, w, h]"
+        )
+    return {
+        "image_id": image_id,
+        "category_id": category_id,
+        "keypoints": keypoints.tolist(),
+        "score": score,
+        "bbox": bbox.tolist(),
+    }
 
 
 def evaluate_keypoints(coco_gt, results, image_ids=None):
@@ -161,8 +182,9 @@ def evaluate_keypoints(coco_gt, results, image_ids=None):
             entry is malformed (the message names its index).
     """
     if not can_evaluate(coco_gt):
-        raise ValueError("the ground truth has no annotations (image-info file), "
-                         "so results cannot be evaluated")
+        raise ValueError(
+            "the ground truth has no annotations (image-info file), so results cannot be evaluated"
+        )
     known = set(coco_gt.getImgIds())
     image_ids = sorted(known) if image_ids is None else [int(i) for i in image_ids]
     unknown = sorted(set(image_ids) - known)
@@ -206,12 +228,19 @@ def ground_truth_as_results(coco_gt, image_ids=None):
         if ann["iscrowd"] or ann["num_keypoints"] == 0 or not labelled.any():
             continue
         out = np.empty_like(keypoints)
-        out[:, :2] = np.where(labelled[:, None], keypoints[:, :2],
-                              keypoints[labelled, :2].mean(axis=0))
+        out[:, :2] = np.where(
+            labelled[:, None], keypoints[:, :2], keypoints[labelled, :2].mean(axis=0)
+        )
         out[:, 2] = labelled
-        results.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
-                        "keypoints": out.ravel().tolist(), "score": 1.0,
-                        "bbox": [float(v) for v in ann["bbox"]]})
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "keypoints": out.ravel().tolist(),
+                "score": 1.0,
+                "bbox": [float(v) for v in ann["bbox"]],
+            }
+        )
     return results
 
 

@@ -4,12 +4,13 @@ Flax module names equal the official module paths, so a variable's PyTorch key i
 joined with dots plus a renamed leaf (kernel/scale -> weight, mean/var -> running_mean/var).
 Convolution kernels go from PyTorch OIHW to Flax HWIO.
 
-  python -m logocap_jax.convert --config configs/w32.py --input logocap-w32.pth.tar --output ckpt/w32
+  python -m logocap_jax.convert --config configs/w32.py --input logocap-w32.pth.tar \
+      --output ckpt/w32
 """
 
 import argparse
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -78,15 +79,19 @@ def variables_from_state_dict(state_dict: Mapping[str, np.ndarray], template) ->
     given = {k for k in state_dict if not is_buffer_counter(k)}
     missing, unexpected = sorted(wanted.keys() - given), sorted(given - wanted.keys())
     if missing or unexpected:
-        raise KeyError(f"State dict does not fit the model: missing keys {missing[:10]}"
-                       f"{' ...' if len(missing) > 10 else ''} ({len(missing)}), unexpected keys "
-                       f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} ({len(unexpected)})")
+        raise KeyError(
+            f"State dict does not fit the model: missing keys {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''} ({len(missing)}), unexpected keys "
+            f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} ({len(unexpected)})"
+        )
     converted = {}
     for key, path in wanted.items():
         array = _from_torch_layout(np.asarray(state_dict[key], dtype=np.float32))
         if array.shape != tuple(flat[path].shape):
-            raise ValueError(f"State dict key {key!r} has shape {np.shape(state_dict[key])}, the model "
-                             f"needs {_to_torch_layout(np.zeros(flat[path].shape)).shape}")
+            raise ValueError(
+                f"State dict key {key!r} has shape {np.shape(state_dict[key])}, the model "
+                f"needs {_to_torch_layout(np.zeros(flat[path].shape)).shape}"
+            )
         converted[path] = array
     return traverse_util.unflatten_dict(converted)
 
@@ -125,8 +130,10 @@ def load_imagenet_backbone(variables, state_dict: Mapping[str, np.ndarray]):
             continue
         array = _from_torch_layout(np.asarray(state_dict[key], dtype=np.float32))
         if array.shape != tuple(value.shape):
-            raise ValueError(f"ImageNet checkpoint key {key!r} has shape {np.shape(state_dict[key])},"
-                             f" the backbone needs {_to_torch_layout(np.zeros(value.shape)).shape}")
+            raise ValueError(
+                f"ImageNet checkpoint key {key!r} has shape {np.shape(state_dict[key])},"
+                f" the backbone needs {_to_torch_layout(np.zeros(value.shape)).shape}"
+            )
         flat[path] = array
         loaded.add(key)
     ignored = sorted(k for k in state_dict if k not in loaded and not is_buffer_counter(k))
@@ -143,8 +150,10 @@ def load_state_dict(path: str) -> dict:
     try:
         import torch
     except ImportError:
-        raise ImportError(f"Reading {path} needs PyTorch: pip install 'logocap-jax[torch]', or "
-                          "save the state dict as .npz") from None
+        raise ImportError(
+            f"Reading {path} needs PyTorch: pip install 'logocap-jax[torch]', or "
+            "save the state dict as .npz"
+        ) from None
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
@@ -163,7 +172,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="config file, e.g. configs/w32.py")
     parser.add_argument("--input", required=True, help="official .pth/.pth.tar or .npz state dict")
-    parser.add_argument("--output", required=True, help="directory of the orbax checkpoint to write")
+    parser.add_argument(
+        "--output", required=True, help="directory of the orbax checkpoint to write"
+    )
     args = parser.parse_args(argv)
     config = config_utils.load_config(args.config)
     model = config_utils.build_model(config)

@@ -32,7 +32,7 @@ def flip_merge(heatmaps, offsets):
 
 
 def upsample(maps, height: int, width: int):
-    """Bilinear resize with half-pixel centers (PyTorch align_corners=False): [B, h, w, C] -> [B, H, W, C]."""
+    """Bilinear resize, half-pixel centers (align_corners=False): [B, h, w, C] -> [B, H, W, C]."""
     return jax.image.resize(maps, (maps.shape[0], height, width, maps.shape[3]), "bilinear")
 
 
@@ -47,14 +47,21 @@ def center_nms(center_maps, num_centers: int):
       [B, N, 3] (x, y, score) in input pixels, sorted by score. When fewer than N positive peaks
       exist the remaining slots hold zero-score pixels; ties go to the lower flat index.
     """
-    pooled = jax.lax.reduce_window(jnp.maximum(center_maps, 0), -jnp.inf, jax.lax.max,
-                                   (1, 3, 3), (1, 1, 1), ((0, 0), (1, 1), (1, 1)))
+    pooled = jax.lax.reduce_window(
+        jnp.maximum(center_maps, 0),
+        -jnp.inf,
+        jax.lax.max,
+        (1, 3, 3),
+        (1, 1, 1),
+        ((0, 0), (1, 1), (1, 1)),
+    )
     # Exact equality with the unclamped map: negative pixels are never peaks.
     peaks = jnp.where(pooled == center_maps, center_maps, 0.0)
     width = center_maps.shape[2]
     # See refine.top2_blend for the barrier.
     scores, index = jax.lax.optimization_barrier(
-        jax.lax.top_k(peaks.reshape(peaks.shape[0], -1), num_centers))
+        jax.lax.top_k(peaks.reshape(peaks.shape[0], -1), num_centers)
+    )
     xy = jnp.stack([index % width, index // width], axis=-1).astype(jnp.float32)
     return jnp.concatenate([xy, scores[..., None]], axis=-1)
 

@@ -26,8 +26,10 @@ DATASETS = {
 def dataset_paths(name: str, data_root: str) -> tuple[str, str]:
     """(annotation file, image folder) of a named data set under `data_root`."""
     if name not in DATASETS:
-        raise ValueError(f"Unknown data set {name!r}; known: {sorted(DATASETS)} "
-                         "(or pass --annotations and --images)")
+        raise ValueError(
+            f"Unknown data set {name!r}; known: {sorted(DATASETS)} "
+            "(or pass --annotations and --images)"
+        )
     annotations, images = DATASETS[name]
     return os.path.join(data_root, annotations), os.path.join(data_root, images)
 
@@ -43,9 +45,17 @@ class EvaluationResult:
     people: dict
 
 
-def run_evaluation(predictor: predict.Predictor, annotation_file: str, image_dir: str, *,
-                   max_images: int = None, image_ids=(), keep_people: bool = False,
-                   progress: bool = True, upper_bound: bool = False) -> EvaluationResult:
+def run_evaluation(
+    predictor: predict.Predictor,
+    annotation_file: str,
+    image_dir: str,
+    *,
+    max_images: int = None,
+    image_ids=(),
+    keep_people: bool = False,
+    progress: bool = True,
+    upper_bound: bool = False,
+) -> EvaluationResult:
     """Predicts every image of a COCO-format set and scores the results with COCOeval.
 
     Args:
@@ -65,11 +75,13 @@ def run_evaluation(predictor: predict.Predictor, annotation_file: str, image_dir
         one of image_ids.
     """
     gt = coco_eval.load_annotations(annotation_file, results_only=True)
-    records = list(coco_records.image_records(annotation_file, image_dir,
-                                              keep_images_without_people=True))
+    records = list(
+        coco_records.image_records(annotation_file, image_dir, keep_images_without_people=True)
+    )
     if image_ids:
-        records = coco_records.select_images(records, image_ids,
-                                             missing_message=f"image ids not in {annotation_file}")
+        records = coco_records.select_images(
+            records, image_ids, missing_message=f"image ids not in {annotation_file}"
+        )
     records = records[:max_images]
     if not records:
         raise ValueError(f"{annotation_file} lists no images: nothing to evaluate")
@@ -80,8 +92,13 @@ def run_evaluation(predictor: predict.Predictor, annotation_file: str, image_dir
     by_id = {r["image_id"]: r for r in records}
     results, people_by_image = [], {}
     items = ((r["image_id"], r["image_path"]) for r in records)
-    for image_id, people in tqdm.tqdm(predictor.predict_many(items), total=len(records),
-                                      disable=not progress, desc="images", unit="img"):
+    for image_id, people in tqdm.tqdm(
+        predictor.predict_many(items),
+        total=len(records),
+        disable=not progress,
+        desc="images",
+        unit="img",
+    ):
         if upper_bound:
             people = _oracle_people(predictor, people, by_id[image_id])
         results += postprocess.coco_results(image_id, people.keypoints, people.scores)
@@ -96,9 +113,14 @@ def run_evaluation(predictor: predict.Predictor, annotation_file: str, image_dir
 def _oracle_people(predictor, people, record):
     outputs = upper_bound_lib.oracle_outputs(people.outputs, record, people.resize)
     keypoints, scores, slots = postprocess.select_people(
-        outputs.poses, outputs.scores, outputs.valid, people.resize,
-        max_people=predictor.max_people, nms_distance_ratio=predictor.nms_distance_ratio,
-        nms_min_joints=predictor.nms_min_joints)
+        outputs.poses,
+        outputs.scores,
+        outputs.valid,
+        people.resize,
+        max_people=predictor.max_people,
+        nms_distance_ratio=predictor.nms_distance_ratio,
+        nms_min_joints=predictor.nms_min_joints,
+    )
     return people._replace(keypoints=keypoints, scores=scores, slots=slots, outputs=outputs)
 
 

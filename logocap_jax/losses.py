@@ -7,7 +7,8 @@ slots, does.
 """
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import optax
@@ -21,7 +22,7 @@ SMOOTH_L1_BETA = 1.0 / 9.0
 
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
-    """Factors of the loss terms; the defaults are the official ones (the paper's 1, 0.01, 0.01, 1)."""
+    """Factors of the loss terms; the defaults are the official (paper's) 1, 0.01, 0.01, 1."""
 
     heatmaps: float = 1.0
     offsets: float = 0.01
@@ -91,8 +92,13 @@ def refined_heatmap_loss(refined, targets, weights, selected):
     return jnp.sum(per_instance) / (jnp.maximum(jnp.sum(selected), 1) * per_map)
 
 
-def training_losses(outputs: TrainingOutputs, targets: Mapping[str, Any], *,
-                    weights: LossWeights = LossWeights(), min_oks: float = MIN_OKS) -> dict:
+def training_losses(
+    outputs: TrainingOutputs,
+    targets: Mapping[str, Any],
+    *,
+    weights: LossWeights = LossWeights(),
+    min_oks: float = MIN_OKS,
+) -> dict:
     """The four weighted loss terms and their sum.
 
     Args:
@@ -108,14 +114,16 @@ def training_losses(outputs: TrainingOutputs, targets: Mapping[str, Any], *,
     per_joint = joint_weights(outputs.oks_joints, outputs.oks_person, min_oks=min_oks)
     passed = outputs.oks_person.max(axis=(-2, -1)) >= min_oks
     terms = {
-        "heatmaps": weights.heatmaps * heatmap_loss(
-            outputs.heatmaps, targets["heatmaps"], targets["heatmap_weights"]),
-        "offsets": weights.offsets * offset_loss(
-            outputs.offsets, targets["offsets"], targets["offset_weights"]),
-        "oks": weights.oks * kam_loss(
-            outputs.kams, outputs.oks_joints, per_joint, outputs.selected, passed),
-        "refined_heatmaps": weights.refined_heatmaps * refined_heatmap_loss(
-            outputs.refined, outputs.refined_targets, per_joint, outputs.selected),
+        "heatmaps": weights.heatmaps
+        * heatmap_loss(outputs.heatmaps, targets["heatmaps"], targets["heatmap_weights"]),
+        "offsets": weights.offsets
+        * offset_loss(outputs.offsets, targets["offsets"], targets["offset_weights"]),
+        "oks": weights.oks
+        * kam_loss(outputs.kams, outputs.oks_joints, per_joint, outputs.selected, passed),
+        "refined_heatmaps": weights.refined_heatmaps
+        * refined_heatmap_loss(
+            outputs.refined, outputs.refined_targets, per_joint, outputs.selected
+        ),
     }
     terms["total"] = terms["heatmaps"] + terms["offsets"] + terms["oks"] + terms["refined_heatmaps"]
     return terms

@@ -41,8 +41,13 @@ class OksMatch(NamedTuple):
 def _apply_affine(points, matrix):
     """[..., 2] points through the top two rows of a [3, 3] matrix, in the official term order."""
     x, y = points[..., 0], points[..., 1]
-    return jnp.stack([x * matrix[0, 0] + y * matrix[0, 1] + matrix[0, 2],
-                      x * matrix[1, 0] + y * matrix[1, 1] + matrix[1, 2]], axis=-1)
+    return jnp.stack(
+        [
+            x * matrix[0, 0] + y * matrix[0, 1] + matrix[0, 2],
+            x * matrix[1, 0] + y * matrix[1, 1] + matrix[1, 2],
+        ],
+        axis=-1,
+    )
 
 
 def _flip_x(points, flip, input_width: int):
@@ -124,8 +129,9 @@ def match_mesh(mesh, keypoints, areas, valid) -> OksMatch:
     return OksMatch(joints, person, assignment, upper_bound)
 
 
-def match_candidates(mesh, keypoints, areas, valid, transform, transform_inv, flip, *,
-                     input_width: int):
+def match_candidates(
+    mesh, keypoints, areas, valid, transform, transform_inv, flip, *, input_width: int
+):
     """OKS matching of one image's candidate meshes, given in network-input pixels.
 
     Args:
@@ -139,7 +145,8 @@ def match_candidates(mesh, keypoints, areas, valid, transform, transform_inv, fl
       (`OksMatch`, pose_gt): pose_gt [N, K, 2] are the assigned persons' keypoints in input
       pixels (invisible joints included, at wherever their stored coordinates map).
     """
-    match = match_mesh(input_to_original(mesh, transform_inv, flip, input_width),
-                       keypoints, areas, valid)
+    match = match_mesh(
+        input_to_original(mesh, transform_inv, flip, input_width), keypoints, areas, valid
+    )
     pose_gt = original_to_input(keypoints[match.assignment, :, :2], transform, flip, input_width)
     return match, pose_gt

@@ -64,12 +64,16 @@ class DecodeSettings:
         if 1.0 not in self.scales:
             raise ValueError(f"scales must include 1.0 (offsets and embeddings), got {self.scales}")
         if self.adaptation not in ADAPTATION_LEVELS:
-            raise ValueError(f"adaptation must be one of {ADAPTATION_LEVELS}, got {self.adaptation!r}")
+            raise ValueError(
+                f"adaptation must be one of {ADAPTATION_LEVELS}, got {self.adaptation!r}"
+            )
         if self.sampling not in SAMPLING_MODES:
             raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
         if self.dynamic_conv not in refine.DYNAMIC_CONV_MODES:
-            raise ValueError(f"dynamic_conv must be one of {refine.DYNAMIC_CONV_MODES}, "
-                             f"got {self.dynamic_conv!r}")
+            raise ValueError(
+                f"dynamic_conv must be one of {refine.DYNAMIC_CONV_MODES}, "
+                f"got {self.dynamic_conv!r}"
+            )
 
 
 class NetworkOutputs(NamedTuple):
@@ -113,7 +117,7 @@ def _heads(model: LogoCap, variables, images, flip_test: bool):
     heatmaps, offsets = predictions.heatmaps, predictions.offsets
     if flip_test:
         heatmaps, offsets = decode.flip_merge(heatmaps, offsets)
-    return heatmaps, offsets, predictions.embeddings[:images.shape[0]]
+    return heatmaps, offsets, predictions.embeddings[: images.shape[0]]
 
 
 def network_stage(model: LogoCap, variables, images, settings: DecodeSettings) -> NetworkOutputs:
@@ -143,15 +147,20 @@ def local_kems(network: NetworkOutputs, settings: DecodeSettings) -> Candidates:
 
 
 def sample_local_features(embeddings, mesh, *, mode: str):
-    """Embedding sampled at every mesh point: [B, h, w, C], [B, N, S, S, K, 2] -> [B*N, S, S, K*C]."""
+    """Embedding sampled at mesh points: [B, h, w, C], [B, N, S, S, K, 2] -> [B*N, S, S, K*C]."""
     per_image = jax.vmap(functools.partial(sample, mode=mode))
     features = per_image(embeddings, mesh / STRIDE)
     *lead, num_joints, channels = features.shape
     return features.reshape(-1, *lead[2:], num_joints * channels)
 
 
-def local_kams(model: LogoCap, variables, network: NetworkOutputs, candidates: Candidates,
-               settings: DecodeSettings):
+def local_kams(
+    model: LogoCap,
+    variables,
+    network: NetworkOutputs,
+    candidates: Candidates,
+    settings: DecodeSettings,
+):
     """KAMs of every candidate, clamped to [0, 1]: [B, N, S, S, K]."""
     features = sample_local_features(network.embeddings, candidates.mesh, mode=settings.sampling)
     kams = model.apply(variables, features, train=False, method=LogoCap.attraction_maps)
@@ -167,19 +176,29 @@ def _refine_image(heatmaps, poses, mesh, kams, settings: DecodeSettings):
     if settings.adaptation == "partial":
         flat = kams.reshape(kams.shape[0], -1, num_joints)
         best = jnp.argmax(flat, axis=1)
-        points = jnp.take_along_axis(mesh.reshape(mesh.shape[0], -1, num_joints, 2),
-                                     best[:, None, :, None], axis=1)[:, 0]
+        points = jnp.take_along_axis(
+            mesh.reshape(mesh.shape[0], -1, num_joints, 2), best[:, None, :, None], axis=1
+        )[:, 0]
         return jnp.concatenate([points, flat.max(axis=1)[..., None]], axis=-1), None
-    refined = refine.logo_ca(heatmaps, poses, kams, half_size=settings.global_half_size,
-                             sigma=settings.global_sigma, reweigh=settings.reweigh,
-                             sampling=settings.sampling, dynamic_conv=settings.dynamic_conv)
+    refined = refine.logo_ca(
+        heatmaps,
+        poses,
+        kams,
+        half_size=settings.global_half_size,
+        sigma=settings.global_sigma,
+        reweigh=settings.reweigh,
+        sampling=settings.sampling,
+        dynamic_conv=settings.dynamic_conv,
+    )
     return refine.top2_blend(refined, poses, settings.global_half_size), refined
 
 
 def global_kams(network: NetworkOutputs, candidates: Candidates, kams, settings: DecodeSettings):
     """Final keypoints, their scores and the slot mask: see `PoseOutputs`."""
     refine_fn = functools.partial(_refine_image, settings=settings)
-    keypoints, refined = jax.vmap(refine_fn)(network.heatmaps, candidates.poses, candidates.mesh, kams)
+    keypoints, refined = jax.vmap(refine_fn)(
+        network.heatmaps, candidates.poses, candidates.mesh, kams
+    )
     center_scores = candidates.centers[..., 2]
     keypoint_scores = keypoints[..., 2] * center_scores[..., None]
     poses = jnp.concatenate([keypoints[..., :2], keypoint_scores[..., None]], axis=-1)
@@ -187,8 +206,9 @@ def global_kams(network: NetworkOutputs, candidates: Candidates, kams, settings:
     valid = decode.valid_centers(center_scores, settings.center_threshold) & (scores > 0)
     if refined is None:
         refined = jnp.zeros(poses.shape[:3] + (0, 0), poses.dtype)
-    return PoseOutputs(poses, scores, valid, candidates.centers, candidates.poses,
-                       candidates.mesh, kams, refined)
+    return PoseOutputs(
+        poses, scores, valid, candidates.centers, candidates.poses, candidates.mesh, kams, refined
+    )
 
 
 def predict_poses(model: LogoCap, variables, images, settings: DecodeSettings) -> PoseOutputs:
@@ -218,10 +238,16 @@ def make_stage_fns(model: LogoCap, settings: DecodeSettings) -> dict:
     the same as `make_predict_fn`, a little slower since XLA cannot fuse across stages.
     """
     return {
-        "backbone": jax.jit(lambda variables, images: network_stage(model, variables, images, settings)),
+        "backbone": jax.jit(
+            lambda variables, images: network_stage(model, variables, images, settings)
+        ),
         "local_kems": jax.jit(lambda network: local_kems(network, settings)),
-        "local_kams": jax.jit(lambda variables, network, candidates: local_kams(
-            model, variables, network, candidates, settings)),
-        "global_kams": jax.jit(lambda network, candidates, kams: global_kams(
-            network, candidates, kams, settings)),
+        "local_kams": jax.jit(
+            lambda variables, network, candidates: local_kams(
+                model, variables, network, candidates, settings
+            )
+        ),
+        "global_kams": jax.jit(
+            lambda network, candidates, kams: global_kams(network, candidates, kams, settings)
+        ),
     }

@@ -30,8 +30,7 @@ def back_project(poses: np.ndarray, resize_info: ResizeInfo) -> np.ndarray:
     poses = np.asarray(poses)
     _check_poses(poses, 3, "back_project poses")
     size_wh = (int(resize_info.size_wh[0]), int(resize_info.size_wh[1]))
-    t = affine_transform_matrix(resize_info.center, resize_info.scale, 0, size_wh,
-                                inverse=True)
+    t = affine_transform_matrix(resize_info.center, resize_info.scale, 0, size_wh, inverse=True)
     x = poses[..., 0].astype(np.float64)
     y = poses[..., 1].astype(np.float64)
     out = poses.copy()
@@ -41,8 +40,7 @@ def back_project(poses: np.ndarray, resize_info: ResizeInfo) -> np.ndarray:
     return out
 
 
-def _suppression_groups(xy: np.ndarray, distance_ratio: float,
-                        min_joints: int) -> np.ndarray:
+def _suppression_groups(xy: np.ndarray, distance_ratio: float, min_joints: int) -> np.ndarray:
     """Returns [P, P] bool: row i marks the poses that pose i would suppress.
 
     Two poses match when more than `min_joints` keypoints lie strictly closer than
@@ -57,8 +55,13 @@ def _suppression_groups(xy: np.ndarray, distance_ratio: float,
     return close > min_joints
 
 
-def pose_nms(keypoints_xy: np.ndarray, scores: np.ndarray, *,
-             distance_ratio: float = 0.05, min_joints: int = 8) -> np.ndarray:
+def pose_nms(
+    keypoints_xy: np.ndarray,
+    scores: np.ndarray,
+    *,
+    distance_ratio: float = 0.05,
+    min_joints: int = 8,
+) -> np.ndarray:
     """DEKR-style greedy pose NMS exactly as the official `nms_core`.
 
     Poses are visited in the given (candidate) order, not by score. For each pose i
@@ -80,8 +83,7 @@ def pose_nms(keypoints_xy: np.ndarray, scores: np.ndarray, *,
     scores = np.asarray(scores)
     _check_poses(xy, 2, "pose_nms keypoints_xy")
     if scores.shape != (xy.shape[0],):
-        raise ValueError(
-            f"pose_nms scores must have shape [{xy.shape[0]}], got {scores.shape}")
+        raise ValueError(f"pose_nms scores must have shape [{xy.shape[0]}], got {scores.shape}")
     if not np.issubdtype(xy.dtype, np.floating):
         xy = xy.astype(np.float64)
     groups = _suppression_groups(xy, distance_ratio, min_joints)
@@ -101,9 +103,16 @@ def pose_nms(keypoints_xy: np.ndarray, scores: np.ndarray, *,
     return np.array(keep, dtype=np.int64)
 
 
-def select_people(poses: np.ndarray, scores: np.ndarray, valid: np.ndarray,
-                  resize_info: ResizeInfo, *, max_people: int = 30,
-                  nms_distance_ratio: float = 0.05, nms_min_joints: int = 8):
+def select_people(
+    poses: np.ndarray,
+    scores: np.ndarray,
+    valid: np.ndarray,
+    resize_info: ResizeInfo,
+    *,
+    max_people: int = 30,
+    nms_distance_ratio: float = 0.05,
+    nms_min_joints: int = 8,
+):
     """Turns the model's fixed-size candidate slots into the final people of one image.
 
     Args:
@@ -128,11 +137,13 @@ def select_people(poses: np.ndarray, scores: np.ndarray, valid: np.ndarray,
     if scores.shape != poses.shape[:1] or valid.shape != poses.shape[:1]:
         raise ValueError(
             f"select_people scores {scores.shape} and valid {valid.shape} must both "
-            f"have shape [{poses.shape[0]}]")
+            f"have shape [{poses.shape[0]}]"
+        )
     people = back_project(poses[valid], resize_info)
     people_scores = scores[valid]
-    keep = pose_nms(people[..., :2], people_scores,
-                    distance_ratio=nms_distance_ratio, min_joints=nms_min_joints)
+    keep = pose_nms(
+        people[..., :2], people_scores, distance_ratio=nms_distance_ratio, min_joints=nms_min_joints
+    )
     slots = np.flatnonzero(valid)[keep]
     people, people_scores = people[keep], people_scores[keep]
     if len(keep) > max_people:
@@ -159,18 +170,20 @@ def coco_results(image_id: int, keypoints: np.ndarray, scores: np.ndarray) -> li
     _check_poses(keypoints, 3, "coco_results keypoints")
     if scores.shape != keypoints.shape[:1]:
         raise ValueError(
-            f"coco_results scores must have shape [{keypoints.shape[0]}], "
-            f"got {scores.shape}")
+            f"coco_results scores must have shape [{keypoints.shape[0]}], got {scores.shape}"
+        )
     results = []
     for pose, score in zip(keypoints, scores):
         # Python floats first: the reference takes w, h as float64 differences.
         xmin, ymin = pose[:, 0].min().item(), pose[:, 1].min().item()
         xmax, ymax = pose[:, 0].max().item(), pose[:, 1].max().item()
-        results.append({
-            "image_id": int(image_id),
-            "category_id": 1,
-            "keypoints": pose.reshape(-1).tolist(),
-            "score": score.item(),
-            "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
-        })
+        results.append(
+            {
+                "image_id": int(image_id),
+                "category_id": 1,
+                "keypoints": pose.reshape(-1).tolist(),
+                "score": score.item(),
+                "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
+            }
+        )
     return results

@@ -5,7 +5,8 @@ multiple of 64) and grouped by that size into fixed-size batches (the last batch
 padded by repeating an image), so XLA compiles once per distinct size and batching never changes
 the results.
 
-  python -m logocap_jax.predict --config configs/w32.py --checkpoint ckpt/w32 photos/ --output_dir out
+  python -m logocap_jax.predict --config configs/w32.py --checkpoint ckpt/w32 \
+      photos/ --output_dir out
   python -m logocap_jax.predict ... --panel_joint left_wrist   # also one instance panel per image
 """
 
@@ -14,9 +15,11 @@ import collections
 import copy
 import dataclasses
 import json
+import operator
 import os
 import time
-from typing import Iterable, Iterator, NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -80,10 +83,16 @@ class Predictor:
     def from_config(cls, config, variables, *, batch_size: int = 1, **overrides):
         """A Predictor for `config` (configs/*.py); overrides replace config.decode fields."""
         test = config.test
-        return cls(config_utils.build_model(config), variables,
-                   config_utils.decode_settings(config, **overrides), input_size=test.input_size,
-                   max_people=test.max_people, nms_distance_ratio=test.nms_distance_ratio,
-                   nms_min_joints=test.nms_min_joints, batch_size=batch_size)
+        return cls(
+            config_utils.build_model(config),
+            variables,
+            config_utils.decode_settings(config, **overrides),
+            input_size=test.input_size,
+            max_people=test.max_people,
+            nms_distance_ratio=test.nms_distance_ratio,
+            nms_min_joints=test.nms_min_joints,
+            batch_size=batch_size,
+        )
 
     def with_variables(self, variables) -> "Predictor":
         """A copy that runs `variables` (same shapes) and shares this one's compiled programs."""
@@ -130,15 +139,24 @@ class Predictor:
         outputs = jax.device_get(outputs)
         results = []
         for index, (key, _, resize) in enumerate(entries):
-            image_outputs = jax.tree_util.tree_map(lambda x: x[index], outputs)
+            image_outputs = jax.tree_util.tree_map(operator.itemgetter(index), outputs)
             keypoints, scores, slots = postprocess.select_people(
-                image_outputs.poses, image_outputs.scores, image_outputs.valid, resize,
-                max_people=self.max_people, nms_distance_ratio=self.nms_distance_ratio,
-                nms_min_joints=self.nms_min_joints)
+                image_outputs.poses,
+                image_outputs.scores,
+                image_outputs.valid,
+                resize,
+                max_people=self.max_people,
+                nms_distance_ratio=self.nms_distance_ratio,
+                nms_min_joints=self.nms_min_joints,
+            )
             results.append((key, People(keypoints, scores, slots, image_outputs, resize)))
         if self.report is not None:
-            self.report.add(stage_times, time.perf_counter() - start,
-                            [len(p.scores) for _, p in results], compiled=False)
+            self.report.add(
+                stage_times,
+                time.perf_counter() - start,
+                [len(p.scores) for _, p in results],
+                compiled=False,
+            )
         return results
 
     def _compile_stages(self, images):
@@ -187,13 +205,21 @@ def predict(variables, image, *, config=None, **overrides) -> tuple[np.ndarray, 
     return people.keypoints, people.scores
 
 
-def overlay(image_rgb: np.ndarray, people: People, *,
-            keypoint_threshold: float = visualize.DEFAULT_KEYPOINT_THRESHOLD,
-            min_score: float = 0.0) -> np.ndarray:
+def overlay(
+    image_rgb: np.ndarray,
+    people: People,
+    *,
+    keypoint_threshold: float = visualize.DEFAULT_KEYPOINT_THRESHOLD,
+    min_score: float = 0.0,
+) -> np.ndarray:
     """The image with the skeletons of the people scoring at least `min_score`."""
     shown = people.scores >= min_score
-    return visualize.draw_poses(image_rgb, people.keypoints[shown], scores=people.scores[shown],
-                                keypoint_threshold=keypoint_threshold)
+    return visualize.draw_poses(
+        image_rgb,
+        people.keypoints[shown],
+        scores=people.scores[shown],
+        keypoint_threshold=keypoint_threshold,
+    )
 
 
 def best_person_panel(image_rgb: np.ndarray, people: People, joint: int) -> np.ndarray | None:
@@ -215,8 +241,9 @@ def best_person_panel(image_rgb: np.ndarray, people: People, joint: int) -> np.n
     slot = people.slots[np.argmax(people.scores)]
     outputs = people.outputs
     network_input = preprocess.warp_test_image(image_rgb, people.resize)
-    return visualize.instance_panel(network_input, outputs.mesh[slot], outputs.kams[slot],
-                                    outputs.refined[slot], joint)
+    return visualize.instance_panel(
+        network_input, outputs.mesh[slot], outputs.kams[slot], outputs.refined[slot], joint
+    )
 
 
 def image_files(inputs) -> list:
@@ -231,11 +258,15 @@ def image_files(inputs) -> list:
     paths = []
     for entry in inputs:
         if os.path.isdir(entry):
-            found = sorted(os.path.join(entry, name) for name in os.listdir(entry)
-                           if name.lower().endswith(IMAGE_EXTENSIONS))
+            found = sorted(
+                os.path.join(entry, name)
+                for name in os.listdir(entry)
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            )
             if not found:
                 raise ValueError(
-                    f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {entry}")
+                    f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {entry}"
+                )
             paths += found
         elif os.path.exists(entry):
             paths.append(entry)
@@ -274,7 +305,8 @@ def _joint_arg(value: str) -> int:
         return int(value)
     raise argparse.ArgumentTypeError(
         f"{value!r} is neither a joint index 0-{len(JOINT_NAMES) - 1} nor one of "
-        f"{', '.join(JOINT_NAMES)}")
+        f"{', '.join(JOINT_NAMES)}"
+    )
 
 
 def positive_int(value: str) -> int:
@@ -286,24 +318,40 @@ def positive_int(value: str) -> int:
 
 def parse_args(argv=None):
     """The CLI's arguments; `paths` holds the input images (an input error exits with usage)."""
-    parser = argparse.ArgumentParser(description="LOGO-CAP poses for images: COCO JSON and overlays.")
+    parser = argparse.ArgumentParser(
+        description="LOGO-CAP poses for images: COCO JSON and overlays."
+    )
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     parser.add_argument("--config", required=True)
     parser.add_argument("--checkpoint", help="orbax checkpoint directory (from convert or train)")
     parser.add_argument("--state_dict", help="official .pth/.pth.tar or .npz state dict")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--no_flip", action="store_true",
-                        help="disable flip test (on unless the config turns it off)")
+    parser.add_argument(
+        "--no_flip",
+        action="store_true",
+        help="disable flip test (on unless the config turns it off)",
+    )
     parser.add_argument("--batch_size", type=positive_int, default=1)
     parser.add_argument("--no_draw", action="store_true", help="skip the overlay PNGs")
-    parser.add_argument("--threshold", type=float, default=visualize.DEFAULT_KEYPOINT_THRESHOLD,
-                        help="min keypoint score drawn")
-    parser.add_argument("--min_score", type=float, default=0.0,
-                        help="min pose score drawn (default 0: every person found); results.json "
-                             "keeps every person")
-    parser.add_argument("--panel_joint", type=_joint_arg,
-                        help="also write <name>_panel.png: local window, KAM and refined heatmap "
-                             "of this joint (name or index) of the best-scoring person")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=visualize.DEFAULT_KEYPOINT_THRESHOLD,
+        help="min keypoint score drawn",
+    )
+    parser.add_argument(
+        "--min_score",
+        type=float,
+        default=0.0,
+        help="min pose score drawn (default 0: every person found); results.json "
+        "keeps every person",
+    )
+    parser.add_argument(
+        "--panel_joint",
+        type=_joint_arg,
+        help="also write <name>_panel.png: local window, KAM and refined heatmap "
+        "of this joint (name or index) of the best-scoring person",
+    )
     args = parser.parse_args(argv)
     try:
         args.paths = image_files(args.inputs)
@@ -313,8 +361,10 @@ def parse_args(argv=None):
     stems = collections.Counter(os.path.splitext(os.path.basename(p))[0] for p in args.paths)
     shared = sorted(stem for stem, count in stems.items() if count > 1)
     if shared:
-        parser.error(f"several input images share the file name(s) {shared}; their outputs "
-                     "would overwrite each other")
+        parser.error(
+            f"several input images share the file name(s) {shared}; their outputs "
+            "would overwrite each other"
+        )
     return args
 
 
@@ -325,8 +375,10 @@ def _write_images(args, path: str, people: People) -> None:
     image = preprocess.read_image(path)
     stem = os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0])
     if not args.no_draw:
-        visualize.save_png(f"{stem}.png", overlay(image, people, keypoint_threshold=args.threshold,
-                                                  min_score=args.min_score))
+        visualize.save_png(
+            f"{stem}.png",
+            overlay(image, people, keypoint_threshold=args.threshold, min_score=args.min_score),
+        )
     if args.panel_joint is not None:
         panel = best_person_panel(image, people, args.panel_joint)
         if panel is not None:
@@ -338,8 +390,12 @@ def main(argv=None):
     args = parse_args(argv)
     config = config_utils.load_config(args.config)
     variables = load_variables(config, args.checkpoint, args.state_dict)
-    predictor = Predictor.from_config(config, variables, batch_size=args.batch_size,
-                                      flip_test=config.decode.flip_test and not args.no_flip)
+    predictor = Predictor.from_config(
+        config,
+        variables,
+        batch_size=args.batch_size,
+        flip_test=config.decode.flip_test and not args.no_flip,
+    )
     os.makedirs(args.output_dir, exist_ok=True)
     paths, results = args.paths, []
     ids = dict(zip(paths, image_ids(paths)))

@@ -61,8 +61,9 @@ def _perpendicular_point(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return b + np.array([-d[1], d[0]], dtype=np.float32)
 
 
-def affine_transform_matrix(center, scale, rotation_deg, output_size_wh,
-                            inverse=False) -> np.ndarray:
+def affine_transform_matrix(
+    center, scale, rotation_deg, output_size_wh, inverse=False
+) -> np.ndarray:
     """Builds the source -> network-input affine of the HRNet/DEKR test resize.
 
     The source region, `scale[0] * 200` pixels wide around `center`, is mapped onto
@@ -134,7 +135,8 @@ def test_resize(height: int, width: int, input_size: int) -> ResizeInfo:
     if height <= 0 or width <= 0 or input_size <= 0:
         raise ValueError(
             f"test_resize needs positive sizes, got height={height}, width={width}, "
-            f"input_size={input_size}")
+            f"input_size={input_size}"
+        )
     h, w = height, width
     center = np.array([int(w / 2.0 + 0.5), int(h / 2.0 + 0.5)], dtype=np.float64)
     short = _ceil_to_divisor(input_size)
@@ -146,8 +148,9 @@ def test_resize(height: int, width: int, input_size: int) -> ResizeInfo:
         h_resized = short
         w_resized = _ceil_to_divisor(short / h * w)
         scale = np.array([w_resized / h_resized * h / PIXEL_STD, h / PIXEL_STD])
-    return ResizeInfo(center=center, scale=scale,
-                      size_wh=np.array([w_resized, h_resized], dtype=np.int64))
+    return ResizeInfo(
+        center=center, scale=scale, size_wh=np.array([w_resized, h_resized], dtype=np.int64)
+    )
 
 
 # The name starts with "test_": stop pytest from collecting it wherever it is imported.
@@ -179,8 +182,14 @@ def warp_test_image(image_rgb: np.ndarray, info: ResizeInfo) -> np.ndarray:
     """
     size_wh = (int(info.size_wh[0]), int(info.size_wh[1]))
     trans = affine_transform_matrix(info.center, info.scale, 0, size_wh)
-    return cv2.warpAffine(image_rgb, trans, size_wh, flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.warpAffine(
+        image_rgb,
+        trans,
+        size_wh,
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
 
 
 def prepare_test_image(image_rgb: np.ndarray, input_size: int):
@@ -201,6 +210,7 @@ def prepare_test_image(image_rgb: np.ndarray, input_size: int):
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
         raise ValueError(
             "prepare_test_image expects an [h, w, 3] uint8 RGB image, got "
-            f"shape {image_rgb.shape} dtype {image_rgb.dtype}")
+            f"shape {image_rgb.shape} dtype {image_rgb.dtype}"
+        )
     info = test_resize(image_rgb.shape[0], image_rgb.shape[1], input_size)
     return normalize(warp_test_image(image_rgb, info)), info

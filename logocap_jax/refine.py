@@ -54,7 +54,10 @@ def _attract_shift_add(heatmaps, kernels):
     for i in range(size):
         for j in range(size):
             row, col = size - 1 - i, size - 1 - j
-            total = total + kernels[:, i, j, None, None] * padded[:, row:row + extent, col:col + extent]
+            total = (
+                total
+                + kernels[:, i, j, None, None] * padded[:, row : row + extent, col : col + extent]
+            )
     return total
 
 
@@ -62,8 +65,13 @@ def _attract_grouped(heatmaps, kernels):
     size = kernels.shape[-1]
     flipped = kernels[:, None, ::-1, ::-1]
     out = jax.lax.conv_general_dilated(
-        heatmaps[None], flipped, (1, 1), [(size // 2, size // 2)] * 2,
-        dimension_numbers=("NCHW", "OIHW", "NCHW"), feature_group_count=kernels.shape[0])
+        heatmaps[None],
+        flipped,
+        (1, 1),
+        [(size // 2, size // 2)] * 2,
+        dimension_numbers=("NCHW", "OIHW", "NCHW"),
+        feature_group_count=kernels.shape[0],
+    )
     return out[0]
 
 
@@ -71,7 +79,9 @@ def _resolve(mode: str) -> str:
     if mode == "auto":
         return "shift_add" if jax.default_backend() == "cpu" else "grouped"
     if mode not in DYNAMIC_CONV_MODES:
-        raise ValueError(f"Unknown dynamic convolution mode {mode!r}; expected one of {DYNAMIC_CONV_MODES}")
+        raise ValueError(
+            f"Unknown dynamic convolution mode {mode!r}; expected one of {DYNAMIC_CONV_MODES}"
+        )
     return mode
 
 
@@ -109,8 +119,17 @@ def attract_instances(heatmaps, kams, *, mode: str = "auto"):
     return jax.vmap(functools.partial(attract, mode=mode))(heatmaps, kams)
 
 
-def logo_ca(heatmaps, poses, kams, *, half_size: int, sigma: float, reweigh: bool = True,
-            sampling: str = "reference", dynamic_conv: str = "auto"):
+def logo_ca(
+    heatmaps,
+    poses,
+    kams,
+    *,
+    half_size: int,
+    sigma: float,
+    reweigh: bool = True,
+    sampling: str = "reference",
+    dynamic_conv: str = "auto",
+):
     """One image's refined heatmaps: global KEMs, Gaussian reweighing, KAM convolution.
 
     Args:
@@ -148,7 +167,7 @@ def top2_blend(refined, poses, half_size: int):
     flat = jax.lax.optimization_barrier(refined.reshape(*refined.shape[:2], -1))
     values, index = jax.lax.optimization_barrier(jax.lax.top_k(flat, 2))
     weights = jnp.array([TOP1_WEIGHT, 1 - TOP1_WEIGHT], jnp.float32)
-    blend = lambda v: (v[..., 0] * weights[0] + v[..., 1] * weights[1])
+    blend = lambda v: v[..., 0] * weights[0] + v[..., 1] * weights[1]
     dx = blend((index % extent).astype(jnp.float32)) - half_size
     dy = blend((index // extent).astype(jnp.float32)) - half_size
     return jnp.stack([poses[..., 0] + dx, poses[..., 1] + dy, blend(values)], axis=-1)

@@ -27,8 +27,12 @@ def _corners(coordinate, size, mode):
     if mode == "map_coordinates":
         low = jnp.floor(coordinate)
         high_weight = coordinate - low
-        return (jnp.clip(low, 0, size - 1), jnp.clip(low + 1, 0, size - 1),
-                1 - high_weight, high_weight)
+        return (
+            jnp.clip(low, 0, size - 1),
+            jnp.clip(low + 1, 0, size - 1),
+            1 - high_weight,
+            high_weight,
+        )
     raise ValueError(f"Unknown sampling mode {mode!r}; expected one of {SAMPLING_MODES}")
 
 
@@ -50,7 +54,9 @@ def sample(features, xy, *, mode: str = "reference", per_channel: bool = False):
     x0, x1, wx0, wx1 = _corners(xy[..., 0], width, mode)
     y0, y1, wy0, wy1 = _corners(xy[..., 1], height, mode)
     if per_channel:
-        assert xy.shape[-2] == channels, f"Expected [..., {channels}, 2] coordinates, got {xy.shape}"
+        assert xy.shape[-2] == channels, (
+            f"Expected [..., {channels}, 2] coordinates, got {xy.shape}"
+        )
         channel = jnp.arange(channels)
         gather = lambda y, x: features[y.astype(jnp.int32), x.astype(jnp.int32), channel]
         weight = lambda w: w
@@ -58,5 +64,9 @@ def sample(features, xy, *, mode: str = "reference", per_channel: bool = False):
         gather = lambda y, x: features[y.astype(jnp.int32), x.astype(jnp.int32)]
         weight = lambda w: w[..., None]
     # Term order and the product order (y weight first) follow the official sampler.
-    return (gather(y0, x0) * weight(wy0) * weight(wx0) + gather(y0, x1) * weight(wy0) * weight(wx1)
-            + gather(y1, x0) * weight(wy1) * weight(wx0) + gather(y1, x1) * weight(wy1) * weight(wx1))
+    return (
+        gather(y0, x0) * weight(wy0) * weight(wx0)
+        + gather(y0, x1) * weight(wy0) * weight(wx1)
+        + gather(y1, x0) * weight(wy1) * weight(wx0)
+        + gather(y1, x1) * weight(wy1) * weight(wx1)
+    )

@@ -45,14 +45,22 @@ class SpeedReport:
             if rows.any():
                 name = f"{low}" if low == high else f"{low}-{high}"
                 groups[name] = self._means(rows)
-        return {"images": len(people), "compile_seconds": self.compile_seconds,
-                **self._means(np.ones_like(people, bool)), "by_people": groups}
+        return {
+            "images": len(people),
+            "compile_seconds": self.compile_seconds,
+            **self._means(np.ones_like(people, bool)),
+            "by_people": groups,
+        }
 
     def _means(self, rows) -> dict:
         total = float(np.mean(np.asarray(self.total_seconds)[rows]))
         stages = {s: 1e3 * float(np.mean(np.asarray(self.stage_seconds[s])[rows])) for s in STAGES}
-        return {"images_in_group": int(rows.sum()), "ms_per_image": 1e3 * total,
-                "fps": 1.0 / total, "stage_ms": stages}
+        return {
+            "images_in_group": int(rows.sum()),
+            "ms_per_image": 1e3 * total,
+            "fps": 1.0 / total,
+            "stage_ms": stages,
+        }
 
     def table(self, device: str = None) -> str:
         """Markdown table: ms per image for each stage, total and FPS, overall and by people."""
@@ -60,14 +68,20 @@ class SpeedReport:
         if not summary["images"]:
             return "No timed images (every batch was a first, compiling call)."
         header = "| images | " + " | ".join(STAGES) + " | total ms | FPS |"
-        lines = [f"Device: {device or jax.devices()[0].device_kind}; "
-                 f"compilation (excluded): {summary['compile_seconds']:.1f} s", "",
-                 header, "|" + "---|" * (len(STAGES) + 3)]
+        lines = [
+            f"Device: {device or jax.devices()[0].device_kind}; "
+            f"compilation (excluded): {summary['compile_seconds']:.1f} s",
+            "",
+            header,
+            "|" + "---|" * (len(STAGES) + 3),
+        ]
         rows = [("all", summary)] + [(f"{k} people", v) for k, v in summary["by_people"].items()]
         for name, row in rows:
             cells = " | ".join(f"{row['stage_ms'][s]:.1f}" for s in STAGES)
-            lines.append(f"| {name} ({row['images_in_group']}) | {cells} | "
-                         f"{row['ms_per_image']:.1f} | {row['fps']:.2f} |")
+            lines.append(
+                f"| {name} ({row['images_in_group']}) | {cells} | "
+                f"{row['ms_per_image']:.1f} | {row['fps']:.2f} |"
+            )
         return "\n".join(lines)
 
 

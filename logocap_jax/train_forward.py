@@ -13,7 +13,8 @@ Every slot is computed; `selected` says which ones the official code keeps, and 
 
 import dataclasses
 import functools
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,14 +60,19 @@ class TrainSettings:
         if self.sampling not in SAMPLING_MODES:
             raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
         if self.dynamic_conv not in refine.DYNAMIC_CONV_MODES:
-            raise ValueError(f"dynamic_conv must be one of {refine.DYNAMIC_CONV_MODES}, "
-                             f"got {self.dynamic_conv!r}")
+            raise ValueError(
+                f"dynamic_conv must be one of {refine.DYNAMIC_CONV_MODES}, "
+                f"got {self.dynamic_conv!r}"
+            )
 
     @classmethod
     def from_decode(cls, settings: DecodeSettings, **overrides) -> "TrainSettings":
         """The fields shared with the test-time `DecodeSettings`, plus `overrides`."""
-        shared = {f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)
-                  if hasattr(settings, f.name)}
+        shared = {
+            f.name: getattr(settings, f.name)
+            for f in dataclasses.fields(cls)
+            if hasattr(settings, f.name)
+        }
         return cls(**{**shared, **overrides})
 
 
@@ -118,7 +124,8 @@ def refined_heatmap_targets(poses, pose_gt, half_size: int, sigma: float):
       pose_gt: [..., K, 2] ground-truth keypoints, input pixels.
 
     Returns:
-      [..., K, A, A]; entry [k, u, v] = exp(-|pose_k + (v - half, u - half) - gt_k|^2 / (2 sigma^2)).
+      [..., K, A, A]; entry [k, u, v] =
+      exp(-|pose_k + (v - half, u - half) - gt_k|^2 / (2 sigma^2)).
     """
     xx, yy = _global_window(half_size)
     dx = xx + poses[..., 0, None, None] - pose_gt[..., 0, None, None]
@@ -142,12 +149,24 @@ def _take_slots(values, slots):
 
 def _match_batch(mesh, batch: Mapping[str, Any], input_width: int):
     match_fn = functools.partial(oks.match_candidates, input_width=input_width)
-    return jax.vmap(match_fn)(mesh, batch["keypoints"], batch["areas"], batch["valid"],
-                              batch["transform"], batch["transform_inv"], batch["flip"])
+    return jax.vmap(match_fn)(
+        mesh,
+        batch["keypoints"],
+        batch["areas"],
+        batch["valid"],
+        batch["transform"],
+        batch["transform_inv"],
+        batch["flip"],
+    )
 
 
-def training_outputs(model: LogoCap, variables, batch: Mapping[str, Any], *,
-                     settings: TrainSettings = TrainSettings()):
+def training_outputs(
+    model: LogoCap,
+    variables,
+    batch: Mapping[str, Any],
+    *,
+    settings: TrainSettings = TrainSettings(),
+):
     """The training forward pass (spec 8.6), without the losses.
 
     Args:
@@ -176,20 +195,43 @@ def training_outputs(model: LogoCap, variables, batch: Mapping[str, Any], *,
     if 0 < settings.max_instances < settings.num_centers:
         slots = selected_slots(selected, settings.max_instances)
         centers, poses, mesh, match, pose_gt, selected = jax.tree_util.tree_map(
-            lambda x: _take_slots(x, slots), (centers, poses, mesh, match, pose_gt, selected))
+            lambda x: _take_slots(x, slots), (centers, poses, mesh, match, pose_gt, selected)
+        )
 
     features = sample_local_features(predictions.embeddings, mesh, mode=settings.sampling)
-    kams, state = model.apply({**variables, **state}, features, train=True,
-                              mask=selected.reshape(-1), method=LogoCap.attraction_maps,
-                              mutable=["batch_stats"])
+    kams, state = model.apply(
+        {**variables, **state},
+        features,
+        train=True,
+        mask=selected.reshape(-1),
+        method=LogoCap.attraction_maps,
+        mutable=["batch_stats"],
+    )
     kams = kams.reshape(mesh.shape[:-1])
     refine_fn = functools.partial(
-        refine.logo_ca, half_size=settings.global_half_size, sigma=settings.global_sigma,
-        reweigh=settings.reweigh, sampling=settings.sampling, dynamic_conv=settings.dynamic_conv)
+        refine.logo_ca,
+        half_size=settings.global_half_size,
+        sigma=settings.global_sigma,
+        reweigh=settings.reweigh,
+        sampling=settings.sampling,
+        dynamic_conv=settings.dynamic_conv,
+    )
     refined = jax.vmap(refine_fn)(heatmaps_hr, poses, kams)
-    targets = refined_heatmap_targets(poses, pose_gt, settings.global_half_size,
-                                      settings.target_sigma)
-    outputs = TrainingOutputs(predictions.heatmaps, predictions.offsets, centers, poses,
-                              match.joints, match.person, match.assignment, pose_gt, selected,
-                              kams, refined, targets)
+    targets = refined_heatmap_targets(
+        poses, pose_gt, settings.global_half_size, settings.target_sigma
+    )
+    outputs = TrainingOutputs(
+        predictions.heatmaps,
+        predictions.offsets,
+        centers,
+        poses,
+        match.joints,
+        match.person,
+        match.assignment,
+        pose_gt,
+        selected,
+        kams,
+        refined,
+        targets,
+    )
     return outputs, state["batch_stats"]

@@ -18,8 +18,16 @@ import tqdm
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from logocap_jax import (config_utils, convert, evaluate, losses, predict, speed,
-                         train_forward, training_io)
+from logocap_jax import (
+    config_utils,
+    convert,
+    evaluate,
+    losses,
+    predict,
+    speed,
+    train_forward,
+    training_io,
+)
 from logocap_jax.data import coco_records, input_pipeline, tfds_builders
 
 MINI_SETS = ("coco_mini", "ochuman_mini")
@@ -33,8 +41,10 @@ class TrainState(train_state.TrainState):
 
 def learning_rate_schedule(train_config, steps_per_epoch: int):
     """Piecewise-constant learning rate: x lr_drop_factor at each of lr_drop_epochs."""
-    boundaries = {int(epoch * steps_per_epoch): train_config.lr_drop_factor
-                  for epoch in train_config.lr_drop_epochs}
+    boundaries = {
+        int(epoch * steps_per_epoch): train_config.lr_drop_factor
+        for epoch in train_config.lr_drop_epochs
+    }
     return optax.piecewise_constant_schedule(train_config.learning_rate, boundaries)
 
 
@@ -54,8 +64,12 @@ def create_train_state(model, tx, rng, input_size: int, mesh: Mesh) -> TrainStat
     def init(key):
         images = jnp.zeros((1, input_size, input_size, 3), jnp.float32)
         variables = model.init(key, images, method=model.initialize)
-        return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                                 batch_stats=variables["batch_stats"])
+        return TrainState.create(
+            apply_fn=model.apply,
+            params=variables["params"],
+            tx=tx,
+            batch_stats=variables["batch_stats"],
+        )
 
     replicated = NamedSharding(mesh, PartitionSpec())
     shardings = jax.tree_util.tree_map(lambda _: replicated, jax.eval_shape(init, rng))
@@ -71,13 +85,15 @@ def loss_and_gradients(state: TrainState, batch, *, model, settings, loss_weight
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
-        outputs, batch_stats = train_forward.training_outputs(model, variables, batch,
-                                                              settings=settings)
+        outputs, batch_stats = train_forward.training_outputs(
+            model, variables, batch, settings=settings
+        )
         terms = losses.training_losses(outputs, batch, weights=loss_weights)
         return terms["total"], (terms, batch_stats, outputs.selected.sum())
 
     (_, (terms, batch_stats, selected)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+        state.params
+    )
     return terms, grads, batch_stats, selected
 
 
@@ -94,7 +110,8 @@ def train_step(state: TrainState, batch, *, model, settings, loss_weights):
       gradient norm.
     """
     terms, grads, batch_stats, selected = loss_and_gradients(
-        state, batch, model=model, settings=settings, loss_weights=loss_weights)
+        state, batch, model=model, settings=settings, loss_weights=loss_weights
+    )
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     metrics = dict(terms, selected_instances=selected, grad_norm=optax.global_norm(grads))
     return new_state, metrics
@@ -111,8 +128,10 @@ def make_train_step(model, settings, loss_weights, mesh: Mesh, state: TrainState
 def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
     """Global arrays from this process's slice of the batch (its local rows)."""
     sharding = NamedSharding(mesh, PartitionSpec("data"))
-    return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-            for key, value in local_batch.items()}
+    return {
+        key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+        for key, value in local_batch.items()
+    }
 
 
 def model_variables(state: TrainState) -> dict:
@@ -131,8 +150,9 @@ def loss_weights_from(config) -> losses.LossWeights:
 
 
 def train_settings_from(config) -> train_forward.TrainSettings:
-    return train_forward.TrainSettings.from_decode(config_utils.decode_settings(config),
-                                                   max_instances=config.train.max_instances)
+    return train_forward.TrainSettings.from_decode(
+        config_utils.decode_settings(config), max_instances=config.train.max_instances
+    )
 
 
 def compute_dtype(config):
@@ -154,13 +174,19 @@ def open_train_source(data_config):
         tfds_builders.build_mini(name, data_dir)
         name = f"coco_format/{name}"
     elif name.startswith("coco_person_keypoints/"):
-        tfds_builders.build_named(tfds_builders.CocoPersonKeypoints, data_dir,
-                                  data_config.manual_dir, configs=[data_config.split])
+        tfds_builders.build_named(
+            tfds_builders.CocoPersonKeypoints,
+            data_dir,
+            data_config.manual_dir,
+            configs=[data_config.split],
+        )
     source = tfds_builders.data_source(name, data_config.split, data_dir)
     if data_config.image_ids:
         source = coco_records.select_images(
-            (source[i] for i in range(len(source))), data_config.image_ids,
-            missing_message=f"data.image_ids not in {data_config.dataset} {data_config.split}")
+            (source[i] for i in range(len(source))),
+            data_config.image_ids,
+            missing_message=f"data.image_ids not in {data_config.dataset} {data_config.split}",
+        )
     if data_config.max_examples > 0:
         return [source[i] for i in range(min(data_config.max_examples, len(source)))]
     return source
@@ -169,20 +195,32 @@ def open_train_source(data_config):
 def make_dataset(config, source):
     data = config.data
     augmentation = input_pipeline.Augmentation(
-        max_rotation=data.max_rotation, min_scale=data.min_scale, max_scale=data.max_scale,
-        max_translate=data.max_translate, flip_prob=data.flip_prob)
+        max_rotation=data.max_rotation,
+        min_scale=data.min_scale,
+        max_scale=data.max_scale,
+        max_translate=data.max_translate,
+        flip_prob=data.flip_prob,
+    )
     return input_pipeline.make_train_dataset(
-        source, batch_size=config.train.global_batch_size, seed=config.train.seed,
-        input_size=data.input_size, output_size=data.output_size, max_people=data.max_people,
-        augmentation=augmentation, worker_count=data.worker_count)
+        source,
+        batch_size=config.train.global_batch_size,
+        seed=config.train.seed,
+        input_size=data.input_size,
+        output_size=data.output_size,
+        max_people=data.max_people,
+        augmentation=augmentation,
+        worker_count=data.worker_count,
+    )
 
 
 def _load_imagenet(state: TrainState, path: str) -> TrainState:
     variables, loaded, _ = convert.load_imagenet_backbone(
-        host_copy(model_variables(state)), convert.load_state_dict(path))
+        host_copy(model_variables(state)), convert.load_state_dict(path)
+    )
     print(f"ImageNet backbone: {len(loaded)} tensors from {path}")
-    variables = jax.device_put(variables, jax.tree_util.tree_map(
-        lambda x: x.sharding, model_variables(state)))
+    variables = jax.device_put(
+        variables, jax.tree_util.tree_map(lambda x: x.sharding, model_variables(state))
+    )
     return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
 
@@ -190,9 +228,14 @@ def _evaluate(config, predictor, state: TrainState) -> dict:
     # Every process evaluates its own copy (the best-checkpoint save is collective).
     predictor.variables = host_copy(model_variables(state))
     predictor.report = speed.SpeedReport()
-    result = evaluate.run_evaluation(predictor, config.eval.annotations, config.eval.images,
-                                     max_images=config.eval.max_images,
-                                     image_ids=config.eval.image_ids, progress=False)
+    result = evaluate.run_evaluation(
+        predictor,
+        config.eval.annotations,
+        config.eval.images,
+        max_images=config.eval.max_images,
+        image_ids=config.eval.image_ids,
+        progress=False,
+    )
     return result.stats
 
 
@@ -206,20 +249,25 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     mesh = make_mesh()
     source = open_train_source(config.data)
     steps_per_epoch = max(1, len(source) // config.train.global_batch_size)
-    num_steps = (config.train.num_steps if config.train.num_steps > 0
-                 else config.train.num_epochs * steps_per_epoch)
+    num_steps = (
+        config.train.num_steps
+        if config.train.num_steps > 0
+        else config.train.num_epochs * steps_per_epoch
+    )
     model = config_utils.build_model(config, dtype=compute_dtype(config))
     tx = create_optimizer(config.train, steps_per_epoch)
-    state = create_train_state(model, tx, jax.random.key(config.train.seed),
-                               config.data.input_size, mesh)
+    state = create_train_state(
+        model, tx, jax.random.key(config.train.seed), config.data.input_size, mesh
+    )
     iterator = iter(make_dataset(config, source))
     latest, best = training_io.checkpoint_managers(workdir, config)
     if latest.latest_step() is not None:
         state = training_io.restore_checkpoint(latest, state, iterator)
     elif config.train.imagenet_checkpoint:
         state = _load_imagenet(state, config.train.imagenet_checkpoint)
-    step_fn = make_train_step(model, train_settings_from(config), loss_weights_from(config),
-                              mesh, state)
+    step_fn = make_train_step(
+        model, train_settings_from(config), loss_weights_from(config), mesh, state
+    )
     predictor = predict.Predictor.from_config(config, host_copy(model_variables(state)))
     writer, preempted = training_io.MetricsWriter(workdir), training_io.PreemptionFlag()
     schedule = learning_rate_schedule(config.train, steps_per_epoch)
@@ -227,8 +275,13 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     last_saved = first if first else None
     if first == 0 and config.train.eval_every_steps > 0:
         writer.write(0, "eval", _evaluate(config, predictor, state) or {})
-    progress = tqdm.tqdm(range(first, num_steps), initial=first, total=num_steps, unit="step",
-                         disable=jax.process_index() != 0)
+    progress = tqdm.tqdm(
+        range(first, num_steps),
+        initial=first,
+        total=num_steps,
+        unit="step",
+        disable=jax.process_index() != 0,
+    )
     for step in progress:
         local = next(iterator)
         local.pop("image_id", None)
@@ -239,17 +292,22 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
         if (step + 1) % config.train.log_every_steps == 0 or done:
             writer.write(step + 1, "train", dict(metrics, learning_rate=schedule(step)))
             progress.set_postfix(loss=f"{metrics['total']:.4g}")
-        if ((step + 1) % config.train.checkpoint_every_steps == 0 or done
-                or latest.reached_preemption(step + 1)):
+        if (
+            (step + 1) % config.train.checkpoint_every_steps == 0
+            or done
+            or latest.reached_preemption(step + 1)
+        ):
             training_io.save_checkpoint(latest, step + 1, state, iterator)
             last_saved = step + 1
-        if config.train.eval_every_steps > 0 and ((step + 1) % config.train.eval_every_steps == 0
-                                                  or step + 1 == num_steps):
+        if config.train.eval_every_steps > 0 and (
+            (step + 1) % config.train.eval_every_steps == 0 or step + 1 == num_steps
+        ):
             stats = _evaluate(config, predictor, state)
             if stats is not None:
                 writer.write(step + 1, "eval", stats)
-                best.save(step + 1, args=ocp.args.StandardSave(model_variables(state)),
-                          metrics=stats)
+                best.save(
+                    step + 1, args=ocp.args.StandardSave(model_variables(state)), metrics=stats
+                )
         if preempted.raised:
             print(f"Stopped by a signal after step {step + 1}; checkpoint saved, rerun to resume.")
             break

@@ -41,8 +41,9 @@ def oracle_outputs(outputs: pipeline.PoseOutputs, record, resize) -> pipeline.Po
         return outputs
     mesh = np.asarray(outputs.mesh)
     num_slots, size, _, num_joints, _ = mesh.shape
-    match = oks.match_mesh(_to_original(mesh, resize), keypoints, areas,
-                           np.ones(len(keypoints), bool))
+    match = oks.match_mesh(
+        _to_original(mesh, resize), keypoints, areas, np.ones(len(keypoints), bool)
+    )
     best = np.asarray(match.joints).reshape(num_slots, size * size, num_joints).argmax(axis=1)
     flat = mesh.reshape(num_slots, size * size, num_joints, 2)
     chosen = np.take_along_axis(flat, best[:, None, :, None], axis=1)[:, 0]

@@ -82,25 +82,47 @@ def _draw_person(canvas, person, color, style, threshold):
     thickness, radius = _drawing_sizes(canvas.shape, style)
     for (a, b), side in zip(SKELETON, _LIMB_SIDES):
         if visible[a] and visible[b]:
-            cv2.line(canvas, tuple(points[a]), tuple(points[b]), _side_color(color, side),
-                     thickness, cv2.LINE_AA)
+            cv2.line(
+                canvas,
+                tuple(points[a]),
+                tuple(points[b]),
+                _side_color(color, side),
+                thickness,
+                cv2.LINE_AA,
+            )
     # Ground truth gets hollow joints, so it stays readable under predicted (filled) joints.
     fill = 1 if style == "gt" else cv2.FILLED
     for k in np.flatnonzero(visible):
-        cv2.circle(canvas, tuple(points[k]), radius, _side_color(color, _JOINT_SIDES[k]),
-                   fill, cv2.LINE_AA)
+        cv2.circle(
+            canvas, tuple(points[k]), radius, _side_color(color, _JOINT_SIDES[k]), fill, cv2.LINE_AA
+        )
     return points[visible]
 
 
 def _draw_score(canvas, drawn, score, color):
     """Writes the pose score just above the topmost drawn joint."""
     x, y = drawn[np.argmin(drawn[:, 1])]
-    cv2.putText(canvas, f"{score:.2f}", (int(x), int(y) - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                color, 1, cv2.LINE_AA)
+    cv2.putText(
+        canvas,
+        f"{score:.2f}",
+        (int(x), int(y) - 6),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.4,
+        color,
+        1,
+        cv2.LINE_AA,
+    )
 
 
-def draw_poses(image_rgb, keypoints, *, scores=None,
-               keypoint_threshold=DEFAULT_KEYPOINT_THRESHOLD, color=None, style="pred"):
+def draw_poses(
+    image_rgb,
+    keypoints,
+    *,
+    scores=None,
+    keypoint_threshold=DEFAULT_KEYPOINT_THRESHOLD,
+    color=None,
+    style="pred",
+):
     """Draws poses (COCO skeleton) on a copy of an image.
 
     Each person gets its own hue; within a person, left limbs/joints are lighter and right
@@ -152,10 +174,10 @@ def _color_map(values, lo, hi, tile):
 
 
 def _label(tile_image, text):
-    cv2.putText(tile_image, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3,
-                cv2.LINE_AA)
-    cv2.putText(tile_image, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
-                cv2.LINE_AA)
+    cv2.putText(tile_image, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(
+        tile_image, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA
+    )
 
 
 def _crop_with_samples(image, points, tile):
@@ -169,8 +191,9 @@ def _crop_with_samples(image, points, tile):
     half = max(0.75 * float(np.ptp(flat, axis=0).max()), 8.0)
     scale = tile / (2.0 * half)
     # Maps crop-corner (center - half) to 0; pixel centres follow cv2's integer convention.
-    affine = np.array([[scale, 0.0, -scale * (center[0] - half)],
-                       [0.0, scale, -scale * (center[1] - half)]])
+    affine = np.array(
+        [[scale, 0.0, -scale * (center[0] - half)], [0.0, scale, -scale * (center[1] - half)]]
+    )
     crop = cv2.warpAffine(image, affine, (tile, tile), flags=cv2.INTER_LINEAR)
     mapped = np.rint(flat * scale + affine[:, 2]).astype(np.int32)
     for x, y in mapped:
@@ -198,10 +221,16 @@ def _check_panel_inputs(mesh_xy, kams, refined, joint):
     if kams.shape != mesh_xy.shape[:3]:
         raise ValueError(f"kams must be [S, S, K] = {mesh_xy.shape[:3]}, got {kams.shape}")
     num_joints = mesh_xy.shape[2]
-    if (refined.ndim != 3 or refined.shape[0] != num_joints
-            or refined.shape[1] != refined.shape[2] or refined.shape[1] == 0):
-        raise ValueError(f"refined must be [K, A, A] with K = {num_joints} and A > 0, got "
-                         f"{refined.shape} (only LOGO-CA, adaptation 'full', gives refined maps)")
+    if (
+        refined.ndim != 3
+        or refined.shape[0] != num_joints
+        or refined.shape[1] != refined.shape[2]
+        or refined.shape[1] == 0
+    ):
+        raise ValueError(
+            f"refined must be [K, A, A] with K = {num_joints} and A > 0, got "
+            f"{refined.shape} (only LOGO-CA, adaptation 'full', gives refined maps)"
+        )
     if not 0 <= joint < num_joints:
         raise ValueError(f"joint must be in [0, {num_joints}), got {joint}")
     if not np.all(np.isfinite(mesh_xy[:, :, joint])):
@@ -231,9 +260,11 @@ def instance_panel(image_rgb, mesh_xy, kams, refined, joint, *, tile=PANEL_TILE)
     """
     image = _check_image(image_rgb)
     mesh_xy, kams, refined = _check_panel_inputs(mesh_xy, kams, refined, joint)
-    tiles = [_crop_with_samples(image, mesh_xy[:, :, joint], tile),
-             _color_map(kams[:, :, joint], 0.0, 1.0, tile),
-             _refined_tile(refined[joint], tile)]
+    tiles = [
+        _crop_with_samples(image, mesh_xy[:, :, joint], tile),
+        _color_map(kams[:, :, joint], 0.0, 1.0, tile),
+        _refined_tile(refined[joint], tile),
+    ]
     name = JOINT_NAMES[joint] if mesh_xy.shape[2] == NUM_JOINTS else f"joint {joint}"
     for tile_image, text in zip(tiles, (name, "KAM", "refined")):
         _label(tile_image, text)

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from test_losses import GOLDEN, ROOT, TERMS, golden_batch
 
 from logocap_jax import config_utils, convert, train_lib
-from test_losses import GOLDEN, ROOT, TERMS, golden_batch
 
 
 def test_bf16_training_step_is_close_to_float32():
@@ -15,14 +15,25 @@ def test_bf16_training_step_is_close_to_float32():
     model = config_utils.build_model(config, dtype=train_lib.compute_dtype(config))
     variables = convert.variables_from_state_dict(
         convert.load_state_dict(str(GOLDEN / "tiny_loss_state_dict.npz")),
-        convert.model_template(model))
+        convert.model_template(model),
+    )
     with np.load(GOLDEN / "tiny_loss.npz") as data:
         golden = {k: data[k] for k in data.files}
-    state = train_lib.TrainState.create(apply_fn=model.apply, params=variables["params"],
-                                        tx=optax.adam(1e-3), batch_stats=variables["batch_stats"])
-    terms, grads, batch_stats, _ = jax.jit(lambda s, b: train_lib.loss_and_gradients(
-        s, b, model=model, settings=train_lib.train_settings_from(config),
-        loss_weights=train_lib.loss_weights_from(config)))(state, golden_batch(golden))
+    state = train_lib.TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=optax.adam(1e-3),
+        batch_stats=variables["batch_stats"],
+    )
+    terms, grads, batch_stats, _ = jax.jit(
+        lambda s, b: train_lib.loss_and_gradients(
+            s,
+            b,
+            model=model,
+            settings=train_lib.train_settings_from(config),
+            loss_weights=train_lib.loss_weights_from(config),
+        )
+    )(state, golden_batch(golden))
 
     for tree in (grads, batch_stats):
         assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(tree))

@@ -52,8 +52,9 @@ def test_ground_truth_as_results_gives_perfect_scores(named_gt):
 
 def test_ground_truth_as_results_skips_crowd_and_unlabelled(coco_gt):
     results = coco_eval.ground_truth_as_results(coco_gt)
-    usable = [a for a in coco_gt.dataset["annotations"]
-              if not a["iscrowd"] and a["num_keypoints"] > 0]
+    usable = [
+        a for a in coco_gt.dataset["annotations"] if not a["iscrowd"] and a["num_keypoints"] > 0
+    ]
     assert len(results) == len(usable)
     assert all(r["score"] == 1.0 and len(r["keypoints"]) == 51 for r in results)
 
@@ -150,11 +151,14 @@ def test_results_entry_with_50_values_is_named(coco_gt):
         coco_eval.evaluate_keypoints(coco_gt, results)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("image_id", 123456789, "image id 123456789"),
-    ("score", float("nan"), "non-finite score"),
-    ("category_id", 2, "category_id 2"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("image_id", 123456789, "image id 123456789"),
+        ("score", float("nan"), "non-finite score"),
+        ("category_id", 2, "category_id 2"),
+    ],
+)
 def test_bad_results_entries_are_named(coco_gt, field, value, message):
     results = coco_eval.ground_truth_as_results(coco_gt)
     results[1][field] = value
@@ -171,7 +175,8 @@ def test_format_table_matches_table_1_layout():
     ]
     stats["APM"] = -1.0
     assert coco_eval.format_table(stats, "x", header=False) == (
-        "| x | 69.6 / 87.5 / 75.9 / - / 78.0 | 74.9 |")
+        "| x | 69.6 / 87.5 / 75.9 / - / 78.0 | 74.9 |"
+    )
 
 
 def test_save_results_and_stats_round_trip(tmp_path, coco_gt):

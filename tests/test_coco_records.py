@@ -18,8 +18,11 @@ GOLDEN = REPO / "tests" / "data" / "golden"
 
 
 def _records(annotation_file, image_dir, keep=True):
-    return list(coco_records.image_records(
-        str(annotation_file), str(image_dir), keep_images_without_people=keep))
+    return list(
+        coco_records.image_records(
+            str(annotation_file), str(image_dir), keep_images_without_people=keep
+        )
+    )
 
 
 def _write_json(path, content):
@@ -29,9 +32,15 @@ def _write_json(path, content):
 
 def _person(annotation_id, image_id, **overrides):
     annotation = {
-        "id": annotation_id, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-        "num_keypoints": 1, "keypoints": [10, 20, 2] + [0] * 48, "area": 100.0,
-        "bbox": [5, 5, 10, 20], "segmentation": [[5, 5, 15, 5, 15, 25, 5, 25]],
+        "id": annotation_id,
+        "image_id": image_id,
+        "category_id": 1,
+        "iscrowd": 0,
+        "num_keypoints": 1,
+        "keypoints": [10, 20, 2] + [0] * 48,
+        "area": 100.0,
+        "bbox": [5, 5, 10, 20],
+        "segmentation": [[5, 5, 15, 5, 15, 25, 5, 25]],
     }
     annotation.update(overrides)
     return annotation
@@ -47,12 +56,14 @@ def mini_records():
 
 
 @pytest.mark.parametrize("key, image_id", [("mask_full_0", 197388), ("mask_full_1", 196141)])
-@pytest.mark.parametrize("annotation_file", [
-    GOLDEN / "person_keypoints_subset.json", COCO_MINI_JSON])
+@pytest.mark.parametrize(
+    "annotation_file", [GOLDEN / "person_keypoints_subset.json", COCO_MINI_JSON]
+)
 def test_valid_mask_equals_official(key, image_id, annotation_file):
     golden = np.load(GOLDEN / "tiny_loss.npz")[key]
     records = coco_records.image_records(
-        str(annotation_file), str(COCO_MINI / "images"), keep_images_without_people=True)
+        str(annotation_file), str(COCO_MINI / "images"), keep_images_without_people=True
+    )
     record = next(r for r in records if r["image_id"] == image_id)
     mask = coco_records.valid_mask(record)
     assert mask.dtype == bool and mask.shape == golden.shape
@@ -74,8 +85,18 @@ def test_mini_counts(mini_records):
 def test_record_layout(mini_records):
     record = next(r for r in mini_records if r["image_id"] == 139)
     assert list(record) == [
-        "image_id", "file_name", "image_path", "height", "width", "keypoints", "area",
-        "bbox", "iscrowd", "num_keypoints", "ignore_rle"]
+        "image_id",
+        "file_name",
+        "image_path",
+        "height",
+        "width",
+        "keypoints",
+        "area",
+        "bbox",
+        "iscrowd",
+        "num_keypoints",
+        "ignore_rle",
+    ]
     assert record["image_path"] == str(COCO_MINI / "images" / "000000000139.jpg")
     assert os.path.isabs(record["image_path"])
     assert (record["height"], record["width"]) == (426, 640)
@@ -89,11 +110,21 @@ def test_record_layout(mini_records):
 
 
 def test_crowd_only_and_empty_images(tmp_path):
-    crowd = _person(7, 1, iscrowd=1, num_keypoints=0, keypoints=[0] * 51,
-                    segmentation={"size": [426, 640], "counts": [640 * 10, 30, 640 * 416 - 30]})
-    annotation_file = _write_json(tmp_path / "a.json", {
-        "images": [_image(1, "000000000139.jpg"), _image(2, "000000000785.jpg")],
-        "annotations": [crowd]})
+    crowd = _person(
+        7,
+        1,
+        iscrowd=1,
+        num_keypoints=0,
+        keypoints=[0] * 51,
+        segmentation={"size": [426, 640], "counts": [640 * 10, 30, 640 * 416 - 30]},
+    )
+    annotation_file = _write_json(
+        tmp_path / "a.json",
+        {
+            "images": [_image(1, "000000000139.jpg"), _image(2, "000000000785.jpg")],
+            "annotations": [crowd],
+        },
+    )
     train = _records(annotation_file, COCO_MINI / "images", keep=False)
     assert [r["image_id"] for r in train] == [1]
     assert train[0]["keypoints"].shape == (0, 17, 3) and train[0]["bbox"].shape == (0, 4)
@@ -106,8 +137,9 @@ def test_crowd_only_and_empty_images(tmp_path):
 
 
 def test_image_info_file_without_annotations(tmp_path):
-    annotation_file = _write_json(tmp_path / "image_info.json", {
-        "images": [_image(1, "000000000139.jpg")], "categories": []})
+    annotation_file = _write_json(
+        tmp_path / "image_info.json", {"images": [_image(1, "000000000139.jpg")], "categories": []}
+    )
     (record,) = _records(annotation_file, COCO_MINI / "images")
     assert record["area"].shape == (0,)
 
@@ -118,38 +150,61 @@ def test_missing_annotation_file(tmp_path):
         coco_records.image_records(str(missing), str(tmp_path), keep_images_without_people=True)
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", "'images'"),
-    (json.dumps({"annotations": []}), "'images'"),
-    (json.dumps({"images": [{"id": 1}]}), "file_name"),
-    (json.dumps({"images": [_image(1, "000000000139.jpg")],
-                 "annotations": [{"id": 9, "image_id": 1, "bbox": [0, 0, 1, 1]}]}),
-     "annotations\\[0\\]: annotation 9 lacks"),
-    (json.dumps({"images": [_image(1, "000000000139.jpg")],
-                 "annotations": [_person(9, 1, keypoints=[1, 2, 3])]}), "'keypoints' has 3"),
-    (json.dumps({"images": [_image(1, "000000000139.jpg")],
-                 "annotations": [_person(9, 5)]}), "image id 5"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "'images'"),
+        (json.dumps({"annotations": []}), "'images'"),
+        (json.dumps({"images": [{"id": 1}]}), "file_name"),
+        (
+            json.dumps(
+                {
+                    "images": [_image(1, "000000000139.jpg")],
+                    "annotations": [{"id": 9, "image_id": 1, "bbox": [0, 0, 1, 1]}],
+                }
+            ),
+            "annotations\\[0\\]: annotation 9 lacks",
+        ),
+        (
+            json.dumps(
+                {
+                    "images": [_image(1, "000000000139.jpg")],
+                    "annotations": [_person(9, 1, keypoints=[1, 2, 3])],
+                }
+            ),
+            "'keypoints' has 3",
+        ),
+        (
+            json.dumps({"images": [_image(1, "000000000139.jpg")], "annotations": [_person(9, 5)]}),
+            "image id 5",
+        ),
+    ],
+)
 def test_not_coco_keypoints(tmp_path, content, message):
     bad = tmp_path / "bad.json"
     bad.write_text(content)
     with pytest.raises(coco_records.CocoFormatError, match=message) as error:
-        coco_records.image_records(str(bad), str(COCO_MINI / "images"),
-                                   keep_images_without_people=True)
+        coco_records.image_records(
+            str(bad), str(COCO_MINI / "images"), keep_images_without_people=True
+        )
     assert "bad.json" in str(error.value)
 
 
 def test_missing_image(tmp_path):
-    annotation_file = _write_json(tmp_path / "a.json", {
-        "images": [_image(1, "000000000139.jpg"), _image(2, "missing_image.jpg")],
-        "annotations": [_person(3, 1), _person(4, 2)]})
+    annotation_file = _write_json(
+        tmp_path / "a.json",
+        {
+            "images": [_image(1, "000000000139.jpg"), _image(2, "missing_image.jpg")],
+            "annotations": [_person(3, 1), _person(4, 2)],
+        },
+    )
     with pytest.raises(FileNotFoundError, match="missing_image.jpg"):
-        coco_records.image_records(str(annotation_file), str(COCO_MINI / "images"),
-                                   keep_images_without_people=False)
+        coco_records.image_records(
+            str(annotation_file), str(COCO_MINI / "images"), keep_images_without_people=False
+        )
 
 
 def test_import_does_not_load_tensorflow():
-    code = ("import sys, logocap_jax.data.coco_records; "
-            "assert 'tensorflow' not in sys.modules")
+    code = "import sys, logocap_jax.data.coco_records; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

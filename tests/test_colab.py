@@ -29,8 +29,11 @@ def source(cell):
 
 def runnable(cell):
     """Whether the test runs `cell`: code, not colab-only, not an install or magic."""
-    return (cell["cell_type"] == "code" and COLAB_ONLY not in cell["metadata"].get("tags", [])
-            and not source(cell).lstrip().startswith(("!pip", "%")))
+    return (
+        cell["cell_type"] == "code"
+        and COLAB_ONLY not in cell["metadata"].get("tags", [])
+        and not source(cell).lstrip().startswith(("!pip", "%"))
+    )
 
 
 def test_notebook_is_nbformat4(notebook):
@@ -64,8 +67,13 @@ def test_runnable_cells_are_plain_python(notebook):
 def test_notebook_runs(notebook, tmp_path):
     script = tmp_path / "demo.py"
     script.write_text("\n\n".join(source(c) for c in notebook["cells"] if runnable(c)) + "\n")
-    proc = subprocess.run([sys.executable, str(script)], cwd=NOTEBOOK.parent, capture_output=True,
-                          text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=NOTEBOOK.parent,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "5 people" in proc.stdout
     # The skeleton overlay and the instance panel were displayed.

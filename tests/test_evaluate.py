@@ -73,18 +73,39 @@ def pseudo_ground_truth_file(tmp_path):
         x, y, w, h = result["bbox"]
         keypoints[:, :2] += shift * np.sqrt(w * h)
         keypoints[:, 2] = 2
-        annotations.append({"id": index + 1, "image_id": GOLDEN_ID, "category_id": 1,
-                            "iscrowd": 0, "num_keypoints": 17, "area": w * h,
-                            "bbox": [x, y, w, h], "segmentation": [],
-                            "keypoints": keypoints.ravel().tolist()})
+        annotations.append(
+            {
+                "id": index + 1,
+                "image_id": GOLDEN_ID,
+                "category_id": 1,
+                "iscrowd": 0,
+                "num_keypoints": 17,
+                "area": w * h,
+                "bbox": [x, y, w, h],
+                "segmentation": [],
+                "keypoints": keypoints.ravel().tolist(),
+            }
+        )
     data["annotations"] = annotations
     return write_json(tmp_path / "pseudo_197388.json", data)
 
 
 def run(eval_main, annotations, images, output_dir, *flags):
-    return eval_main(["--config", str(CONFIG), "--state_dict", str(STATE_DICT),
-                      "--annotations", str(annotations), "--images", str(images),
-                      "--output_dir", str(output_dir), *flags])
+    return eval_main(
+        [
+            "--config",
+            str(CONFIG),
+            "--state_dict",
+            str(STATE_DICT),
+            "--annotations",
+            str(annotations),
+            "--images",
+            str(images),
+            "--output_dir",
+            str(output_dir),
+            *flags,
+        ]
+    )
 
 
 def assert_matches_golden(results, golden):
@@ -165,12 +186,25 @@ def test_multi_scale_runs_and_differs(eval_main, subset_run, tmp_path):
 def test_a_config_without_flip_test_is_followed(eval_main, tmp_path):
     """A config with decode.flip_test off gives the official noflip results without --no_flip."""
     config = tmp_path / "tiny_noflip.py"
-    config.write_text("from logocap_jax import config_utils\n\n\ndef get_config():\n"
-                      f"    config = config_utils.load_config({str(CONFIG)!r})\n"
-                      "    config.decode.flip_test = False\n    return config\n")
-    result = eval_main(["--config", str(config), "--state_dict", str(STATE_DICT),
-                        "--annotations", str(subset_file(tmp_path)), "--images", str(COCO_IMAGES),
-                        "--output_dir", str(tmp_path / "out")])
+    config.write_text(
+        "from logocap_jax import config_utils\n\n\ndef get_config():\n"
+        f"    config = config_utils.load_config({str(CONFIG)!r})\n"
+        "    config.decode.flip_test = False\n    return config\n"
+    )
+    result = eval_main(
+        [
+            "--config",
+            str(config),
+            "--state_dict",
+            str(STATE_DICT),
+            "--annotations",
+            str(subset_file(tmp_path)),
+            "--images",
+            str(COCO_IMAGES),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert_matches_golden(result.results, golden_results(flip=False))
 
 
@@ -179,8 +213,9 @@ def test_image_ids_select_the_evaluated_images(eval_main, tmp_path):
     mini = ROOT / "data" / "coco_mini" / "annotations" / "person_keypoints_mini.json"
     result = run(eval_main, mini, COCO_IMAGES, tmp_path / "out", "--image_ids", str(GOLDEN_ID))
     assert_matches_golden(result.results, golden_results(flip=True))
-    expected = coco_eval.evaluate_keypoints(coco_eval.load_annotations(str(mini)),
-                                            golden_results(flip=True), [GOLDEN_ID])
+    expected = coco_eval.evaluate_keypoints(
+        coco_eval.load_annotations(str(mini)), golden_results(flip=True), [GOLDEN_ID]
+    )
     assert result.stats == pytest.approx(expected, abs=1e-9)
     with pytest.raises(ValueError, match=r"image ids not in .*person_keypoints_mini.json: \[1\]"):
         run(eval_main, mini, COCO_IMAGES, tmp_path / "out", "--image_ids", f"{GOLDEN_ID},1")
@@ -191,8 +226,13 @@ def test_image_ids_select_the_evaluated_images(eval_main, tmp_path):
 
 def test_eval_on_ochuman_mini(eval_main, tmp_path):
     out = tmp_path / "out"
-    result = run(eval_main, OCHUMAN / "annotations" / "person_keypoints_mini.json",
-                 OCHUMAN / "images", out, "--no_flip")
+    result = run(
+        eval_main,
+        OCHUMAN / "annotations" / "person_keypoints_mini.json",
+        OCHUMAN / "images",
+        out,
+        "--no_flip",
+    )
     for name in OUTPUT_FILES:
         assert (out / name).is_file(), name
     results = read_json(out / "results.json")
@@ -210,8 +250,14 @@ def test_eval_on_ochuman_mini(eval_main, tmp_path):
 def test_upper_bound_beats_the_model_on_ochuman_mini(eval_main, tmp_path):
     annotations = OCHUMAN / "annotations" / "person_keypoints_mini.json"
     model = run(eval_main, annotations, OCHUMAN / "images", tmp_path / "model", "--no_flip")
-    oracle = run(eval_main, annotations, OCHUMAN / "images", tmp_path / "oracle", "--no_flip",
-                 "--upper_bound")
+    oracle = run(
+        eval_main,
+        annotations,
+        OCHUMAN / "images",
+        tmp_path / "oracle",
+        "--no_flip",
+        "--upper_bound",
+    )
     # Same candidates and scores, every joint moved towards its ground truth (moved poses can
     # merge in the pose NMS, so the counts may differ).
     assert oracle.results != model.results
@@ -256,12 +302,15 @@ def test_missing_annotation_file_is_named(eval_main, tmp_path):
         run(eval_main, tmp_path / "nothing.json", COCO_IMAGES, tmp_path / "out")
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--annotations", "a.json"], "--annotations and --images"),
-    (["--annotations", "a.json", "--images", "x", "--scales", "0.5,one"], "--scales"),
-    (["--annotations", "a.json", "--images", "x", "--batch_size", "-2"], "positive integer"),
-    (["--annotations", "a.json", "--images", "x", "--image_ids", "785,a"], "--image_ids"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--annotations", "a.json"], "--annotations and --images"),
+        (["--annotations", "a.json", "--images", "x", "--scales", "0.5,one"], "--scales"),
+        (["--annotations", "a.json", "--images", "x", "--batch_size", "-2"], "positive integer"),
+        (["--annotations", "a.json", "--images", "x", "--image_ids", "785,a"], "--image_ids"),
+    ],
+)
 def test_bad_arguments_exit_with_usage(eval_main, capsys, flags, message):
     with pytest.raises(SystemExit):
         eval_main(["--config", str(CONFIG), "--state_dict", str(STATE_DICT), *flags])

@@ -15,15 +15,21 @@ def setup():
     template = convert.model_template(model)
     zeros = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), template)
     state_dict = convert.load_state_dict(GOLDEN)
-    backbone = {k.removeprefix("backbone."): v for k, v in state_dict.items()
-                if k.startswith("backbone.")}
+    backbone = {
+        k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")
+    }
     return zeros, state_dict, backbone
 
 
 def test_backbone_keys_load_and_classifier_keys_are_ignored(setup):
     zeros, state_dict, backbone = setup
-    checkpoint = dict(backbone, **{"classifier.weight": np.ones((1000, 2048)),
-                                   "incre_modules.0.0.conv1.weight": np.ones((32, 64, 1, 1))})
+    checkpoint = dict(
+        backbone,
+        **{
+            "classifier.weight": np.ones((1000, 2048)),
+            "incre_modules.0.0.conv1.weight": np.ones((32, 64, 1, 1)),
+        },
+    )
     variables, loaded, ignored = convert.load_imagenet_backbone(zeros, checkpoint)
     expected = {k for k in backbone if not convert.is_buffer_counter(k)}
     assert set(loaded) == expected

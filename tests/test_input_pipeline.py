@@ -8,8 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from logocap_jax.data import input_pipeline
-from logocap_jax.data import tfds_builders
+from logocap_jax.data import input_pipeline, tfds_builders
 
 INPUT, OUTPUT, PEOPLE = 128, 32, 4
 SIZES = dict(input_size=INPUT, output_size=OUTPUT, max_people=PEOPLE)
@@ -30,15 +29,14 @@ def by_id(source):
 
 def _iterator(source, *, batch_size=4, seed=0, shard_options=SINGLE, **kwargs):
     dataset = input_pipeline.make_train_dataset(
-        source, batch_size=batch_size, seed=seed, shard_options=shard_options,
-        **{**SIZES, **kwargs})
+        source, batch_size=batch_size, seed=seed, shard_options=shard_options, **{**SIZES, **kwargs}
+    )
     return iter(dataset)
 
 
 def _take(iterator, count):
     # Copies, because batches from workers are views of shared memory.
-    return [{key: np.array(value) for key, value in next(iterator).items()}
-            for _ in range(count)]
+    return [{key: np.array(value) for key, value in next(iterator).items()} for _ in range(count)]
 
 
 def _assert_batches_equal(actual, expected):
@@ -70,8 +68,11 @@ def test_batch_shapes_and_dtypes(source):
         "image_id": ((3,), np.int64),
     }
     assert {key: (value.shape, value.dtype) for key, value in batch.items()} == expected
-    np.testing.assert_allclose(batch["transform"] @ batch["transform_inv"],
-                               np.broadcast_to(np.eye(3), (3, 3, 3)), atol=1e-4)
+    np.testing.assert_allclose(
+        batch["transform"] @ batch["transform_inv"],
+        np.broadcast_to(np.eye(3), (3, 3, 3)),
+        atol=1e-4,
+    )
 
 
 def test_same_seed_same_batches_other_seed_differs(source):
@@ -84,9 +85,8 @@ def test_same_seed_same_batches_other_seed_differs(source):
 def test_each_epoch_is_a_new_permutation(source):
     # 38 records in batches of 2: every epoch is exactly 19 batches.
     steps = len(source) // 2
-    ids = np.concatenate([b["image_id"] for b in _take(_iterator(source, batch_size=2),
-                                                        2 * steps)])
-    first, second = ids[:len(source)], ids[len(source):]
+    ids = np.concatenate([b["image_id"] for b in _take(_iterator(source, batch_size=2), 2 * steps)])
+    first, second = ids[: len(source)], ids[len(source) :]
     assert sorted(first) == sorted(second) and len(set(first)) == len(source)
     assert not np.array_equal(first, second)
 
@@ -97,7 +97,8 @@ def test_pipeline_equals_eager_transform(source, by_id):
     for j, image_id in enumerate(batch["image_id"]):
         index = step * batch_size + j
         eager = input_pipeline.train_example(
-            by_id[int(image_id)], input_pipeline.example_rng(seed, index), **SIZES)
+            by_id[int(image_id)], input_pipeline.example_rng(seed, index), **SIZES
+        )
         _assert_batches_equal([{k: v[j] for k, v in batch.items()}], [eager])
 
 
@@ -115,22 +116,26 @@ def test_state_round_trips_through_orbax(source, tmp_path):
     iterator = _iterator(source)
     _take(iterator, 3)
     with ocp.CheckpointManager(tmp_path / "checkpoints") as manager:
-        manager.save(3, args=ocp.args.Composite(
-            data=grain.checkpoint.CheckpointSave(iterator)))
+        manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
         manager.wait_until_finished()
-        restored = manager.restore(3, args=ocp.args.Composite(
-            data=grain.checkpoint.CheckpointRestore(_iterator(source))))["data"]
+        restored = manager.restore(
+            3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(_iterator(source)))
+        )["data"]
     _assert_batches_equal(_take(restored, 2), _take(iterator, 2))
 
 
 def test_process_shards_partition_the_global_batch(source):
     single = _take(_iterator(source, batch_size=4), 3)
-    shards = [_take(_iterator(source, batch_size=4,
-                              shard_options=grain.sharding.ShardOptions(index, 2)), 3)
-              for index in range(2)]
+    shards = [
+        _take(
+            _iterator(source, batch_size=4, shard_options=grain.sharding.ShardOptions(index, 2)), 3
+        )
+        for index in range(2)
+    ]
     for index, shard in enumerate(shards):
         _assert_batches_equal(
-            shard, [{k: v[index::2] for k, v in batch.items()} for batch in single])
+            shard, [{k: v[index::2] for k, v in batch.items()} for batch in single]
+        )
 
 
 def test_workers_match_in_process_and_restore(source):
@@ -153,10 +158,12 @@ def test_crowded_image_keeps_first_people_and_logs_once(by_id, monkeypatch, capl
     with caplog.at_level(logging.WARNING, logger=input_pipeline.__name__):
         for index in range(2):
             example = input_pipeline.train_example(
-                record, input_pipeline.example_rng(0, index), **SIZES)
+                record, input_pipeline.example_rng(0, index), **SIZES
+            )
     assert len(caplog.records) == 1 and str(record["image_id"]) in caplog.text
     everyone = input_pipeline.train_example(
-        record, input_pipeline.example_rng(0, 1), **{**SIZES, "max_people": num_people})
+        record, input_pipeline.example_rng(0, 1), **{**SIZES, "max_people": num_people}
+    )
     assert example["valid"].all() and everyone["valid"].all()
     for key in ("keypoints", "areas"):
         np.testing.assert_array_equal(example[key], everyone[key][:PEOPLE], err_msg=key)
@@ -164,8 +171,9 @@ def test_crowded_image_keeps_first_people_and_logs_once(by_id, monkeypatch, capl
         np.testing.assert_array_equal(example[key], everyone[key], err_msg=key)
 
 
-@pytest.mark.parametrize("contents, error", [(None, FileNotFoundError),
-                                             (b"not a jpeg", ValueError)])
+@pytest.mark.parametrize(
+    "contents, error", [(None, FileNotFoundError), (b"not a jpeg", ValueError)]
+)
 def test_unreadable_image_names_the_file(source, tmp_path, contents, error):
     path = tmp_path / "broken.jpg"
     if contents is not None:
@@ -177,10 +185,13 @@ def test_unreadable_image_names_the_file(source, tmp_path, contents, error):
         next(_iterator([record], batch_size=1))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(batch_size=3, shard_options=grain.sharding.ShardOptions(0, 2)), "multiple"),
-    (dict(output_size=64), "stride"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(batch_size=3, shard_options=grain.sharding.ShardOptions(0, 2)), "multiple"),
+        (dict(output_size=64), "stride"),
+    ],
+)
 def test_rejects_inconsistent_sizes(source, kwargs, message):
     with pytest.raises(ValueError, match=message):
         _iterator(source, **kwargs)

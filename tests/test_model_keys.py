@@ -50,7 +50,9 @@ def official_shapes(name):
 def templates():
     out = {}
     for name in PARAMETER_COUNTS:
-        model = config_utils.build_model(config_utils.load_config(str(ROOT / "configs" / f"{name}.py")))
+        model = config_utils.build_model(
+            config_utils.load_config(str(ROOT / "configs" / f"{name}.py"))
+        )
         out[name] = convert.model_template(model)
     return out
 
@@ -73,7 +75,10 @@ def _count(tree):
 def test_state_dict_keys_and_shapes_match_official(templates, name):
     ours = convert.state_dict_shapes(templates[name])
     official = official_shapes(name)
-    missing, unexpected = sorted(official.keys() - ours.keys()), sorted(ours.keys() - official.keys())
+    missing, unexpected = (
+        sorted(official.keys() - ours.keys()),
+        sorted(ours.keys() - official.keys()),
+    )
     assert not missing and not unexpected, f"missing {missing[:5]}, unexpected {unexpected[:5]}"
     wrong = {k: (ours[k], official[k]) for k in official if tuple(ours[k]) != tuple(official[k])}
     assert not wrong, f"shape mismatches (ours, official): {dict(list(wrong.items())[:5])}"
@@ -109,8 +114,9 @@ def test_unexpected_key_is_named(templates, tiny_state_dict):
         convert.variables_from_state_dict(state, templates["tiny"])
 
 
-@pytest.mark.parametrize("key,shape", [("final_layer_cls.bias", (17,)),
-                                       ("backbone.conv1.weight", (64, 3, 3, 2))])
+@pytest.mark.parametrize(
+    "key,shape", [("final_layer_cls.bias", (17,)), ("backbone.conv1.weight", (64, 3, 3, 2))]
+)
 def test_misshaped_array_is_named(templates, tiny_state_dict, key, shape):
     state = dict(tiny_state_dict, **{key: np.zeros(shape, np.float32)})
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
@@ -120,9 +126,13 @@ def test_misshaped_array_is_named(templates, tiny_state_dict, key, shape):
 def test_conversion_layout(tiny_variables, tiny_state_dict):
     """Conv kernels OIHW -> HWIO, BN statistics renamed."""
     kernel = tiny_variables["params"]["backbone"]["conv1"]["kernel"]
-    np.testing.assert_array_equal(kernel, tiny_state_dict["backbone.conv1.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(tiny_variables["batch_stats"]["joints_mlp"]["4"]["var"],
-                                  tiny_state_dict["joints_mlp.4.running_var"])
+    np.testing.assert_array_equal(
+        kernel, tiny_state_dict["backbone.conv1.weight"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(
+        tiny_variables["batch_stats"]["joints_mlp"]["4"]["var"],
+        tiny_state_dict["joints_mlp.4.running_var"],
+    )
 
 
 def test_state_dict_round_trip(tiny_variables, tiny_state_dict):
@@ -145,7 +155,9 @@ def test_orbax_round_trip(tiny_variables, templates, tmp_path):
     directory = tmp_path / "tiny_ckpt"
     checkpoints.save_variables(str(directory), tiny_variables)
     _assert_same_tree(checkpoints.restore_variables(str(directory)), tiny_variables)
-    _assert_same_tree(checkpoints.restore_variables(str(directory), templates["tiny"]), tiny_variables)
+    _assert_same_tree(
+        checkpoints.restore_variables(str(directory), templates["tiny"]), tiny_variables
+    )
     with pytest.raises(FileExistsError):
         checkpoints.save_variables(str(directory), tiny_variables)
     with pytest.raises(FileNotFoundError):
@@ -157,9 +169,23 @@ def test_convert_cli(tiny_variables, tmp_path):
     python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONPATH=python_path, JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, "-m", "logocap_jax.convert", "--config", "configs/tiny.py",
-         "--input", str(TINY_STATE_DICT.relative_to(ROOT)), "--output", str(output)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "logocap_jax.convert",
+            "--config",
+            "configs/tiny.py",
+            "--input",
+            str(TINY_STATE_DICT.relative_to(ROOT)),
+            "--output",
+            str(output),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "643,805 parameters" in proc.stdout
     _assert_same_tree(checkpoints.restore_variables(str(output)), tiny_variables)

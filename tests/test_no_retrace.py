@@ -36,7 +36,8 @@ def tiny():
     model = config_utils.build_model(config)
     variables = convert.variables_from_state_dict(
         convert.load_state_dict(str(ROOT / "tests" / "data" / "golden" / "tiny_state_dict.npz")),
-        convert.model_template(model))
+        convert.model_template(model),
+    )
     return config, model, jax.device_put(variables)
 
 
@@ -60,8 +61,13 @@ def _image(seed, size):
 
 def test_compiles_once_per_input_size(tiny, monkeypatch, compile_events):
     config, model, variables = tiny
-    images = [_image(0, SIZE_A), _image(1, SIZE_A), _image(2, SIZE_B), _image(3, SIZE_A),
-              _image(4, SIZE_B)]
+    images = [
+        _image(0, SIZE_A),
+        _image(1, SIZE_A),
+        _image(2, SIZE_B),
+        _image(3, SIZE_A),
+        _image(4, SIZE_B),
+    ]
     traces = []
     original = pipeline.predict_poses
 

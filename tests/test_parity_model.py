@@ -56,7 +56,9 @@ def assert_close(name, ours, golden, atol, rtol_of_max=0.0):
     scale = np.abs(golden).max()
     tol = atol + rtol_of_max * scale
     err = np.abs(ours.astype(np.float64) - golden).max()
-    assert err <= tol, f"{name}: max error {err:.3e} > tolerance {tol:.3e} (max|golden| {scale:.3e})"
+    assert err <= tol, (
+        f"{name}: max error {err:.3e} > tolerance {tol:.3e} (max|golden| {scale:.3e})"
+    )
     return err
 
 
@@ -88,8 +90,9 @@ def network(tiny, golden):
 
     @jax.jit
     def run(variables, batch):
-        return model.apply(variables, batch, train=False, capture_intermediates=True,
-                           mutable=["intermediates"])
+        return model.apply(
+            variables, batch, train=False, capture_intermediates=True, mutable=["intermediates"]
+        )
 
     predictions, state = jax.device_get(run(variables, batch))
     return predictions, state["intermediates"]
@@ -121,13 +124,19 @@ def test_backbone_stage_outputs(network, golden, tiny, stage):
 
 def test_features(network, golden):
     _, inter = network
-    assert_close("features", inter["backbone"]["__call__"][0], nhwc(golden["features"]),
-                 NET_ATOL, NET_RTOL)
+    assert_close(
+        "features", inter["backbone"]["__call__"][0], nhwc(golden["features"]), NET_ATOL, NET_RTOL
+    )
 
 
-@pytest.mark.parametrize("module,key", [("transition_cls", "transition_cls"),
-                                        ("transition_reg", "transition_reg"),
-                                        ("transition_embedding", "embedding")])
+@pytest.mark.parametrize(
+    "module,key",
+    [
+        ("transition_cls", "transition_cls"),
+        ("transition_reg", "transition_reg"),
+        ("transition_embedding", "embedding"),
+    ],
+)
 def test_head_transitions(network, golden, module, key):
     _, inter = network
     assert_close(key, inter[module]["__call__"][0], nhwc(golden[key]), NET_ATOL, NET_RTOL)
@@ -135,16 +144,23 @@ def test_head_transitions(network, golden, module, key):
 
 def test_head_outputs(network, golden):
     predictions, _ = network
-    assert_close("heatmaps_raw", predictions.heatmaps, nhwc(golden["heatmaps_raw"]), NET_ATOL, NET_RTOL)
-    assert_close("offsets_raw", predictions.offsets, nhwc(golden["offsets_raw"]), NET_ATOL, NET_RTOL)
+    assert_close(
+        "heatmaps_raw", predictions.heatmaps, nhwc(golden["heatmaps_raw"]), NET_ATOL, NET_RTOL
+    )
+    assert_close(
+        "offsets_raw", predictions.offsets, nhwc(golden["offsets_raw"]), NET_ATOL, NET_RTOL
+    )
     assert_close("embedding", predictions.embeddings, nhwc(golden["embedding"]), NET_ATOL, NET_RTOL)
 
 
 def test_noflip_outputs_are_batch_element_zero(network, golden_noflip):
     """The noflip fixture's single-image outputs equal element 0 of the flip batch."""
     predictions, _ = network
-    for ours, key in [(predictions.heatmaps, "heatmaps_raw"), (predictions.offsets, "offsets_raw"),
-                      (predictions.embeddings, "embedding")]:
+    for ours, key in [
+        (predictions.heatmaps, "heatmaps_raw"),
+        (predictions.offsets, "offsets_raw"),
+        (predictions.embeddings, "embedding"),
+    ]:
         assert_close(key, ours[:1], nhwc(golden_noflip[key]), NET_ATOL, NET_RTOL)
 
 
@@ -161,14 +177,24 @@ def _cmp_runner(model):
     def run(variables, features, layer_inputs):
         def interceptor(next_fun, args, kwargs, context):
             module = context.module
-            if (context.method_name == "__call__" and module.name in layer_inputs
-                    and module.parent is not None and module.parent.name == "joints_mlp"):
+            if (
+                context.method_name == "__call__"
+                and module.name in layer_inputs
+                and module.parent is not None
+                and module.parent.name == "joints_mlp"
+            ):
                 args = (layer_inputs[module.name],) + tuple(args[1:])
             return next_fun(*args, **kwargs)
 
         with nn.intercept_methods(interceptor):
-            return model.apply(variables, features, train=False, method=LogoCap.attraction_maps,
-                               capture_intermediates=True, mutable=["intermediates"])
+            return model.apply(
+                variables,
+                features,
+                train=False,
+                method=LogoCap.attraction_maps,
+                capture_intermediates=True,
+                mutable=["intermediates"],
+            )
 
     return jax.jit(run)
 
@@ -193,9 +219,18 @@ def cmp_runner(tiny):
 def test_cmp_layers(tiny, cmp_runner, fixture, isolated):
     _, _, variables = tiny
     g = np.load(f"{GOLDEN}/{fixture}")
-    layer_inputs = ({name: jnp.asarray(_golden_layer(g, src)) for name, src in CMP_LAYERS.items()
-                     if src is not None} if isolated else {})
-    kams, state = jax.device_get(cmp_runner(variables, jnp.asarray(nhwc(g["cmp_input"])), layer_inputs))
+    layer_inputs = (
+        {
+            name: jnp.asarray(_golden_layer(g, src))
+            for name, src in CMP_LAYERS.items()
+            if src is not None
+        }
+        if isolated
+        else {}
+    )
+    kams, state = jax.device_get(
+        cmp_runner(variables, jnp.asarray(nhwc(g["cmp_input"])), layer_inputs)
+    )
     inter = state["intermediates"]
     for name in CMP_LAYERS:
         out = _layer_output(inter, name)
@@ -210,8 +245,12 @@ def test_cmp_layers(tiny, cmp_runner, fixture, isolated):
     # hsigmoid of the attention branch's 1x1 conv = the mixture weights.
     logits = inter["joints_mlp"]["4"]["attn_weights.attention.0"]["__call__"][0]
     assert logits.shape[1:3] == (1, 1)
-    assert_close("cmp.4.attn_weights", jax.nn.hard_sigmoid(logits[:, 0, 0, :]),
-                 g["cmp.4.attn_weights"], ATTN_ATOL)
+    assert_close(
+        "cmp.4.attn_weights",
+        jax.nn.hard_sigmoid(logits[:, 0, 0, :]),
+        g["cmp.4.attn_weights"],
+        ATTN_ATOL,
+    )
     # The test-time KAM is the clamp of the CMP output.
     assert_close("kam", np.clip(kams, 0, 1), nhwc(g["kam"]), CMP_TOL)
 

@@ -45,7 +45,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from logocap_jax import config_utils, convert, decode, pipeline, postprocess, preprocess, refine, sampling
+from logocap_jax import (
+    config_utils,
+    convert,
+    decode,
+    pipeline,
+    postprocess,
+    preprocess,
+    refine,
+    sampling,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "data" / "golden"
@@ -102,8 +111,9 @@ def decoder_offsets(g):
 
 def test_flip_merge(goldens):
     g = goldens[FLIP]
-    heatmaps, offsets = decode.flip_merge(jnp.asarray(nhwc(g["heatmaps_raw"])),
-                                          jnp.asarray(nhwc(g["offsets_raw"])))
+    heatmaps, offsets = decode.flip_merge(
+        jnp.asarray(nhwc(g["heatmaps_raw"])), jnp.asarray(nhwc(g["offsets_raw"]))
+    )
     np.testing.assert_array_equal(heatmaps, nhwc(g["heatmaps_fused"]))
     np.testing.assert_array_equal(offsets, nhwc(g["offsets_fused"]))
 
@@ -151,8 +161,9 @@ def test_valid_centers(goldens, fixture):
 
 def test_valid_centers_falls_back_to_the_first_slot():
     scores = jnp.array([[0.009, 0.005, 0.0], [0.5, 0.02, 0.001]])
-    np.testing.assert_array_equal(decode.valid_centers(scores, 0.01),
-                                  [[True, False, False], [True, True, False]])
+    np.testing.assert_array_equal(
+        decode.valid_centers(scores, 0.01), [[True, False, False], [True, True, False]]
+    )
 
 
 @pytest.mark.parametrize("fixture", [FLIP, NOFLIP])
@@ -160,11 +171,14 @@ def test_local_feature_sampling(goldens, fixture):
     g = goldens[fixture]
     embedding = nhwc(g["embedding"])[:1]
     allposes = g["refine_allposes"]
-    features = sampling.sample(jnp.asarray(embedding[0]), jnp.asarray(allposes) / 4.0, mode="reference")
+    features = sampling.sample(
+        jnp.asarray(embedding[0]), jnp.asarray(allposes) / 4.0, mode="reference"
+    )
     np.testing.assert_array_equal(features, g["local_features"])
     # The pipeline's reshaping to the CMP layout (channel = joint * C + c).
-    flat = pipeline.sample_local_features(jnp.asarray(embedding), jnp.asarray(allposes[None]),
-                                          mode="reference")
+    flat = pipeline.sample_local_features(
+        jnp.asarray(embedding), jnp.asarray(allposes[None]), mode="reference"
+    )
     np.testing.assert_array_equal(flat, nhwc(g["cmp_input"]))
 
 
@@ -172,8 +186,12 @@ def test_local_feature_sampling(goldens, fixture):
 def test_global_kems(goldens, heatmaps_hr, fixture):
     g = goldens[fixture]
     np.testing.assert_array_equal(g["global_center_poses"], g["refine_allposes"][:, 5, 5])
-    windows = refine.global_kems(jnp.asarray(heatmaps_hr[fixture]),
-                                 jnp.asarray(g["global_center_poses"]), 48, mode="reference")
+    windows = refine.global_kems(
+        jnp.asarray(heatmaps_hr[fixture]),
+        jnp.asarray(g["global_center_poses"]),
+        48,
+        mode="reference",
+    )
     if fixture == FLIP:
         np.testing.assert_array_equal(windows, g["global_hm_sampled"])
     else:  # sampled from our upsampling: inherits its error, nothing more
@@ -194,7 +212,9 @@ def attract_fns():
     fns = {}
     for mode in ("shift_add", "grouped"):
         fns[mode] = jax.jit(lambda h, k, mode=mode: refine.attract_instances(h, k, mode=mode))
-        fns[mode + "_vmap"] = jax.jit(jax.vmap(lambda h, k, mode=mode: refine.attract(h, k, mode=mode)))
+        fns[mode + "_vmap"] = jax.jit(
+            jax.vmap(lambda h, k, mode=mode: refine.attract(h, k, mode=mode))
+        )
     return fns
 
 
@@ -210,7 +230,9 @@ def test_kam_convolution(goldens, attract_fns, fixture, mode):
     # Choices at non-ambiguous joints do not change with the summation order.
     poses = np.asarray(refine.top2_blend(refined, jnp.asarray(g["global_center_poses"]), 48))
     unambiguous = ~g["refined_ambiguous"]
-    assert max_err(poses[unambiguous][:, :2], g["refined_poses"][unambiguous][:, :2]) <= TOP2_XY_ATOL
+    assert (
+        max_err(poses[unambiguous][:, :2], g["refined_poses"][unambiguous][:, :2]) <= TOP2_XY_ATOL
+    )
 
 
 @pytest.mark.parametrize("fixture", [FLIP, NOFLIP])
@@ -218,8 +240,9 @@ def test_top2_blend(goldens, fixture):
     g = goldens[fixture]
     ambiguous = g["refined_ambiguous"]
     assert ambiguous.sum() == NUM_AMBIGUOUS[fixture]
-    poses = np.asarray(refine.top2_blend(jnp.asarray(g["refined_hm"]),
-                                         jnp.asarray(g["global_center_poses"]), 48))
+    poses = np.asarray(
+        refine.top2_blend(jnp.asarray(g["refined_hm"]), jnp.asarray(g["global_center_poses"]), 48)
+    )
     assert poses.shape == g["refined_poses"].shape
     ours, golden = poses[~ambiguous], g["refined_poses"][~ambiguous]
     assert max_err(ours[:, :2], golden[:, :2]) <= TOP2_XY_ATOL
@@ -237,15 +260,18 @@ def tiny():
     config = config_utils.load_config(str(ROOT / "configs" / "tiny.py"))
     model = config_utils.build_model(config)
     variables = convert.variables_from_state_dict(
-        convert.load_state_dict(str(GOLDEN / "tiny_state_dict.npz")), convert.model_template(model))
+        convert.load_state_dict(str(GOLDEN / "tiny_state_dict.npz")), convert.model_template(model)
+    )
     return config, model, variables
 
 
 @pytest.fixture(scope="module")
 def predict_fns(tiny):
     config, model, _ = tiny
-    return {flip: pipeline.make_predict_fn(model, config_utils.decode_settings(config, flip_test=flip))
-            for flip in (True, False)}
+    return {
+        flip: pipeline.make_predict_fn(model, config_utils.decode_settings(config, flip_test=flip))
+        for flip in (True, False)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -255,23 +281,31 @@ def predictions(tiny, predict_fns, goldens):
     out = {}
     for fixture, flip in ((FLIP, True), (NOFLIP, False)):
         images = jnp.asarray(nhwc(goldens[fixture]["input"]))
-        out[fixture] = jax.tree_util.tree_map(lambda x: np.asarray(x)[0],
-                                              jax.device_get(predict_fns[flip](variables, images)))
+        out[fixture] = jax.tree_util.tree_map(
+            lambda x: np.asarray(x)[0], jax.device_get(predict_fns[flip](variables, images))
+        )
     return out
 
 
 def _people(config, out, resize_info):
     test = config.test
-    return postprocess.select_people(out.poses, out.scores, out.valid, resize_info,
-                                     max_people=test.max_people,
-                                     nms_distance_ratio=test.nms_distance_ratio,
-                                     nms_min_joints=test.nms_min_joints)
+    return postprocess.select_people(
+        out.poses,
+        out.scores,
+        out.valid,
+        resize_info,
+        max_people=test.max_people,
+        nms_distance_ratio=test.nms_distance_ratio,
+        nms_min_joints=test.nms_min_joints,
+    )
 
 
 def _assert_results_match(results, golden_results):
     assert len(results) == len(golden_results)  # the same NMS survivors ...
     for ours, gold in zip(results, golden_results):  # ... in the same order
-        assert ours["image_id"] == gold["image_id"] and ours["category_id"] == gold["category_id"] == 1
+        assert (
+            ours["image_id"] == gold["image_id"] and ours["category_id"] == gold["category_id"] == 1
+        )
         ours_kp = np.array(ours["keypoints"]).reshape(-1, 3)
         gold_kp = np.array(gold["keypoints"]).reshape(-1, 3)
         assert ours_kp.shape == gold_kp.shape == (17, 3)
@@ -314,7 +348,9 @@ def test_end_to_end_results_json(tiny, goldens, predictions, fixture):
     assert len(golden_results) == NUM_VALID[fixture]
     _assert_results_match(results, golden_results)
     # The JSON equals the stored per-person arrays.
-    np.testing.assert_allclose(keypoints[..., :2], g["person_keypoints"][..., :2], rtol=0, atol=JSON_XY_ATOL)
+    np.testing.assert_allclose(
+        keypoints[..., :2], g["person_keypoints"][..., :2], rtol=0, atol=JSON_XY_ATOL
+    )
 
 
 def test_end_to_end_from_raw_image(tiny, predict_fns, goldens):
@@ -323,8 +359,10 @@ def test_end_to_end_from_raw_image(tiny, predict_fns, goldens):
     image, info = preprocess.prepare_test_image(g["image_raw_rgb"], config.test.input_size)
     assert image.shape == INPUT_HW + (3,)
     np.testing.assert_allclose(image, nhwc(g["input"])[0], rtol=0, atol=1e-6)
-    out = jax.tree_util.tree_map(lambda x: np.asarray(x)[0],
-                                 jax.device_get(predict_fns[True](variables, jnp.asarray(image[None]))))
+    out = jax.tree_util.tree_map(
+        lambda x: np.asarray(x)[0],
+        jax.device_get(predict_fns[True](variables, jnp.asarray(image[None]))),
+    )
     keypoints, scores, _ = _people(config, out, info)
     results = postprocess.coco_results(int(g["image_id"]), keypoints, scores)
     with open(f"{GOLDEN}/{RESULTS[FLIP]}") as f:

@@ -6,14 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from logocap_jax import postprocess
-from logocap_jax import preprocess
+from logocap_jax import postprocess, preprocess
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 # Golden image 197388 is 640x392 (w x h), resized with short side 128.
 GOLDEN_RESIZE = preprocess.test_resize(392, 640, 128)
-CASES = [("tiny_forward.npz", "tiny_forward_results.json"),
-         ("tiny_forward_noflip.npz", "tiny_forward_results_noflip.json")]
+CASES = [
+    ("tiny_forward.npz", "tiny_forward_results.json"),
+    ("tiny_forward_noflip.npz", "tiny_forward_results_noflip.json"),
+]
 COORD_ATOL = 1e-3  # px
 SCORE_ATOL = 1e-6
 
@@ -91,7 +92,7 @@ def test_pose_nms_needs_more_than_min_joints(n_far, expected):
     # 17 - n_far joints coincide, the rest are 10 px away: 9 close joints suppress, 8 do not.
     base = _template_pose()
     other = base.copy()
-    other[2:2 + n_far, 0] += 10
+    other[2 : 2 + n_far, 0] += 10
     keep = postprocess.pose_nms(np.stack([base, other]), np.array([0.9, 0.1]))
     np.testing.assert_array_equal(keep, expected)
 
@@ -105,9 +106,9 @@ def test_pose_nms_distance_is_strict():
     inside[2:] += [3, 3.9]
     scores = np.array([0.9, 0.1])
     np.testing.assert_array_equal(
-        postprocess.pose_nms(np.stack([base, on_threshold]), scores), [0, 1])
-    np.testing.assert_array_equal(
-        postprocess.pose_nms(np.stack([base, inside]), scores), [0])
+        postprocess.pose_nms(np.stack([base, on_threshold]), scores), [0, 1]
+    )
+    np.testing.assert_array_equal(postprocess.pose_nms(np.stack([base, inside]), scores), [0])
 
 
 def test_pose_nms_degenerate_pose_is_never_kept():
@@ -129,13 +130,16 @@ def test_select_people_matches_golden(npz_name):
     g = _load(npz_name)
     valid = np.ones(len(g["model_scores"]), dtype=bool)
     keypoints, scores, slots = postprocess.select_people(
-        g["model_poses"], g["model_scores"], valid, GOLDEN_RESIZE)
+        g["model_poses"], g["model_scores"], valid, GOLDEN_RESIZE
+    )
     np.testing.assert_array_equal(slots, g["nms_keep"])
     assert keypoints.shape == g["person_keypoints"].shape
-    np.testing.assert_allclose(keypoints[..., :2], g["person_keypoints"][..., :2],
-                               rtol=0, atol=COORD_ATOL)
-    np.testing.assert_allclose(keypoints[..., 2], g["person_keypoints"][..., 2],
-                               rtol=0, atol=SCORE_ATOL)
+    np.testing.assert_allclose(
+        keypoints[..., :2], g["person_keypoints"][..., :2], rtol=0, atol=COORD_ATOL
+    )
+    np.testing.assert_allclose(
+        keypoints[..., 2], g["person_keypoints"][..., 2], rtol=0, atol=SCORE_ATOL
+    )
     np.testing.assert_allclose(scores, g["person_scores"], rtol=0, atol=SCORE_ATOL)
 
 
@@ -146,8 +150,9 @@ def test_select_people_drops_invalid_slots_and_caps_by_score():
     poses = np.concatenate([xy, np.full((4, 17, 1), 0.5)], axis=2)
     scores = np.array([0.1, 0.9, 0.4, 0.7])
     valid = np.array([True, False, True, True])
-    keypoints, kept_scores, slots = postprocess.select_people(poses, scores, valid, info,
-                                                              max_people=2)
+    keypoints, kept_scores, slots = postprocess.select_people(
+        poses, scores, valid, info, max_people=2
+    )
     np.testing.assert_array_equal(kept_scores, [0.7, 0.4])
     np.testing.assert_array_equal(slots, [3, 2])
     np.testing.assert_allclose(keypoints, poses[[3, 2]], rtol=0, atol=1e-9)
@@ -171,14 +176,16 @@ def test_coco_results_match_golden_json(npz_name, json_name):
         np.testing.assert_allclose(kp[:, 2], ref_kp[:, 2], rtol=0, atol=SCORE_ATOL)
         assert abs(ours["score"] - ref["score"]) <= SCORE_ATOL
         np.testing.assert_allclose(ours["bbox"], ref["bbox"], rtol=0, atol=COORD_ATOL)
-    np.testing.assert_allclose([r["bbox"] for r in results], g["person_bbox"],
-                               rtol=0, atol=COORD_ATOL)
+    np.testing.assert_allclose(
+        [r["bbox"] for r in results], g["person_bbox"], rtol=0, atol=COORD_ATOL
+    )
 
 
 def test_end_to_end_from_model_outputs_to_json():
     g = _load("tiny_forward.npz")
     keypoints, scores, _ = postprocess.select_people(
-        g["model_poses"], g["model_scores"], np.ones(5, dtype=bool), GOLDEN_RESIZE)
+        g["model_poses"], g["model_scores"], np.ones(5, dtype=bool), GOLDEN_RESIZE
+    )
     results = postprocess.coco_results(int(g["image_id"]), keypoints, scores)
     reference = json.loads((GOLDEN / "tiny_forward_results.json").read_text())
     ours = np.array([r["keypoints"] + r["bbox"] + [r["score"]] for r in results])
@@ -189,8 +196,12 @@ def test_end_to_end_from_model_outputs_to_json():
 def test_coco_results_bbox_and_types():
     pose = np.array([[[10.0, 20.0, 0.5], [30.0, 5.0, 0.25]]])
     (result,) = postprocess.coco_results(np.int64(7), pose, np.array([0.375]))
-    assert result == {"image_id": 7, "category_id": 1,
-                      "keypoints": [10.0, 20.0, 0.5, 30.0, 5.0, 0.25],
-                      "score": 0.375, "bbox": [10.0, 5.0, 20.0, 15.0]}
+    assert result == {
+        "image_id": 7,
+        "category_id": 1,
+        "keypoints": [10.0, 20.0, 0.5, 30.0, 5.0, 0.25],
+        "score": 0.375,
+        "bbox": [10.0, 5.0, 20.0, 15.0],
+    }
     assert type(result["image_id"]) is int and type(result["score"]) is float
     assert postprocess.coco_results(1, np.zeros((0, 17, 3)), np.zeros(0)) == []

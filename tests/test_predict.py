@@ -31,8 +31,10 @@ CONFIG = "configs/tiny.py"
 IMAGES = "data/coco_mini/images"
 GOLDEN_ID = 197388
 GOLDEN_IMAGE = f"{IMAGES}/{GOLDEN_ID:012d}.jpg"
-GOLDEN_RESULTS = {True: f"{GOLDEN}/tiny_forward_results.json",
-                  False: f"{GOLDEN}/tiny_forward_results_noflip.json"}
+GOLDEN_RESULTS = {
+    True: f"{GOLDEN}/tiny_forward_results.json",
+    False: f"{GOLDEN}/tiny_forward_results_noflip.json",
+}
 ORIGINAL_HEIGHT, INPUT_SHORT_SIDE = 392, 128
 JSON_XY_ATOL = 1e-3 * ORIGINAL_HEIGHT / INPUT_SHORT_SIDE
 SCORE_ATOL = 1e-4
@@ -59,15 +61,19 @@ def variables(config):
 @pytest.fixture(scope="module")
 def predictors(config, variables):
     """Batch-1 Predictors, flip on and off, shared so each input shape compiles once."""
-    return {flip: predict.Predictor.from_config(config, variables, flip_test=flip)
-            for flip in (True, False)}
+    return {
+        flip: predict.Predictor.from_config(config, variables, flip_test=flip)
+        for flip in (True, False)
+    }
 
 
 @pytest.fixture(scope="module")
 def golden_people(predictors):
     """{flip: People} of the golden image through Predictor.predict_many."""
-    return {flip: dict(predictors[flip].predict_many([(GOLDEN_ID, GOLDEN_IMAGE)]))[GOLDEN_ID]
-            for flip in (True, False)}
+    return {
+        flip: dict(predictors[flip].predict_many([(GOLDEN_ID, GOLDEN_IMAGE)]))[GOLDEN_ID]
+        for flip in (True, False)
+    }
 
 
 def load_golden(flip):
@@ -87,8 +93,9 @@ def assert_matches_golden(results, golden):
         np.testing.assert_allclose(ours_kp[:, 2], gold_kp[:, 2], rtol=0, atol=SCORE_ATOL)
         assert abs(ours["score"] - gold["score"]) <= SCORE_ATOL
         np.testing.assert_allclose(ours["bbox"][:2], gold["bbox"][:2], rtol=0, atol=JSON_XY_ATOL)
-        np.testing.assert_allclose(ours["bbox"][2:], gold["bbox"][2:], rtol=0,
-                                   atol=2 * JSON_XY_ATOL)
+        np.testing.assert_allclose(
+            ours["bbox"][2:], gold["bbox"][2:], rtol=0, atol=2 * JSON_XY_ATOL
+        )
 
 
 # ---------------------------------------------------------------------------- golden results
@@ -125,14 +132,16 @@ def test_predict_function_reuses_its_compiled_program(config, variables):
 @pytest.mark.parametrize("flip", [True, False])
 def test_predictor_matches_golden(golden_people, flip):
     people = golden_people[flip]
-    assert_matches_golden(postprocess.coco_results(GOLDEN_ID, people.keypoints, people.scores),
-                          load_golden(flip))
+    assert_matches_golden(
+        postprocess.coco_results(GOLDEN_ID, people.keypoints, people.scores), load_golden(flip)
+    )
     # slots point at the people's candidate slots in the pipeline outputs.
     outputs = people.outputs
     assert outputs.valid[people.slots].all()
     np.testing.assert_array_equal(outputs.scores[people.slots], people.scores)
     np.testing.assert_array_equal(
-        postprocess.back_project(outputs.poses[people.slots], people.resize), people.keypoints)
+        postprocess.back_project(outputs.poses[people.slots], people.resize), people.keypoints
+    )
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +151,23 @@ def cli_runs(tmp_path_factory):
     for flip in (True, False):
         out = tmp_path_factory.mktemp(f"cli_flip{int(flip)}")
         flags = ["--panel_joint", PANEL_JOINT] if flip else ["--no_flip", "--no_draw"]
-        proc = subprocess.run([sys.executable, "-m", "logocap_jax.predict", "--config", CONFIG,
-                               "--state_dict", STATE_DICT, GOLDEN_IMAGE, "--output_dir", str(out),
-                               *flags], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "logocap_jax.predict",
+                "--config",
+                CONFIG,
+                "--state_dict",
+                STATE_DICT,
+                GOLDEN_IMAGE,
+                "--output_dir",
+                str(out),
+                *flags,
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0, proc.stderr
         runs[flip] = out
     return runs
@@ -165,8 +188,9 @@ def test_cli_results_match_golden(cli_runs, golden_people, flip):
 
 def test_cli_overlay_draws_where_the_keypoints_are(cli_runs):
     image = preprocess.read_image(GOLDEN_IMAGE)
-    overlay = cv2.cvtColor(cv2.imread(str(cli_runs[True] / f"{GOLDEN_ID:012d}.png")),
-                           cv2.COLOR_BGR2RGB)
+    overlay = cv2.cvtColor(
+        cv2.imread(str(cli_runs[True] / f"{GOLDEN_ID:012d}.png")), cv2.COLOR_BGR2RGB
+    )
     assert overlay.shape == image.shape
     changed = np.any(overlay != image, axis=-1)
     with open(cli_runs[True] / "results.json") as f:
@@ -181,7 +205,7 @@ def test_cli_overlay_draws_where_the_keypoints_are(cli_runs):
             assert changed[y, x], (x, y)
         # Limbs, joints and the score label stay within the drawn joints' box (+ label margin).
         (x0, y0), (x1, y1) = xy.min(axis=0) - 40, xy.max(axis=0) + 40
-        near_people[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
+        near_people[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
     assert drawn.sum() >= 10
     assert changed.any() and not changed[~near_people].any()
 
@@ -191,29 +215,34 @@ def test_overlay_draws_only_people_above_min_score(golden_people):
     image = preprocess.read_image(GOLDEN_IMAGE)
     best = np.argsort(people.scores)[-2:]
     threshold = float(people.scores[best[0]])
-    expected = visualize.draw_poses(image, people.keypoints[np.sort(best)],
-                                    scores=people.scores[np.sort(best)])
+    expected = visualize.draw_poses(
+        image, people.keypoints[np.sort(best)], scores=people.scores[np.sort(best)]
+    )
     assert len(people.scores) > 2
     np.testing.assert_array_equal(predict.overlay(image, people, min_score=threshold), expected)
     np.testing.assert_array_equal(
-        predict.overlay(image, people, min_score=float(people.scores.max()) + 1), image)
+        predict.overlay(image, people, min_score=float(people.scores.max()) + 1), image
+    )
     assert not np.array_equal(predict.overlay(image, people), expected)
 
 
 def test_cli_instance_panel(cli_runs, golden_people):
-    panel = cv2.cvtColor(cv2.imread(str(cli_runs[True] / f"{GOLDEN_ID:012d}_panel.png")),
-                         cv2.COLOR_BGR2RGB)
+    panel = cv2.cvtColor(
+        cv2.imread(str(cli_runs[True] / f"{GOLDEN_ID:012d}_panel.png")), cv2.COLOR_BGR2RGB
+    )
     tile, gap = visualize.PANEL_TILE, visualize.PANEL_GAP
     assert panel.shape == (tile, 3 * tile + 2 * gap, 3)
-    expected = predict.best_person_panel(preprocess.read_image(GOLDEN_IMAGE), golden_people[True],
-                                         JOINT_NAMES.index(PANEL_JOINT))
+    expected = predict.best_person_panel(
+        preprocess.read_image(GOLDEN_IMAGE), golden_people[True], JOINT_NAMES.index(PANEL_JOINT)
+    )
     np.testing.assert_array_equal(panel, expected)
 
 
 def test_best_person_panel_needs_people(golden_people):
     people = golden_people[True]
-    empty = people._replace(keypoints=people.keypoints[:0], scores=people.scores[:0],
-                            slots=people.slots[:0])
+    empty = people._replace(
+        keypoints=people.keypoints[:0], scores=people.scores[:0], slots=people.slots[:0]
+    )
     assert predict.best_person_panel(preprocess.read_image(GOLDEN_IMAGE), empty, 0) is None
 
 
@@ -244,8 +273,10 @@ def input_shapes(ids):
     """Distinct network input (H, W) of the coco_mini images `ids`."""
     with open("data/coco_mini/annotations/person_keypoints_mini.json") as f:
         sizes = {im["id"]: (im["height"], im["width"]) for im in json.load(f)["images"]}
-    return {tuple(int(v) for v in preprocess.test_resize(*sizes[i], INPUT_SHORT_SIDE).size_wh[::-1])
-            for i in ids}
+    return {
+        tuple(int(v) for v in preprocess.test_resize(*sizes[i], INPUT_SHORT_SIDE).size_wh[::-1])
+        for i in ids
+    }
 
 
 def test_batch_size_and_buckets_change_nothing(batch_runs):
@@ -259,8 +290,13 @@ def test_batch_size_and_buckets_change_nothing(batch_runs):
         np.testing.assert_allclose(three.scores, one.scores, rtol=BATCH_RTOL, atol=BATCH_ATOL)
         np.testing.assert_array_equal(three.outputs.valid, one.outputs.valid)
         for name in ("poses", "scores", "centers", "mesh", "kams", "refined"):
-            np.testing.assert_allclose(getattr(three.outputs, name), getattr(one.outputs, name),
-                                       rtol=BATCH_RTOL, atol=BATCH_ATOL, err_msg=f"{image_id} {name}")
+            np.testing.assert_allclose(
+                getattr(three.outputs, name),
+                getattr(one.outputs, name),
+                rtol=BATCH_RTOL,
+                atol=BATCH_ATOL,
+                err_msg=f"{image_id} {name}",
+            )
         np.testing.assert_array_equal(three.resize.size_wh, one.resize.size_wh)
 
 
@@ -299,8 +335,17 @@ def test_empty_folder_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(ValueError, match=f"No image files .* in folder {re.escape(str(tmp_path))}"):
         predict.image_files([str(tmp_path)])
     with pytest.raises(SystemExit) as exit_info:
-        predict.main([str(tmp_path), "--config", CONFIG, "--state_dict", STATE_DICT,
-                      "--output_dir", str(tmp_path / "out")])
+        predict.main(
+            [
+                str(tmp_path),
+                "--config",
+                CONFIG,
+                "--state_dict",
+                STATE_DICT,
+                "--output_dir",
+                str(tmp_path / "out"),
+            ]
+        )
     assert exit_info.value.code == 2
     assert "No image files" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -311,16 +356,25 @@ def test_inputs_sharing_a_file_name_are_rejected(tmp_path, capsys):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "photo.jpg").write_bytes(b"")
     with pytest.raises(SystemExit):
-        predict.parse_args([str(tmp_path / "a"), str(tmp_path / "b" / "photo.jpg"),
-                            "--config", CONFIG, "--output_dir", "unused"])
+        predict.parse_args(
+            [
+                str(tmp_path / "a"),
+                str(tmp_path / "b" / "photo.jpg"),
+                "--config",
+                CONFIG,
+                "--output_dir",
+                "unused",
+            ]
+        )
     assert "['photo']" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag, value", [("--panel_joint", "left_tail"), ("--batch_size", "0")])
 def test_bad_cli_options_are_rejected(flag, value, capsys):
     with pytest.raises(SystemExit):
-        predict.parse_args([GOLDEN_IMAGE, "--config", CONFIG, "--output_dir", "unused", flag,
-                            value])
+        predict.parse_args(
+            [GOLDEN_IMAGE, "--config", CONFIG, "--output_dir", "unused", flag, value]
+        )
     assert value in capsys.readouterr().err
 
 

@@ -66,8 +66,9 @@ def test_test_resize_portrait_and_spec_example():
     np.testing.assert_array_equal(landscape.center, [320, 240])
     portrait = preprocess.test_resize(640, 480, 512)
     np.testing.assert_array_equal(portrait.size_wh, [512, 704])
-    np.testing.assert_allclose(portrait.scale, [480 / 200, 704 / 512 * 480 / 200],
-                               rtol=0, atol=1e-15)
+    np.testing.assert_allclose(
+        portrait.scale, [480 / 200, 704 / 512 * 480 / 200], rtol=0, atol=1e-15
+    )
 
 
 def test_test_resize_rejects_bad_sizes():
@@ -89,8 +90,7 @@ def test_affine_matrix_is_the_spec_similarity():
     s = 512 / 480
     expected = np.array([[s, 0, 256 - s * 240], [0, s, 352 - s * 320]])
     np.testing.assert_allclose(trans, expected, rtol=0, atol=1e-9)
-    inv = preprocess.affine_transform_matrix(info.center, info.scale, 0, info.size_wh,
-                                             inverse=True)
+    inv = preprocess.affine_transform_matrix(info.center, info.scale, 0, info.size_wh, inverse=True)
     round_trip = inv @ np.vstack([trans, [0, 0, 1]])
     np.testing.assert_allclose(round_trip, np.eye(3)[:2], rtol=0, atol=1e-9)
 

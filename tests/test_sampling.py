@@ -35,8 +35,12 @@ def reference_sample_np(f, px, py):
     wy1 = np.clip(py - y0, 0, 1)
     x0, x1, y0, y1 = (a.astype(np.int64) for a in (x0, x1, y0, y1))
     e = lambda w: w[..., None]
-    return (f[y0, x0] * e(wy0) * e(wx0) + f[y0, x1] * e(wy0) * e(wx1)
-            + f[y1, x0] * e(wy1) * e(wx0) + f[y1, x1] * e(wy1) * e(wx1))
+    return (
+        f[y0, x0] * e(wy0) * e(wx0)
+        + f[y0, x1] * e(wy0) * e(wx1)
+        + f[y1, x0] * e(wy1) * e(wx0)
+        + f[y1, x1] * e(wy1) * e(wx1)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +53,30 @@ def coordinates():
     """[P, 2] float32 (x, y): random points over [-3, W + 3) x [-3, H + 3) plus the edge cases."""
     rng = np.random.default_rng(1)
     random = np.stack([rng.uniform(-3, W + 3, 400), rng.uniform(-3, H + 3, 400)], axis=1)
-    edges_x = [-2.5, -1.0, -0.25, 0.0, 0.5, W - 1.5, W - 1.0, W - 0.75, W - 0.5, W - 0.01,
-               float(W), W + 0.5, W + 4.0]
+    edges_x = [
+        -2.5,
+        -1.0,
+        -0.25,
+        0.0,
+        0.5,
+        W - 1.5,
+        W - 1.0,
+        W - 0.75,
+        W - 0.5,
+        W - 0.01,
+        float(W),
+        W + 0.5,
+        W + 4.0,
+    ]
     edges_y = [-1.5, 0.0, 2.0, 2.25, H - 1.0, H - 0.5, float(H), H + 2.0]
     grid = np.array([(x, y) for x in edges_x for y in edges_y])
     return np.concatenate([random, grid]).astype(np.float32)
 
 
 def test_reference_matches_spec_transcription(feature_map, coordinates):
-    ours = np.asarray(sampling.sample(jnp.asarray(feature_map), jnp.asarray(coordinates), mode="reference"))
+    ours = np.asarray(
+        sampling.sample(jnp.asarray(feature_map), jnp.asarray(coordinates), mode="reference")
+    )
     expected = reference_sample_np(feature_map, coordinates[:, 0], coordinates[:, 1])
     assert ours.shape == (len(coordinates), C)
     np.testing.assert_allclose(ours, expected, rtol=0, atol=SAMPLE_TOL)
@@ -68,12 +87,16 @@ def test_reference_edge_behaviour(feature_map):
     f = feature_map
     y = 2.0
     cases = [  # (x, expected [C])
-        (-3.0, f[2, 0]), (-0.5, f[2, 0]), (0.0, f[2, 0]),                    # x < 0: replicate
-        (2.25, 0.75 * f[2, 2] + 0.25 * f[2, 3]),                             # interior
+        (-3.0, f[2, 0]),
+        (-0.5, f[2, 0]),
+        (0.0, f[2, 0]),  # x < 0: replicate
+        (2.25, 0.75 * f[2, 2] + 0.25 * f[2, 3]),  # interior
         (W - 1.5, 0.5 * f[2, W - 2] + 0.5 * f[2, W - 1]),
-        (W - 1.0, np.zeros(C)),                                              # x == W-1: exactly 0
-        (W - 0.75, 0.25 * f[2, W - 1]), (W - 0.25, 0.75 * f[2, W - 1]),      # ramp on (W-1, W)
-        (float(W), f[2, W - 1]), (W + 5.0, f[2, W - 1]),                     # x >= W: replicate
+        (W - 1.0, np.zeros(C)),  # x == W-1: exactly 0
+        (W - 0.75, 0.25 * f[2, W - 1]),
+        (W - 0.25, 0.75 * f[2, W - 1]),  # ramp on (W-1, W)
+        (float(W), f[2, W - 1]),
+        (W + 5.0, f[2, W - 1]),  # x >= W: replicate
     ]
     xy = jnp.array([[x, y] for x, _ in cases], jnp.float32)
     ours = np.asarray(sampling.sample(jnp.asarray(f), xy, mode="reference"))
@@ -83,8 +106,9 @@ def test_reference_edge_behaviour(feature_map):
     # Along y: y == H-1 zeroes the sample whatever x is; the ramp and replication likewise.
     x_interior = 3.0
     ys = [H - 1.0, H - 0.5, float(H) + 1.0, -4.0]
-    ours = np.asarray(sampling.sample(jnp.asarray(f), jnp.array([[x_interior, y] for y in ys]),
-                                      mode="reference"))
+    ours = np.asarray(
+        sampling.sample(jnp.asarray(f), jnp.array([[x_interior, y] for y in ys]), mode="reference")
+    )
     np.testing.assert_array_equal(ours[0], np.zeros(C))
     np.testing.assert_allclose(ours[1], 0.5 * f[H - 1, 3], atol=SAMPLE_TOL)
     np.testing.assert_allclose(ours[2], f[H - 1, 3], atol=SAMPLE_TOL)
@@ -95,11 +119,14 @@ def test_reference_per_channel(feature_map, coordinates):
     rng = np.random.default_rng(2)
     # [P, C, 2]: every channel at its own coordinates (a shuffled copy of the test points).
     xy = np.stack([coordinates[rng.permutation(len(coordinates))] for _ in range(C)], axis=1)
-    ours = np.asarray(sampling.sample(jnp.asarray(feature_map), jnp.asarray(xy), mode="reference",
-                                      per_channel=True))
+    ours = np.asarray(
+        sampling.sample(
+            jnp.asarray(feature_map), jnp.asarray(xy), mode="reference", per_channel=True
+        )
+    )
     assert ours.shape == (len(coordinates), C)
     for c in range(C):
-        expected = reference_sample_np(feature_map[..., c:c + 1], xy[:, c, 0], xy[:, c, 1])[:, 0]
+        expected = reference_sample_np(feature_map[..., c : c + 1], xy[:, c, 0], xy[:, c, 1])[:, 0]
         np.testing.assert_allclose(ours[:, c], expected, rtol=0, atol=SAMPLE_TOL)
 
 
@@ -107,36 +134,56 @@ def test_reference_batched_leading_dims(feature_map, coordinates):
     xy = coordinates[:420].reshape(5, 7, 12, 2)
     ours = np.asarray(sampling.sample(jnp.asarray(feature_map), jnp.asarray(xy), mode="reference"))
     assert ours.shape == (5, 7, 12, C)
-    np.testing.assert_allclose(ours, reference_sample_np(feature_map, xy[..., 0], xy[..., 1]),
-                               rtol=0, atol=SAMPLE_TOL)
+    np.testing.assert_allclose(
+        ours, reference_sample_np(feature_map, xy[..., 0], xy[..., 1]), rtol=0, atol=SAMPLE_TOL
+    )
 
 
 def _map_coordinates(feature_map, xy):
-    return np.stack([np.asarray(jax.scipy.ndimage.map_coordinates(
-        jnp.asarray(feature_map[..., c]), [jnp.asarray(xy[..., 1]), jnp.asarray(xy[..., 0])],
-        order=1, mode="nearest")) for c in range(feature_map.shape[-1])], axis=-1)
+    return np.stack(
+        [
+            np.asarray(
+                jax.scipy.ndimage.map_coordinates(
+                    jnp.asarray(feature_map[..., c]),
+                    [jnp.asarray(xy[..., 1]), jnp.asarray(xy[..., 0])],
+                    order=1,
+                    mode="nearest",
+                )
+            )
+            for c in range(feature_map.shape[-1])
+        ],
+        axis=-1,
+    )
 
 
 def test_map_coordinates_mode(feature_map, coordinates):
-    ours = np.asarray(sampling.sample(jnp.asarray(feature_map), jnp.asarray(coordinates),
-                                      mode="map_coordinates"))
-    np.testing.assert_allclose(ours, _map_coordinates(feature_map, coordinates), rtol=0, atol=SAMPLE_TOL)
+    ours = np.asarray(
+        sampling.sample(jnp.asarray(feature_map), jnp.asarray(coordinates), mode="map_coordinates")
+    )
+    np.testing.assert_allclose(
+        ours, _map_coordinates(feature_map, coordinates), rtol=0, atol=SAMPLE_TOL
+    )
 
 
 def test_map_coordinates_mode_per_channel(feature_map, coordinates):
     rng = np.random.default_rng(3)
     xy = np.stack([coordinates[rng.permutation(len(coordinates))] for _ in range(C)], axis=1)
-    ours = np.asarray(sampling.sample(jnp.asarray(feature_map), jnp.asarray(xy), mode="map_coordinates",
-                                      per_channel=True))
+    ours = np.asarray(
+        sampling.sample(
+            jnp.asarray(feature_map), jnp.asarray(xy), mode="map_coordinates", per_channel=True
+        )
+    )
     for c in range(C):
-        expected = _map_coordinates(feature_map[..., c:c + 1], xy[:, c])[:, 0]
+        expected = _map_coordinates(feature_map[..., c : c + 1], xy[:, c])[:, 0]
         np.testing.assert_allclose(ours[:, c], expected, rtol=0, atol=SAMPLE_TOL)
 
 
 def test_modes_agree_inside_the_map(feature_map):
     """Away from the right/bottom quirks both modes are plain bilinear interpolation."""
     rng = np.random.default_rng(4)
-    xy = np.stack([rng.uniform(0, W - 1, 200), rng.uniform(0, H - 1, 200)], axis=1).astype(np.float32)
+    xy = np.stack([rng.uniform(0, W - 1, 200), rng.uniform(0, H - 1, 200)], axis=1).astype(
+        np.float32
+    )
     a = sampling.sample(jnp.asarray(feature_map), jnp.asarray(xy), mode="reference")
     b = sampling.sample(jnp.asarray(feature_map), jnp.asarray(xy), mode="map_coordinates")
     np.testing.assert_allclose(a, b, rtol=0, atol=SAMPLE_TOL)
@@ -176,8 +223,10 @@ def test_attract_modes_equal_true_convolution(size, extent):
     heatmaps = rng.uniform(-1, 1, (3, extent, extent)).astype(np.float32)
     kams = rng.uniform(0, 1, (3, size, size)).astype(np.float32)  # asymmetric: a flip would show
     expected = true_convolution_np(heatmaps, kams)
-    results = {mode: np.asarray(refine.attract(jnp.asarray(heatmaps), jnp.asarray(kams), mode=mode))
-               for mode in ("shift_add", "grouped", "auto")}
+    results = {
+        mode: np.asarray(refine.attract(jnp.asarray(heatmaps), jnp.asarray(kams), mode=mode))
+        for mode in ("shift_add", "grouped", "auto")
+    }
     for mode, out in results.items():
         assert out.shape == heatmaps.shape
         np.testing.assert_allclose(out, expected, rtol=0, atol=CONV_TOL, err_msg=mode)
@@ -185,11 +234,14 @@ def test_attract_modes_equal_true_convolution(size, extent):
     # The per-image form over instances: [N, K, A, A] with N = 2.
     batch_h, batch_k = np.stack([heatmaps, heatmaps[::-1]]), np.stack([kams, kams[:, ::-1]])
     for mode in ("shift_add", "grouped", "auto"):
-        out = np.asarray(refine.attract_instances(jnp.asarray(batch_h), jnp.asarray(batch_k), mode=mode))
+        out = np.asarray(
+            refine.attract_instances(jnp.asarray(batch_h), jnp.asarray(batch_k), mode=mode)
+        )
         assert out.shape == batch_h.shape
         np.testing.assert_allclose(out[0], expected, rtol=0, atol=CONV_TOL, err_msg=mode)
-        np.testing.assert_allclose(out[1], true_convolution_np(batch_h[1], batch_k[1]), rtol=0,
-                                   atol=CONV_TOL, err_msg=mode)
+        np.testing.assert_allclose(
+            out[1], true_convolution_np(batch_h[1], batch_k[1]), rtol=0, atol=CONV_TOL, err_msg=mode
+        )
     # A correlation (no kernel flip) would differ by far more than the tolerance.
     correlation = true_convolution_np(heatmaps, kams[:, ::-1, ::-1])
     assert np.abs(correlation - expected).max() > 100 * CONV_TOL

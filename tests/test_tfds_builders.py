@@ -9,17 +9,20 @@ import sys
 import numpy as np
 import pytest
 
-from logocap_jax.data import coco_records
-from logocap_jax.data import tfds_builders
+from logocap_jax.data import coco_records, tfds_builders
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
 
 
 def _mini_records(name, keep):
-    return list(coco_records.image_records(
-        str(DATA / name / "annotations" / "person_keypoints_mini.json"),
-        str(DATA / name / "images"), keep_images_without_people=keep))
+    return list(
+        coco_records.image_records(
+            str(DATA / name / "annotations" / "person_keypoints_mini.json"),
+            str(DATA / name / "images"),
+            keep_images_without_people=keep,
+        )
+    )
 
 
 def _assert_records_equal(actual, expected):
@@ -39,8 +42,11 @@ def _read(source):
 
 
 def _split_files(data_dir):
-    return {path: (path.stat().st_mtime_ns, path.read_bytes())
-            for path in pathlib.Path(data_dir).rglob("*") if path.is_file()}
+    return {
+        path: (path.stat().st_mtime_ns, path.read_bytes())
+        for path in pathlib.Path(data_dir).rglob("*")
+        if path.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -78,60 +84,108 @@ def _manual_dir(root, files):
 
 def test_coco_person_keypoints_from_manual_dir(tmp_path):
     image_info = tmp_path / "image_info.json"
-    image_info.write_text(json.dumps({"images": [
-        {"id": 1, "file_name": "000000000139.jpg", "height": 426, "width": 640}]}))
+    image_info.write_text(
+        json.dumps(
+            {"images": [{"id": 1, "file_name": "000000000139.jpg", "height": 426, "width": 640}]}
+        )
+    )
     coco_json = DATA / "coco_mini" / "annotations" / "person_keypoints_mini.json"
-    manual_dir = _manual_dir(tmp_path / "coco", {
-        "annotations/person_keypoints_val2017.json": coco_json,
-        "images/val2017": DATA / "coco_mini" / "images",
-        "annotations/image_info_test-dev2017.json": image_info,
-        "images/test2017": DATA / "coco_mini" / "images",
-    })
+    manual_dir = _manual_dir(
+        tmp_path / "coco",
+        {
+            "annotations/person_keypoints_val2017.json": coco_json,
+            "images/val2017": DATA / "coco_mini" / "images",
+            "annotations/image_info_test-dev2017.json": image_info,
+            "images/test2017": DATA / "coco_mini" / "images",
+        },
+    )
     data_dir = str(tmp_path / "tfds")
-    tfds_builders.build_named(tfds_builders.CocoPersonKeypoints, data_dir, str(manual_dir),
-                              ["val2017", "test_dev2017"])
+    tfds_builders.build_named(
+        tfds_builders.CocoPersonKeypoints, data_dir, str(manual_dir), ["val2017", "test_dev2017"]
+    )
     val = tfds_builders.data_source("coco_person_keypoints/val2017", "val2017", data_dir)
-    expected = list(coco_records.image_records(
-        str(manual_dir / "annotations/person_keypoints_val2017.json"),
-        str(manual_dir / "images/val2017"), keep_images_without_people=True))
+    expected = list(
+        coco_records.image_records(
+            str(manual_dir / "annotations/person_keypoints_val2017.json"),
+            str(manual_dir / "images/val2017"),
+            keep_images_without_people=True,
+        )
+    )
     _assert_records_equal(_read(val), expected)
-    (test_dev,) = _read(tfds_builders.data_source(
-        "coco_person_keypoints/test_dev2017", "test_dev2017", data_dir))
+    (test_dev,) = _read(
+        tfds_builders.data_source("coco_person_keypoints/test_dev2017", "test_dev2017", data_dir)
+    )
     assert test_dev["image_id"] == 1 and test_dev["keypoints"].shape == (0, 17, 3)
     assert coco_records.valid_mask(test_dev).all()
 
 
 def test_ochuman_from_manual_dir(tmp_path):
-    manual_dir = _manual_dir(tmp_path / "ochuman", {
-        "annotations/ochuman_coco_format_test_range_0.00_1.00.json":
-            DATA / "ochuman_mini" / "annotations" / "person_keypoints_mini.json",
-        "images": DATA / "ochuman_mini" / "images",
-    })
+    manual_dir = _manual_dir(
+        tmp_path / "ochuman",
+        {
+            "annotations/ochuman_coco_format_test_range_0.00_1.00.json": DATA
+            / "ochuman_mini"
+            / "annotations"
+            / "person_keypoints_mini.json",
+            "images": DATA / "ochuman_mini" / "images",
+        },
+    )
     data_dir = str(tmp_path / "tfds")
-    tfds_builders.main(["--dataset", "ochuman", "--data_dir", data_dir,
-                        "--manual_dir", str(manual_dir), "--configs", "test"])
+    tfds_builders.main(
+        [
+            "--dataset",
+            "ochuman",
+            "--data_dir",
+            data_dir,
+            "--manual_dir",
+            str(manual_dir),
+            "--configs",
+            "test",
+        ]
+    )
     records = _read(tfds_builders.data_source("ochuman/test", "test", data_dir))
     assert [len(r["area"]) for r in records] == [1, 2, 2]
     assert records[0]["image_path"] == str(manual_dir / "images" / "003799.jpg")
 
 
 def test_crowd_only_image_round_trip(tmp_path):
-    crowd = {"id": 5, "image_id": 1, "category_id": 1, "iscrowd": 1, "num_keypoints": 0,
-             "keypoints": [0] * 51,
-             "area": 30.0, "bbox": [15, 10, 1, 30],
-             "segmentation": {"size": [426, 640], "counts": [6400, 30, 426 * 640 - 6430]}}
+    crowd = {
+        "id": 5,
+        "image_id": 1,
+        "category_id": 1,
+        "iscrowd": 1,
+        "num_keypoints": 0,
+        "keypoints": [0] * 51,
+        "area": 30.0,
+        "bbox": [15, 10, 1, 30],
+        "segmentation": {"size": [426, 640], "counts": [6400, 30, 426 * 640 - 6430]},
+    }
     annotation_file = tmp_path / "a.json"
-    annotation_file.write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "000000000139.jpg", "height": 426, "width": 640},
-                   {"id": 2, "file_name": "000000000785.jpg", "height": 425, "width": 640}],
-        "annotations": [crowd]}))
+    annotation_file.write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"id": 1, "file_name": "000000000139.jpg", "height": 426, "width": 640},
+                    {"id": 2, "file_name": "000000000785.jpg", "height": 425, "width": 640},
+                ],
+                "annotations": [crowd],
+            }
+        )
+    )
     images = str(DATA / "coco_mini" / "images")
     builder = tfds_builders.build_coco_format(
-        "crowd", str(annotation_file), images, str(tmp_path / "tfds"),
-        splits={"train": False, "val": True})
+        "crowd",
+        str(annotation_file),
+        images,
+        str(tmp_path / "tfds"),
+        splits={"train": False, "val": True},
+    )
     for split, keep in [("train", False), ("val", True)]:
-        expected = list(coco_records.image_records(
-            str(annotation_file), images, keep_images_without_people=keep))
+        expected = list(
+            coco_records.image_records(
+                str(annotation_file), images, keep_images_without_people=keep
+            )
+        )
         got = _read(tfds_builders.RecordSource(builder.as_data_source(split)))
         _assert_records_equal(got, expected)
     assert (~coco_records.valid_mask(got[0])).sum() == 30
@@ -139,11 +193,13 @@ def test_crowd_only_image_round_trip(tmp_path):
 
 def test_bad_source_fails_before_writing(tmp_path):
     annotation_file = tmp_path / "a.json"
-    annotation_file.write_text(json.dumps({"images": [
-        {"id": 1, "file_name": "gone.jpg", "height": 4, "width": 4}]}))
+    annotation_file.write_text(
+        json.dumps({"images": [{"id": 1, "file_name": "gone.jpg", "height": 4, "width": 4}]})
+    )
     with pytest.raises(FileNotFoundError, match="gone.jpg"):
-        tfds_builders.build_coco_format("bad", str(annotation_file), str(tmp_path),
-                                        str(tmp_path / "tfds"), splits={"val": True})
+        tfds_builders.build_coco_format(
+            "bad", str(annotation_file), str(tmp_path), str(tmp_path / "tfds"), splits={"val": True}
+        )
     assert not list((tmp_path / "tfds").rglob("*.array_record*"))
 
 
@@ -160,9 +216,9 @@ def test_no_tensorflow(tmp_path):
         "source = tfds_builders.data_source('coco_format/ochuman_mini', 'val', "
         f"{str(tmp_path)!r})\n"
         "assert len(source) == 3 and source[2]['keypoints'].shape == (2, 17, 3)\n"
-        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                            text=True)
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
 
 

@@ -21,23 +21,37 @@ STEPS = 6
 
 
 def _command(workdir, data_dir):
-    return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "mini.py"),
-            "--workdir", str(workdir), f"--config.train.num_steps={STEPS}",
-            "--config.train.checkpoint_every_steps=2", "--config.train.eval_every_steps=0",
-            "--config.train.log_every_steps=1", "--config.data.input_size=128",
-            "--config.data.output_size=32", f"--config.data.data_dir={data_dir}"]
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config",
+        str(ROOT / "configs" / "mini.py"),
+        "--workdir",
+        str(workdir),
+        f"--config.train.num_steps={STEPS}",
+        "--config.train.checkpoint_every_steps=2",
+        "--config.train.eval_every_steps=0",
+        "--config.train.log_every_steps=1",
+        "--config.data.input_size=128",
+        "--config.data.output_size=32",
+        f"--config.data.data_dir={data_dir}",
+    ]
 
 
 def _env(tmp_path):
     # Processes share compiled programs through the persistent cache.
-    return dict(os.environ, JAX_PLATFORMS="cpu",
-                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    return dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
 
 
 def _kill_after_first_checkpoint(command, env, workdir):
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 600
     while not (workdir / "checkpoints" / "2").is_dir():
         assert process.poll() is None, "the run ended before its first checkpoint"
@@ -54,8 +68,9 @@ def _train_rows(workdir):
 
 def _final_state(workdir):
     """Every array of the saved train state: parameters, statistics, Adam moments, step."""
-    return jax.tree_util.tree_leaves(ocp.StandardCheckpointer().restore(
-        workdir / "checkpoints" / str(STEPS) / "state"))
+    return jax.tree_util.tree_leaves(
+        ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(STEPS) / "state")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +78,24 @@ def runs(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("resume")
     env = _env(tmp_path)
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    subprocess.run(_command(straight, tmp_path / "tfds"), env=env, cwd=ROOT, check=True,
-                   capture_output=True, timeout=900)
+    subprocess.run(
+        _command(straight, tmp_path / "tfds"),
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
     _kill_after_first_checkpoint(_command(interrupted, tmp_path / "tfds"), env, interrupted)
     killed_at = max(_train_rows(interrupted))
-    subprocess.run(_command(interrupted, tmp_path / "tfds"), env=env, cwd=ROOT, check=True,
-                   capture_output=True, timeout=900)
+    subprocess.run(
+        _command(interrupted, tmp_path / "tfds"),
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
     return straight, interrupted, killed_at
 
 
@@ -85,8 +112,9 @@ def test_resumed_steps_equal_the_uninterrupted_run(runs):
     for step in expected:
         for term in ("total", "heatmaps", "offsets", "oks", "refined_heatmaps"):
             # Same program on the same inputs: identical up to float32 summation order.
-            np.testing.assert_allclose(resumed[step][term], expected[step][term], rtol=1e-6,
-                                       err_msg=f"step {step} {term}")
+            np.testing.assert_allclose(
+                resumed[step][term], expected[step][term], rtol=1e-6, err_msg=f"step {step} {term}"
+            )
 
 
 def test_final_parameters_equal(runs):

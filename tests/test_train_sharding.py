@@ -13,10 +13,14 @@ SCRIPT = Path(__file__).parent / "train_step_main.py"
 
 def _run_step(tmp_path, device_count):
     out = tmp_path / f"step_{device_count}.npz"
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={device_count}",
-               JAX_PLATFORMS="cpu")
-    subprocess.run([sys.executable, str(SCRIPT), str(out)], check=True, env=env,
-                   cwd=SCRIPT.parent, timeout=900)
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={device_count}",
+        JAX_PLATFORMS="cpu",
+    )
+    subprocess.run(
+        [sys.executable, str(SCRIPT), str(out)], check=True, env=env, cwd=SCRIPT.parent, timeout=900
+    )
     with np.load(out) as data:
         return {k: data[k] for k in data.files}
 

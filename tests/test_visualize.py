@@ -7,8 +7,9 @@ import pytest
 from logocap_jax import visualize
 from logocap_jax.keypoints import JOINT_NAMES, NUM_JOINTS
 
-LEFT_SHOULDER, LEFT_ELBOW, LEFT_WRIST = (JOINT_NAMES.index(n) for n in (
-    "left_shoulder", "left_elbow", "left_wrist"))
+LEFT_SHOULDER, LEFT_ELBOW, LEFT_WRIST = (
+    JOINT_NAMES.index(n) for n in ("left_shoulder", "left_elbow", "left_wrist")
+)
 RIGHT_SHOULDER, RIGHT_ELBOW = JOINT_NAMES.index("right_shoulder"), JOINT_NAMES.index("right_elbow")
 
 
@@ -39,8 +40,9 @@ def test_joints_and_limbs_are_drawn(black):
 
 
 def test_low_scores_are_not_drawn(black):
-    pose = _pose({LEFT_SHOULDER: (20, 20, 0.9), LEFT_ELBOW: (20, 80, 0.9),
-                  LEFT_WRIST: (80, 80, 0.05)})
+    pose = _pose(
+        {LEFT_SHOULDER: (20, 20, 0.9), LEFT_ELBOW: (20, 80, 0.9), LEFT_WRIST: (80, 80, 0.05)}
+    )
     drawn = visualize.draw_poses(black, pose, keypoint_threshold=0.1)
     assert not _lit(drawn, 80, 80)
     assert not _lit(drawn, 50, 80)  # nor the elbow-wrist limb

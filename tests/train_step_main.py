@@ -11,9 +11,9 @@ import jax
 import numpy as np
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
+from test_losses import GOLDEN, golden_batch
 
 from logocap_jax import config_utils, convert, train_lib
-from test_losses import GOLDEN, golden_batch
 
 ROOT = Path(__file__).parent.parent
 
@@ -25,27 +25,40 @@ def main(out_path):
     model = config_utils.build_model(config)
     variables = convert.variables_from_state_dict(
         convert.load_state_dict(str(GOLDEN / "tiny_loss_state_dict.npz")),
-        convert.model_template(model))
+        convert.model_template(model),
+    )
     with np.load(GOLDEN / "tiny_loss.npz") as golden:
         pair = golden_batch({k: golden[k] for k in golden.files})
     batch = {key: np.concatenate([value] * 4) for key, value in pair.items()}
 
     mesh = train_lib.make_mesh()
     tx = train_lib.create_optimizer(config.train, steps_per_epoch=10)
-    state = train_lib.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                                        batch_stats=variables["batch_stats"])
+    state = train_lib.TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=tx,
+        batch_stats=variables["batch_stats"],
+    )
     state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
     settings = train_lib.train_settings_from(config)
     weights = train_lib.loss_weights_from(config)
     batch = train_lib.shard_batch(batch, mesh)
-    gradients = jax.jit(lambda s, b: train_lib.loss_and_gradients(
-        s, b, model=model, settings=settings, loss_weights=weights)[1])(state, batch)
+    gradients = jax.jit(
+        lambda s, b: train_lib.loss_and_gradients(
+            s, b, model=model, settings=settings, loss_weights=weights
+        )[1]
+    )(state, batch)
     step = train_lib.make_train_step(model, settings, weights, mesh, state)
     state, metrics = step(state, batch)
     flat = traverse_util.flatten_dict(jax.device_get(train_lib.model_variables(state)), sep="/")
     flat.update(traverse_util.flatten_dict({"grad": jax.device_get(gradients)}, sep="/"))
-    np.savez(out_path, device_count=jax.device_count(), learning_rate=config.train.learning_rate,
-             **{f"metric/{k}": v for k, v in jax.device_get(metrics).items()}, **flat)
+    np.savez(
+        out_path,
+        device_count=jax.device_count(),
+        learning_rate=config.train.learning_rate,
+        **{f"metric/{k}": v for k, v in jax.device_get(metrics).items()},
+        **flat,
+    )
 
 
 if __name__ == "__main__":

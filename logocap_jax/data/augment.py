@@ -16,13 +16,12 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from logocap_jax.keypoints import (FLIP_INDEX_WITH_CENTER, IMAGENET_MEAN, IMAGENET_STD,
-                                   NUM_JOINTS)
+from logocap_jax.keypoints import FLIP_INDEX_WITH_CENTER, IMAGENET_MEAN, IMAGENET_STD, NUM_JOINTS
 
 # The official crop is expressed in "scale" units of 200 original pixels.
 _PIXELS_PER_SCALE_UNIT = 200.0
 # Persons smaller than this (segmentation area, original px^2) get no center joint.
-_MIN_CENTER_AREA = 32 ** 2
+_MIN_CENTER_AREA = 32**2
 
 
 class AugParams(NamedTuple):
@@ -45,10 +44,16 @@ class AugParams(NamedTuple):
     flip: bool
 
 
-def sample_augmentation(rng: np.random.Generator, *, image_hw: tuple[int, int],
-                        max_rotation: float = 30.0, min_scale: float = 0.75,
-                        max_scale: float = 1.5, max_translate: float = 40.0,
-                        flip_prob: float = 0.5) -> AugParams:
+def sample_augmentation(
+    rng: np.random.Generator,
+    *,
+    image_hw: tuple[int, int],
+    max_rotation: float = 30.0,
+    min_scale: float = 0.75,
+    max_scale: float = 1.5,
+    max_translate: float = 40.0,
+    flip_prob: float = 0.5,
+) -> AugParams:
     """Draws augmentation parameters with the official distributions.
 
     The draws happen in the official order (scale, rotation, dx, dy, flip). The
@@ -88,8 +93,9 @@ def crop_center_scale(params: AugParams, image_hw: tuple[int, int]) -> tuple[np.
     return center, scale
 
 
-def affine_matrix(center: np.ndarray, scale: float, rotation_deg: float,
-                  resolution: int) -> np.ndarray:
+def affine_matrix(
+    center: np.ndarray, scale: float, rotation_deg: float, resolution: int
+) -> np.ndarray:
     """Builds the official crop matrix mapping original pixels to a square grid.
 
     The crop of side ``200 * scale`` centred at ``center`` is mapped corner-aligned onto
@@ -106,9 +112,13 @@ def affine_matrix(center: np.ndarray, scale: float, rotation_deg: float,
         float64 [3, 3] homogeneous matrix (last row 0, 0, 1).
     """
     zoom = resolution / (_PIXELS_PER_SCALE_UNIT * scale)
-    crop = np.array([[zoom, 0.0, resolution * (0.5 - float(center[0]) / (200.0 * scale))],
-                     [0.0, zoom, resolution * (0.5 - float(center[1]) / (200.0 * scale))],
-                     [0.0, 0.0, 1.0]])
+    crop = np.array(
+        [
+            [zoom, 0.0, resolution * (0.5 - float(center[0]) / (200.0 * scale))],
+            [0.0, zoom, resolution * (0.5 - float(center[1]) / (200.0 * scale))],
+            [0.0, 0.0, 1.0],
+        ]
+    )
     # Composing an identity rotation would perturb the translation by rounding.
     if rotation_deg == 0:
         return crop
@@ -138,9 +148,9 @@ def joints_with_center(record: dict) -> np.ndarray:
         mean, computed the official way) with v = 1, or the bbox center when no
         keypoint is labelled.
     """
-    keypoints = np.asarray(record['keypoints'], np.float64).reshape(-1, NUM_JOINTS, 3)
-    area = np.asarray(record['area'], np.float64).reshape(-1)
-    bbox = np.asarray(record['bbox'], np.float64).reshape(-1, 4)
+    keypoints = np.asarray(record["keypoints"], np.float64).reshape(-1, NUM_JOINTS, 3)
+    area = np.asarray(record["area"], np.float64).reshape(-1)
+    bbox = np.asarray(record["bbox"], np.float64).reshape(-1, 4)
     joints = np.zeros((keypoints.shape[0], NUM_JOINTS + 1, 3))
     joints[:, :NUM_JOINTS] = keypoints
     num_labelled = np.count_nonzero(keypoints[:, :, 2], axis=1)
@@ -160,9 +170,16 @@ def _transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return (homogeneous @ matrix[:2].T).reshape(points.shape)
 
 
-def augment(image_rgb: np.ndarray, valid_mask: np.ndarray, joints: np.ndarray,
-            area: np.ndarray, params: AugParams, *, input_size: int,
-            output_size: int) -> dict:
+def augment(
+    image_rgb: np.ndarray,
+    valid_mask: np.ndarray,
+    joints: np.ndarray,
+    area: np.ndarray,
+    params: AugParams,
+    *,
+    input_size: int,
+    output_size: int,
+) -> dict:
     """Applies one augmentation draw to an image, its loss mask and its joints.
 
     Args:
@@ -200,8 +217,14 @@ def augment(image_rgb: np.ndarray, valid_mask: np.ndarray, joints: np.ndarray,
         mask = np.ascontiguousarray(mask[:, ::-1])
         joints = joints[:, list(FLIP_INDEX_WITH_CENTER)]
         joints[:, :, 0] = output_size - joints[:, :, 0] - 1
-    return {'image': image, 'mask': mask, 'joints': joints, 'area': area,
-            'transform': in_matrix, 'flip': params.flip}
+    return {
+        "image": image,
+        "mask": mask,
+        "joints": joints,
+        "area": area,
+        "transform": in_matrix,
+        "flip": params.flip,
+    }
 
 
 def normalize_image(image_rgb: np.ndarray) -> np.ndarray:

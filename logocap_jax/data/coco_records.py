@@ -13,7 +13,8 @@ P below is the number of kept persons of an image; it may be 0.
 
 import json
 import os
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -24,7 +25,15 @@ _IMAGE_KEYS = ("id", "file_name", "height", "width")
 # What COCOeval and the training records read; `segmentation` is needed only for the ignore
 # mask (crowd regions and persons without keypoints) and checked there.
 _ANNOTATION_KEYS = (
-    "id", "image_id", "category_id", "iscrowd", "num_keypoints", "keypoints", "area", "bbox")
+    "id",
+    "image_id",
+    "category_id",
+    "iscrowd",
+    "num_keypoints",
+    "keypoints",
+    "area",
+    "bbox",
+)
 
 
 class CocoFormatError(ValueError):
@@ -58,7 +67,8 @@ def load_annotations(annotation_file: str) -> dict[str, Any]:
             raise CocoFormatError(f"{annotation_file} is not valid JSON: {e}") from e
     if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list):
         raise CocoFormatError(
-            f"{annotation_file} is not a COCO annotation file: no top-level 'images' list")
+            f"{annotation_file} is not a COCO annotation file: no top-level 'images' list"
+        )
     image_ids = set()
     for i, image in enumerate(dataset["images"]):
         _require_keys(image, _IMAGE_KEYS, f"{annotation_file}: images[{i}]")
@@ -75,10 +85,12 @@ def load_annotations(annotation_file: str) -> dict[str, Any]:
         if len(annotation["keypoints"]) != 3 * NUM_JOINTS:
             raise CocoFormatError(
                 f"{where}: 'keypoints' has {len(annotation['keypoints'])} values, "
-                f"expected {3 * NUM_JOINTS} (17 COCO joints)")
+                f"expected {3 * NUM_JOINTS} (17 COCO joints)"
+            )
         if annotation["image_id"] not in image_ids:
-            raise CocoFormatError(f"{where} refers to image id {annotation['image_id']}, "
-                                  "which is not in 'images'")
+            raise CocoFormatError(
+                f"{where} refers to image id {annotation['image_id']}, which is not in 'images'"
+            )
     return dataset
 
 
@@ -88,11 +100,13 @@ def _require_keys(entry: Any, keys: Iterable[str], where: str) -> None:
     missing = [key for key in keys if key not in entry]
     if missing:
         raise CocoFormatError(
-            f"{where} lacks key(s) {missing}: not a COCO person-keypoint annotation file")
+            f"{where} lacks key(s) {missing}: not a COCO person-keypoint annotation file"
+        )
 
 
-def image_records(annotation_file: str, image_dir: str, *,
-                  keep_images_without_people: bool) -> Iterator[dict[str, Any]]:
+def image_records(
+    annotation_file: str, image_dir: str, *, keep_images_without_people: bool
+) -> Iterator[dict[str, Any]]:
     """Reads a COCO person-keypoint file into one record per image, in file order.
 
     The file is read and validated, and every kept image is checked to exist, before the
@@ -118,16 +132,17 @@ def image_records(annotation_file: str, image_dir: str, *,
     """
     dataset = load_annotations(annotation_file)
     by_image = _annotations_by_image(dataset)
-    images = [image for image in dataset["images"]
-              if keep_images_without_people or by_image[image["id"]]]
+    images = [
+        image for image in dataset["images"] if keep_images_without_people or by_image[image["id"]]
+    ]
     image_dir = os.path.abspath(image_dir)
     _check_images_exist(images, image_dir)
-    return (_record(image, by_image[image["id"]], image_dir, annotation_file)
-            for image in images)
+    return (_record(image, by_image[image["id"]], image_dir, annotation_file) for image in images)
 
 
-def select_images(records: Iterable[dict[str, Any]], image_ids: Iterable[int], *,
-                  missing_message: str) -> list[dict[str, Any]]:
+def select_images(
+    records: Iterable[dict[str, Any]], image_ids: Iterable[int], *, missing_message: str
+) -> list[dict[str, Any]]:
     """The records of `image_ids`, in that order.
 
     Raises:
@@ -149,16 +164,21 @@ def _annotations_by_image(dataset: dict[str, Any]) -> dict[int, list[dict[str, A
 
 
 def _check_images_exist(images: list[dict[str, Any]], image_dir: str) -> None:
-    missing = [image["file_name"] for image in images
-               if not os.path.isfile(os.path.join(image_dir, image["file_name"]))]
+    missing = [
+        image["file_name"]
+        for image in images
+        if not os.path.isfile(os.path.join(image_dir, image["file_name"]))
+    ]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} image file(s) listed in the annotations are missing from "
-            f"{image_dir}, e.g. {os.path.join(image_dir, missing[0])}")
+            f"{image_dir}, e.g. {os.path.join(image_dir, missing[0])}"
+        )
 
 
-def _record(image: dict[str, Any], annotations: list[dict[str, Any]], image_dir: str,
-            annotation_file: str) -> dict[str, Any]:
+def _record(
+    image: dict[str, Any], annotations: list[dict[str, Any]], image_dir: str, annotation_file: str
+) -> dict[str, Any]:
     height, width = int(image["height"]), int(image["width"])
     people = [a for a in annotations if not a["iscrowd"] or a["num_keypoints"] > 0]
     ignored = [a for a in annotations if a["iscrowd"] or a["num_keypoints"] == 0]
@@ -168,19 +188,23 @@ def _record(image: dict[str, Any], annotations: list[dict[str, Any]], image_dir:
         "image_path": os.path.join(image_dir, image["file_name"]),
         "height": height,
         "width": width,
-        "keypoints": np.array([a["keypoints"] for a in people],
-                              np.float32).reshape(-1, NUM_JOINTS, 3),
+        "keypoints": np.array([a["keypoints"] for a in people], np.float32).reshape(
+            -1, NUM_JOINTS, 3
+        ),
         "area": np.array([a["area"] for a in people], np.float32).reshape(-1),
         "bbox": np.array([a["bbox"] for a in people], np.float32).reshape(-1, 4),
         "iscrowd": np.array([a["iscrowd"] for a in people], np.int32).reshape(-1),
-        "num_keypoints": np.array([a["num_keypoints"] for a in people],
-                                  np.int32).reshape(-1),
+        "num_keypoints": np.array([a["num_keypoints"] for a in people], np.int32).reshape(-1),
         "ignore_rle": ignore_rle(ignored, height, width, annotation_file),
     }
 
 
-def ignore_rle(annotations: list[dict[str, Any]], height: int, width: int,
-               annotation_file: str = "<annotations>") -> bytes:
+def ignore_rle(
+    annotations: list[dict[str, Any]],
+    height: int,
+    width: int,
+    annotation_file: str = "<annotations>",
+) -> bytes:
     """Union of the segmentations of `annotations`, as compressed RLE counts.
 
     Args:
@@ -192,20 +216,24 @@ def ignore_rle(annotations: list[dict[str, Any]], height: int, width: int,
     Returns:
       pycocotools compressed RLE counts of the union, for a [height, width] mask.
     """
-    rles = [rle for a in annotations
-            for rle in _segmentation_rles(a, height, width, annotation_file)]
+    rles = [
+        rle for a in annotations for rle in _segmentation_rles(a, height, width, annotation_file)
+    ]
     if not rles:
         empty = np.zeros((height, width), np.uint8, order="F")
         return mask_utils.encode(empty)["counts"]
     return mask_utils.merge(rles, intersect=0)["counts"]
 
 
-def _segmentation_rles(annotation: dict[str, Any], height: int, width: int,
-                       annotation_file: str) -> list[dict[str, Any]]:
+def _segmentation_rles(
+    annotation: dict[str, Any], height: int, width: int, annotation_file: str
+) -> list[dict[str, Any]]:
     where = f"{annotation_file}: annotation {annotation.get('id')}"
     if "segmentation" not in annotation:
-        raise CocoFormatError(f"{where} lacks 'segmentation', needed for the ignore mask of "
-                              "crowd regions and persons without keypoints")
+        raise CocoFormatError(
+            f"{where} lacks 'segmentation', needed for the ignore mask of "
+            "crowd regions and persons without keypoints"
+        )
     segmentation = annotation["segmentation"]
     if isinstance(segmentation, list):
         # Polygons go through frPyObjects unchanged, as in the official get_mask, so its
@@ -216,12 +244,17 @@ def _segmentation_rles(annotation: dict[str, Any], height: int, width: int,
     if list(segmentation.get("size", ())) != [height, width]:
         raise CocoFormatError(
             f"{where}: RLE size {segmentation.get('size')} differs from the image size "
-            f"{[height, width]}")
+            f"{[height, width]}"
+        )
     if isinstance(segmentation["counts"], list):
         return [mask_utils.frPyObjects(segmentation, height, width)]
     counts = segmentation["counts"]
-    return [{"size": [height, width],
-             "counts": counts.encode("ascii") if isinstance(counts, str) else counts}]
+    return [
+        {
+            "size": [height, width],
+            "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+        }
+    ]
 
 
 def valid_mask(record: dict[str, Any]) -> np.ndarray:

@@ -25,11 +25,12 @@ A batch has the same keys with a leading per-process batch axis.
 import dataclasses
 import functools
 import logging
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from absl import flags
 import grain
 import numpy as np
+from absl import flags
 
 from logocap_jax.data import augment as augment_lib
 from logocap_jax.data import targets
@@ -66,9 +67,15 @@ def example_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng((seed, index))
 
 
-def train_example(record: Mapping[str, Any], rng: np.random.Generator, *, input_size: int,
-                  output_size: int, max_people: int,
-                  augmentation: Augmentation = Augmentation()) -> dict[str, np.ndarray]:
+def train_example(
+    record: Mapping[str, Any],
+    rng: np.random.Generator,
+    *,
+    input_size: int,
+    output_size: int,
+    max_people: int,
+    augmentation: Augmentation = Augmentation(),
+) -> dict[str, np.ndarray]:
     """Turns one image record into one training example.
 
     Args:
@@ -89,17 +96,28 @@ def train_example(record: Mapping[str, Any], rng: np.random.Generator, *, input_
     """
     image = read_image(record["image_path"])
     params = augment_lib.sample_augmentation(
-        rng, image_hw=image.shape[:2], **dataclasses.asdict(augmentation))
+        rng, image_hw=image.shape[:2], **dataclasses.asdict(augmentation)
+    )
     warped = augment_lib.augment(
-        image, valid_mask(record), augment_lib.joints_with_center(record), record["area"],
-        params, input_size=input_size, output_size=output_size)
+        image,
+        valid_mask(record),
+        augment_lib.joints_with_center(record),
+        record["area"],
+        params,
+        input_size=input_size,
+        output_size=output_size,
+    )
     heatmaps, heatmap_weights = targets.heatmap_targets(
-        warped["joints"], output_size, valid_mask=warped["mask"])
-    offsets, offset_weights = targets.offset_targets(warped["joints"], warped["area"],
-                                                     output_size)
+        warped["joints"], output_size, valid_mask=warped["mask"]
+    )
+    offsets, offset_weights = targets.offset_targets(warped["joints"], warped["area"], output_size)
     ground_truth = targets.oks_ground_truth(
-        _first_oks_people(record, max_people), params, warped["transform"],
-        input_size=input_size, max_people=max_people)
+        _first_oks_people(record, max_people),
+        params,
+        warped["transform"],
+        input_size=input_size,
+        max_people=max_people,
+    )
     return {
         "images": augment_lib.normalize_image(warped["image"]),
         "heatmaps": heatmaps,
@@ -118,26 +136,45 @@ def _first_oks_people(record: Mapping[str, Any], max_people: int) -> Mapping[str
     Crowded images must not stop training, so extra persons are dropped (and logged once
     per process) instead of `oks_ground_truth` raising.
     """
-    eligible = np.flatnonzero((np.asarray(record["num_keypoints"]) > 0)
-                              & (np.asarray(record["iscrowd"]) == 0))
+    eligible = np.flatnonzero(
+        (np.asarray(record["num_keypoints"]) > 0) & (np.asarray(record["iscrowd"]) == 0)
+    )
     if len(eligible) <= max_people:
         return record
     global _warned_truncation
     if not _warned_truncation:
         _warned_truncation = True
-        _LOG.warning("image %s has %d ground-truth persons; the OKS ground truth keeps the "
-                     "first max_people=%d (targets use all). Further images are not reported.",
-                     record["image_id"], len(eligible), max_people)
+        _LOG.warning(
+            "image %s has %d ground-truth persons; the OKS ground truth keeps the "
+            "first max_people=%d (targets use all). Further images are not reported.",
+            record["image_id"],
+            len(eligible),
+            max_people,
+        )
     kept = eligible[:max_people]
-    return {**record, **{key: np.asarray(record[key])[kept]
-                         for key in ("keypoints", "area", "iscrowd", "num_keypoints")}}
+    return {
+        **record,
+        **{
+            key: np.asarray(record[key])[kept]
+            for key in ("keypoints", "area", "iscrowd", "num_keypoints")
+        },
+    }
 
 
-def make_train_dataset(source: Sequence[Mapping[str, Any]], *, batch_size: int, seed: int,
-                       input_size: int = 512, output_size: int = 128, max_people: int = 30,
-                       augmentation: Augmentation = Augmentation(), worker_count: int = 0,
-                       shard_options: grain.sharding.ShardOptions | None = None,
-                       read_threads: int = 1, prefetch_batches: int = 2) -> grain.IterDataset:
+def make_train_dataset(
+    source: Sequence[Mapping[str, Any]],
+    *,
+    batch_size: int,
+    seed: int,
+    input_size: int = 512,
+    output_size: int = 128,
+    max_people: int = 30,
+    augmentation: Augmentation = Augmentation(),
+    worker_count: int = 0,
+    shard_options: grain.sharding.ShardOptions | None = None,
+    read_threads: int = 1,
+    prefetch_batches: int = 2,
+) -> grain.IterDataset:
     """The infinite, sharded, batched training stream.
 
     The global stream is the records shuffled anew each epoch (grain's index shuffle, seeded
@@ -177,24 +214,32 @@ def make_train_dataset(source: Sequence[Mapping[str, Any]], *, batch_size: int, 
     shard = shard_options or grain.sharding.ShardByJaxProcess()
     _check_sizes(len(source), batch_size, shard.shard_count, input_size, output_size)
     transform = functools.partial(
-        _indexed_example, seed=seed, input_size=input_size, output_size=output_size,
-        max_people=max_people, augmentation=augmentation)
-    dataset = (grain.MapDataset.source(source)
-               .shuffle(seed=seed)
-               .repeat()
-               .map_with_index(transform)
-               [shard.shard_index::shard.shard_count]
-               .batch(batch_size // shard.shard_count, drop_remainder=True))
-    dataset = dataset.to_iter_dataset(grain.ReadOptions(
-        num_threads=read_threads, prefetch_buffer_size=prefetch_batches))
+        _indexed_example,
+        seed=seed,
+        input_size=input_size,
+        output_size=output_size,
+        max_people=max_people,
+        augmentation=augmentation,
+    )
+    dataset = (
+        grain.MapDataset.source(source)
+        .shuffle(seed=seed)
+        .repeat()
+        .map_with_index(transform)[shard.shard_index :: shard.shard_count]
+        .batch(batch_size // shard.shard_count, drop_remainder=True)
+    )
+    dataset = dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
+    )
     if worker_count > 0:
         _allow_unparsed_absl_flags()
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return dataset
 
 
-def _indexed_example(index: int, record: Mapping[str, Any], *, seed: int,
-                     **kwargs) -> dict[str, np.ndarray]:
+def _indexed_example(
+    index: int, record: Mapping[str, Any], *, seed: int, **kwargs
+) -> dict[str, np.ndarray]:
     return train_example(record, example_rng(seed, index), **kwargs)
 
 
@@ -210,13 +255,18 @@ def _allow_unparsed_absl_flags() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def _check_sizes(num_records: int, batch_size: int, shard_count: int, input_size: int,
-                 output_size: int) -> None:
+def _check_sizes(
+    num_records: int, batch_size: int, shard_count: int, input_size: int, output_size: int
+) -> None:
     if num_records == 0:
         raise ValueError("the training source has no records")
     if batch_size <= 0 or batch_size % shard_count:
-        raise ValueError(f"global batch_size={batch_size} must be a positive multiple of "
-                         f"the shard count {shard_count}")
+        raise ValueError(
+            f"global batch_size={batch_size} must be a positive multiple of "
+            f"the shard count {shard_count}"
+        )
     if input_size != STRIDE * output_size:
-        raise ValueError(f"input_size={input_size} must be {STRIDE} x output_size="
-                         f"{output_size}: the heads predict at stride {STRIDE}")
+        raise ValueError(
+            f"input_size={input_size} must be {STRIDE} x output_size="
+            f"{output_size}: the heads predict at stride {STRIDE}"
+        )

@@ -8,8 +8,8 @@ there: the official generators compute in float64 and only store float32.
 
 import numpy as np
 
-from logocap_jax.keypoints import FLIP_INDEX, NUM_JOINTS
 from logocap_jax.data.augment import AugParams
+from logocap_jax.keypoints import FLIP_INDEX, NUM_JOINTS
 
 
 def _inside(x: float, y: float, size: int) -> bool:
@@ -30,13 +30,19 @@ def _gaussian_box(x: float, y: float, sigma: float, size: int) -> tuple[slice, s
     y1 = min(int(np.ceil(y + 3 * sigma + 2)), size)
     xs = np.arange(x0, x1)[None, :]
     ys = np.arange(y0, y1)[:, None]
-    values = np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma ** 2))
+    values = np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2))
     return slice(y0, y1), slice(x0, x1), values
 
 
-def heatmap_targets(joints: np.ndarray, output_size: int, *, sigma: float = 2.0,
-                    center_sigma: float = 4.0, bg_weight: float = 0.1,
-                    valid_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def heatmap_targets(
+    joints: np.ndarray,
+    output_size: int,
+    *,
+    sigma: float = 2.0,
+    center_sigma: float = 4.0,
+    bg_weight: float = 0.1,
+    valid_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Keypoint + center heat-map targets and their pixel weights (spec 8.3).
 
     Args:
@@ -84,8 +90,9 @@ def _center_window(center: np.ndarray, radius: int, size: int) -> tuple[slice, s
     return rows, cols
 
 
-def offset_targets(joints: np.ndarray, area: np.ndarray, output_size: int, *,
-                   radius: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def offset_targets(
+    joints: np.ndarray, area: np.ndarray, output_size: int, *, radius: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
     """Center-to-keypoint offset targets and weights (spec 8.4).
 
     Around each person's center, every pixel of the window stores, per visible
@@ -140,8 +147,9 @@ def _in_crop(keypoints: np.ndarray, transform: np.ndarray, input_size: int) -> n
     return (tx >= 0) & (tx < input_size) & (ty >= 0) & (ty <= input_size)
 
 
-def oks_ground_truth(record: dict, params: AugParams, transform: np.ndarray, *,
-                     input_size: int, max_people: int) -> dict:
+def oks_ground_truth(
+    record: dict, params: AugParams, transform: np.ndarray, *, input_size: int, max_people: int
+) -> dict:
     """Ground-truth persons for the OKS / KAM losses (spec 8.5), padded to a static size.
 
     Only non-crowd annotations with at least one labelled keypoint take part. The
@@ -175,21 +183,24 @@ def oks_ground_truth(record: dict, params: AugParams, transform: np.ndarray, *,
     Raises:
         ValueError: if the image has more than max_people GT persons.
     """
-    keep = (np.asarray(record['num_keypoints']) > 0) & (np.asarray(record['iscrowd']) == 0)
-    keypoints = np.asarray(record['keypoints'], np.float32).reshape(-1, NUM_JOINTS, 3)[keep]
-    areas = np.asarray(record['area'], np.float32).reshape(-1)[keep]
+    keep = (np.asarray(record["num_keypoints"]) > 0) & (np.asarray(record["iscrowd"]) == 0)
+    keypoints = np.asarray(record["keypoints"], np.float32).reshape(-1, NUM_JOINTS, 3)[keep]
+    areas = np.asarray(record["area"], np.float32).reshape(-1)[keep]
     if len(areas) > max_people:
-        raise ValueError(f'{len(areas)} GT persons exceed max_people={max_people}')
+        raise ValueError(f"{len(areas)} GT persons exceed max_people={max_people}")
     if params.flip:
         keypoints = keypoints[:, list(FLIP_INDEX)]
     t = np.asarray(transform, np.float32)
     keypoints[:, :, 2] *= _in_crop(keypoints, t, input_size)
     padded = np.zeros((max_people, NUM_JOINTS, 3), np.float32)
-    padded[:len(areas)] = keypoints
+    padded[: len(areas)] = keypoints
     padded_areas = np.zeros(max_people, np.float32)
-    padded_areas[:len(areas)] = areas
-    return {'keypoints': padded, 'areas': padded_areas,
-            'valid': np.arange(max_people) < len(areas),
-            'transform': t,
-            'transform_inv': np.linalg.inv(t.astype(np.float64)).astype(np.float32),
-            'flip': bool(params.flip)}
+    padded_areas[: len(areas)] = areas
+    return {
+        "keypoints": padded,
+        "areas": padded_areas,
+        "valid": np.arange(max_people) < len(areas),
+        "transform": t,
+        "transform_inv": np.linalg.inv(t.astype(np.float64)).astype(np.float32),
+        "flip": bool(params.flip),
+    }

@@ -16,7 +16,8 @@ Command line:
 import argparse
 import dataclasses
 import os
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -28,7 +29,8 @@ FILE_FORMAT = "array_record"
 MINI_DATASETS = ("coco_mini", "ochuman_mini")
 # Where the bundled mini sets live in a source checkout.
 _REPO_DATA_DIR = os.path.normpath(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "data"))
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "data")
+)
 
 _COCO_CITATION = """@inproceedings{lin2014coco, title={Microsoft {COCO}: Common Objects in
   Context}, author={Lin, Tsung-Yi and others}, booktitle={ECCV}, year={2014}}"""
@@ -57,20 +59,23 @@ def _ragged(*shape: int, dtype: type, doc: str) -> tfds.features.Tensor:
 
 
 def _features() -> tfds.features.FeaturesDict:
-    return tfds.features.FeaturesDict({
-        "image_id": tfds.features.Scalar(np.int64, doc="COCO image id"),
-        "file_name": tfds.features.Text(doc="image file name in the annotation file"),
-        "image_path": tfds.features.Text(doc="absolute image path at build time"),
-        "height": tfds.features.Scalar(np.int32, doc="image height, px"),
-        "width": tfds.features.Scalar(np.int32, doc="image width, px"),
-        "keypoints": _ragged(NUM_JOINTS, 3, dtype=np.float32, doc="[P, 17, (x, y, v)]"),
-        "area": _ragged(dtype=np.float32, doc="[P] COCO segmentation area, px^2"),
-        "bbox": _ragged(4, dtype=np.float32, doc="[P, (x, y, w, h)]"),
-        "iscrowd": _ragged(dtype=np.int32, doc="[P]"),
-        "num_keypoints": _ragged(dtype=np.int32, doc="[P] labelled keypoints"),
-        "ignore_rle": tfds.features.Scalar(
-            np.object_, doc="compressed RLE counts of the ignore region, [height, width]"),
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "image_id": tfds.features.Scalar(np.int64, doc="COCO image id"),
+            "file_name": tfds.features.Text(doc="image file name in the annotation file"),
+            "image_path": tfds.features.Text(doc="absolute image path at build time"),
+            "height": tfds.features.Scalar(np.int32, doc="image height, px"),
+            "width": tfds.features.Scalar(np.int32, doc="image width, px"),
+            "keypoints": _ragged(NUM_JOINTS, 3, dtype=np.float32, doc="[P, 17, (x, y, v)]"),
+            "area": _ragged(dtype=np.float32, doc="[P] COCO segmentation area, px^2"),
+            "bbox": _ragged(4, dtype=np.float32, doc="[P, (x, y, w, h)]"),
+            "iscrowd": _ragged(dtype=np.int32, doc="[P]"),
+            "num_keypoints": _ragged(dtype=np.int32, doc="[P] labelled keypoints"),
+            "ignore_rle": tfds.features.Scalar(
+                np.object_, doc="compressed RLE counts of the ignore region, [height, width]"
+            ),
+        }
+    )
 
 
 class _CocoFormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -99,15 +104,18 @@ class _CocoFormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     def _source_paths(self, dl_manager: tfds.download.DownloadManager) -> tuple[str, str]:
         """(annotation file, image folder) of the config, under the manual dir."""
         config = self.builder_config
-        return (os.path.join(dl_manager.manual_dir, config.annotation_file),
-                os.path.join(dl_manager.manual_dir, config.image_dir))
+        return (
+            os.path.join(dl_manager.manual_dir, config.annotation_file),
+            os.path.join(dl_manager.manual_dir, config.image_dir),
+        )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         annotation_file, image_dir = self._source_paths(dl_manager)
         # image_records validates eagerly, so bad input fails before anything is written.
         return {
-            split: self._generate_examples(image_records(
-                annotation_file, image_dir, keep_images_without_people=keep))
+            split: self._generate_examples(
+                image_records(annotation_file, image_dir, keep_images_without_people=keep)
+            )
             for split, keep in self.builder_config.splits.items()
         }
 
@@ -127,17 +135,26 @@ class CocoPersonKeypoints(_CocoFormatBuilder):
     """
     BUILDER_CONFIGS = [
         CocoFormatConfig(
-            name="train2017", description="train2017, images with any annotation",
+            name="train2017",
+            description="train2017, images with any annotation",
             annotation_file="annotations/person_keypoints_train2017.json",
-            image_dir="images/train2017", splits={"train2017": False}),
+            image_dir="images/train2017",
+            splits={"train2017": False},
+        ),
         CocoFormatConfig(
-            name="val2017", description="val2017, all 5000 images",
+            name="val2017",
+            description="val2017, all 5000 images",
             annotation_file="annotations/person_keypoints_val2017.json",
-            image_dir="images/val2017", splits={"val2017": True}),
+            image_dir="images/val2017",
+            splits={"val2017": True},
+        ),
         CocoFormatConfig(
-            name="test_dev2017", description="test-dev 2017 images, no annotations",
+            name="test_dev2017",
+            description="test-dev 2017 images, no annotations",
             annotation_file="annotations/image_info_test-dev2017.json",
-            image_dir="images/test2017", splits={"test_dev2017": True}),
+            image_dir="images/test2017",
+            splits={"test_dev2017": True},
+        ),
     ]
 
 
@@ -156,9 +173,12 @@ class OCHuman(_CocoFormatBuilder):
     """
     BUILDER_CONFIGS = [
         CocoFormatConfig(
-            name=split, description=f"OCHuman {split}, all images",
+            name=split,
+            description=f"OCHuman {split}, all images",
             annotation_file=f"annotations/ochuman_coco_format_{split}_range_0.00_1.00.json",
-            image_dir="images", splits={split: True})
+            image_dir="images",
+            splits={split: True},
+        )
         for split in ("val", "test")
     ]
 
@@ -175,8 +195,9 @@ class CocoFormat(_CocoFormatBuilder):
         return self.builder_config.annotation_file, self.builder_config.image_dir
 
 
-def build_coco_format(name: str, annotation_file: str, image_dir: str, data_dir: str, *,
-                      splits: Mapping[str, bool]) -> tfds.core.DatasetBuilder:
+def build_coco_format(
+    name: str, annotation_file: str, image_dir: str, data_dir: str, *, splits: Mapping[str, bool]
+) -> tfds.core.DatasetBuilder:
     """Builds `coco_format/<name>` from any COCO-format file; a no-op if already built.
 
     Args:
@@ -190,16 +211,18 @@ def build_coco_format(name: str, annotation_file: str, image_dir: str, data_dir:
       The prepared builder; `builder.as_data_source(split)` reads a split back.
     """
     config = CocoFormatConfig(
-        name=name, description=f"{name}: {os.path.basename(annotation_file)}",
+        name=name,
+        description=f"{name}: {os.path.basename(annotation_file)}",
         annotation_file=os.path.abspath(annotation_file),
-        image_dir=os.path.abspath(image_dir), splits=dict(splits))
+        image_dir=os.path.abspath(image_dir),
+        splits=dict(splits),
+    )
     builder = CocoFormat(config=config, data_dir=data_dir, file_format=FILE_FORMAT)
     builder.download_and_prepare()
     return builder
 
 
-def build_mini(name: str, data_dir: str,
-               source_dir: str | None = None) -> tfds.core.DatasetBuilder:
+def build_mini(name: str, data_dir: str, source_dir: str | None = None) -> tfds.core.DatasetBuilder:
     """Builds a bundled mini set with a "train" and a "val" split.
 
     Args:
@@ -215,13 +238,20 @@ def build_mini(name: str, data_dir: str,
         raise ValueError(f"unknown mini data set {name!r}; expected one of {MINI_DATASETS}")
     source_dir = source_dir or os.path.join(_REPO_DATA_DIR, name)
     return build_coco_format(
-        name, os.path.join(source_dir, "annotations", "person_keypoints_mini.json"),
-        os.path.join(source_dir, "images"), data_dir,
-        splits={"train": False, "val": True})
+        name,
+        os.path.join(source_dir, "annotations", "person_keypoints_mini.json"),
+        os.path.join(source_dir, "images"),
+        data_dir,
+        splits={"train": False, "val": True},
+    )
 
 
-def build_named(builder_cls: type[_CocoFormatBuilder], data_dir: str, manual_dir: str,
-                configs: Sequence[str] | None = None) -> list[tfds.core.DatasetBuilder]:
+def build_named(
+    builder_cls: type[_CocoFormatBuilder],
+    data_dir: str,
+    manual_dir: str,
+    configs: Sequence[str] | None = None,
+) -> list[tfds.core.DatasetBuilder]:
     """Builds configs of `CocoPersonKeypoints` or `OCHuman` from a manual dir.
 
     Args:
@@ -291,18 +321,19 @@ def data_source(name: str, split: str, data_dir: str) -> RecordSource:
     Returns:
       The split's records.
     """
-    return RecordSource(tfds.data_source(name, split=split, data_dir=data_dir,
-                                         download=False))
+    return RecordSource(tfds.data_source(name, split=split, data_dir=data_dir, download=False))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: builds one data set into --data_dir."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True,
-                        choices=("coco", "ochuman") + MINI_DATASETS)
+    parser.add_argument("--dataset", required=True, choices=("coco", "ochuman") + MINI_DATASETS)
     parser.add_argument("--data_dir", required=True, help="TFDS data dir to write into")
-    parser.add_argument("--manual_dir", help="source files of coco / ochuman (for a mini "
-                        "set: its folder, default the checkout's data/<name>)")
+    parser.add_argument(
+        "--manual_dir",
+        help="source files of coco / ochuman (for a mini "
+        "set: its folder, default the checkout's data/<name>)",
+    )
     parser.add_argument("--configs", help="comma-separated configs (default: all)")
     args = parser.parse_args(argv)
     if args.dataset in MINI_DATASETS:

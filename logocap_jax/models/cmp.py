@@ -6,14 +6,20 @@ marks the instances that count towards batch statistics. Register new variants i
 `logocap_jax.models.logocap.CMP_VARIANTS`.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from logocap_jax.models.layers import (BN_EPSILON, BN_MOMENTUM, Dtype, conv,
-                                       torch_default_bias_init, torch_default_kernel_init)
+from logocap_jax.models.layers import (
+    BN_EPSILON,
+    BN_MOMENTUM,
+    Dtype,
+    conv,
+    torch_default_bias_init,
+    torch_default_kernel_init,
+)
 
 
 def _broadcast_mask(mask, x):
@@ -45,14 +51,21 @@ class AttentiveNorm(nn.BatchNorm):
         mean = jnp.mean(x, axis=(1, 2), keepdims=True)
         variance = jnp.sum((x - mean) ** 2, axis=(1, 2), keepdims=True) / (window - 1)
         standardized_mean = mean * jax.lax.rsqrt(variance + self.variance_epsilon)
-        attention = nn.Conv(self.num_affine, (1, 1), use_bias=False, dtype=self.dtype,
-                            kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                            name="attn_weights.attention.0")(standardized_mean)
+        attention = nn.Conv(
+            self.num_affine,
+            (1, 1),
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+            name="attn_weights.attention.0",
+        )(standardized_mean)
         attention = jax.nn.hard_sigmoid(attention[:, 0, 0, :])
-        weight = self.param("weight_", lambda k, s: 1.0 + 0.1 * jax.random.normal(k, s),
-                            (self.num_affine, channels))
-        bias = self.param("bias_", lambda k, s: 0.1 * jax.random.normal(k, s),
-                          (self.num_affine, channels))
+        weight = self.param(
+            "weight_", lambda k, s: 1.0 + 0.1 * jax.random.normal(k, s), (self.num_affine, channels)
+        )
+        bias = self.param(
+            "bias_", lambda k, s: 0.1 * jax.random.normal(k, s), (self.num_affine, channels)
+        )
         gamma = attention @ weight.astype(attention.dtype)
         beta = attention @ bias.astype(attention.dtype)
         return gamma[:, None, None, :] * normalized + beta[:, None, None, :]
@@ -95,14 +108,32 @@ class ConvMessagePassing(nn.Module):
         assert len(self.widths) == len(self.attentive_norm), "one attentive_norm flag per width"
         x = features
         for layer, (width, attentive) in enumerate(zip(self.widths, self.attentive_norm)):
-            x = conv(width, self.kernel_size, kernel_init=torch_default_kernel_init,
-                     dtype=self.dtype, name=str(3 * layer))(x)
+            x = conv(
+                width,
+                self.kernel_size,
+                kernel_init=torch_default_kernel_init,
+                dtype=self.dtype,
+                name=str(3 * layer),
+            )(x)
             norm_cls = AttentiveNorm if attentive else nn.BatchNorm
-            norm_kwargs = dict(num_affine=self.num_affine) if attentive else dict(
-                momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
-            norm = norm_cls(use_running_average=not train, dtype=self.dtype,
-                            name=str(3 * layer + 1), **norm_kwargs)
+            norm_kwargs = (
+                dict(num_affine=self.num_affine)
+                if attentive
+                else dict(momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+            )
+            norm = norm_cls(
+                use_running_average=not train,
+                dtype=self.dtype,
+                name=str(3 * layer + 1),
+                **norm_kwargs,
+            )
             x = nn.relu(norm(x, mask=_broadcast_mask(mask, x)))
-        return conv(self.num_joints, 1, use_bias=True, kernel_init=torch_default_kernel_init,
-                    bias_init=torch_default_bias_init(x.shape[-1]), dtype=self.dtype,
-                    name=str(3 * len(self.widths)))(x)
+        return conv(
+            self.num_joints,
+            1,
+            use_bias=True,
+            kernel_init=torch_default_kernel_init,
+            bias_init=torch_default_bias_init(x.shape[-1]),
+            dtype=self.dtype,
+            name=str(3 * len(self.widths)),
+        )(x)

@@ -5,7 +5,7 @@ checkpoint maps one-to-one: Flax path ('stage3.2', 'fuse_layers.1.0.0.0', 'kerne
 PyTorch key 'stage3.2.fuse_layers.1.0.0.0.weight'.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -43,8 +43,9 @@ class Bottleneck(nn.Module):
         y = nn.relu(norm("bn2")(conv(self.planes, 3, dtype=self.dtype, name="conv2")(y)))
         y = norm("bn3")(conv(4 * self.planes, 1, dtype=self.dtype, name="conv3")(y))
         if self.downsample:
-            x = norm("downsample.1")(conv(4 * self.planes, 1, dtype=self.dtype,
-                                          name="downsample.0")(x))
+            x = norm("downsample.1")(
+                conv(4 * self.planes, 1, dtype=self.dtype, name="downsample.0")(x)
+            )
         return nn.relu(y + x)
 
 
@@ -66,7 +67,8 @@ class HighResolutionModule(nn.Module):
         for b, width in enumerate(self.widths):
             for k in range(self.num_blocks):
                 branches[b] = BasicBlock(width, dtype=self.dtype, name=f"branches.{b}.{k}")(
-                    branches[b], train=train)
+                    branches[b], train=train
+                )
         return [nn.relu(self._fuse(branches, i, train)) for i in range(len(self.widths))]
 
     def _fuse(self, branches, i, train):
@@ -120,24 +122,35 @@ class HRNet(nn.Module):
         Returns:
           [B, H/4, W/4, sum(stage_widths)] features.
         """
-        assert images.ndim == 4 and images.shape[-1] == 3, f"Expected [B, H, W, 3], got {images.shape}"
+        assert images.ndim == 4 and images.shape[-1] == 3, (
+            f"Expected [B, H, W, 3], got {images.shape}"
+        )
         norm = lambda name: batch_norm(train=train, dtype=self.dtype, name=name)
-        x = nn.relu(norm("bn1")(conv(self.stem_width, 3, stride=2, dtype=self.dtype, name="conv1")(images)))
-        x = nn.relu(norm("bn2")(conv(self.stem_width, 3, stride=2, dtype=self.dtype, name="conv2")(x)))
+        x = nn.relu(
+            norm("bn1")(conv(self.stem_width, 3, stride=2, dtype=self.dtype, name="conv1")(images))
+        )
+        x = nn.relu(
+            norm("bn2")(conv(self.stem_width, 3, stride=2, dtype=self.dtype, name="conv2")(x))
+        )
         for k in range(self.layer1_blocks):
-            x = Bottleneck(self.stem_width, downsample=k == 0, dtype=self.dtype, name=f"layer1.{k}")(x, train=train)
+            x = Bottleneck(
+                self.stem_width, downsample=k == 0, dtype=self.dtype, name=f"layer1.{k}"
+            )(x, train=train)
 
         branches = [x]
         for stage, num_modules in enumerate(self.stage_modules):
-            widths = self.stage_widths[:stage + 2]
+            widths = self.stage_widths[: stage + 2]
             branches = self._transition(branches, widths, stage + 1, train)
             for m in range(num_modules):
-                branches = HighResolutionModule(widths, self.num_blocks, dtype=self.dtype,
-                                                name=f"stage{stage + 2}.{m}")(branches, train=train)
+                branches = HighResolutionModule(
+                    widths, self.num_blocks, dtype=self.dtype, name=f"stage{stage + 2}.{m}"
+                )(branches, train=train)
 
         height, width = branches[0].shape[1:3]
-        upsampled = [jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), "bilinear")
-                     for x in branches[1:]]
+        upsampled = [
+            jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), "bilinear")
+            for x in branches[1:]
+        ]
         return jnp.concatenate([branches[0]] + upsampled, axis=-1)
 
     def _transition(self, branches, widths, index, train):

@@ -41,27 +41,55 @@ class PointwiseConv(nn.Conv):
 
     @nn.compact
     def __call__(self, inputs):
-        kernel = self.param("kernel", self.kernel_init, (1, 1, inputs.shape[-1], self.features),
-                            self.param_dtype)
-        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-                if self.use_bias else None)
+        kernel = self.param(
+            "kernel", self.kernel_init, (1, 1, inputs.shape[-1], self.features), self.param_dtype
+        )
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
         inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         outputs = jnp.einsum("...c,cd->...d", inputs, kernel[0, 0])
         return outputs if bias is None else outputs + bias
 
 
-def conv(features: int, kernel_size: int, *, stride: int = 1, use_bias: bool = False,
-         kernel_init=backbone_kernel_init, bias_init=nn.initializers.zeros,
-         dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
+def conv(
+    features: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    use_bias: bool = False,
+    kernel_init=backbone_kernel_init,
+    bias_init=nn.initializers.zeros,
+    dtype: Dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.Conv:
     """A square convolution with PyTorch's symmetric padding of kernel_size // 2."""
     pad = kernel_size // 2
     conv_cls = PointwiseConv if kernel_size == 1 and stride == 1 else nn.Conv
-    return conv_cls(features, (kernel_size, kernel_size), strides=(stride, stride),
-                    padding=((pad, pad), (pad, pad)), use_bias=use_bias, kernel_init=kernel_init,
-                    bias_init=bias_init, dtype=dtype, name=name)
+    return conv_cls(
+        features,
+        (kernel_size, kernel_size),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=use_bias,
+        kernel_init=kernel_init,
+        bias_init=bias_init,
+        dtype=dtype,
+        name=name,
+    )
 
 
-def batch_norm(*, train: bool, dtype: Dtype = jnp.float32, name: str | None = None, **kwargs) -> nn.BatchNorm:
+def batch_norm(
+    *, train: bool, dtype: Dtype = jnp.float32, name: str | None = None, **kwargs
+) -> nn.BatchNorm:
     """BatchNorm with the official epsilon and momentum; batch statistics when training."""
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                        dtype=dtype, name=name, **kwargs)
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        dtype=dtype,
+        name=name,
+        **kwargs,
+    )

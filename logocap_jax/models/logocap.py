@@ -3,15 +3,21 @@
 The module only predicts. Decoding, LOGO-CA and losses are pure functions elsewhere.
 """
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from logocap_jax.models.cmp import ConvMessagePassing
 from logocap_jax.models.hrnet import HRNet
-from logocap_jax.models.layers import (Dtype, batch_norm, conv, torch_default_bias_init,
-                                       torch_default_kernel_init)
+from logocap_jax.models.layers import (
+    Dtype,
+    batch_norm,
+    conv,
+    torch_default_bias_init,
+    torch_default_kernel_init,
+)
 
 CMP_VARIANTS = {"conv": ConvMessagePassing}
 
@@ -38,7 +44,9 @@ class HeadTransition(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool):
-        x = conv(self.width, 1, kernel_init=torch_default_kernel_init, dtype=self.dtype, name="0")(x)
+        x = conv(self.width, 1, kernel_init=torch_default_kernel_init, dtype=self.dtype, name="0")(
+            x
+        )
         return nn.relu(batch_norm(train=train, dtype=self.dtype, name="1")(x))
 
 
@@ -68,19 +76,27 @@ class LogoCap(nn.Module):
     dtype: Dtype = jnp.float32
 
     def setup(self):
-        self.backbone = HRNet(tuple(self.stage_widths), tuple(self.stage_modules), self.num_blocks,
-                              dtype=self.dtype)
+        self.backbone = HRNet(
+            tuple(self.stage_widths), tuple(self.stage_modules), self.num_blocks, dtype=self.dtype
+        )
         self.transition_cls = HeadTransition(self.heatmap_width, dtype=self.dtype)
         self.final_layer_cls = self._output_conv(self.num_joints + 1, self.heatmap_width)
         self.transition_reg = HeadTransition(self.offset_width, dtype=self.dtype)
         self.final_layer_reg = self._output_conv(2 * self.num_joints, self.offset_width)
         self.transition_embedding = HeadTransition(self.embedding_dim, dtype=self.dtype)
         self.joints_mlp = CMP_VARIANTS[self.cmp_variant](
-            num_joints=self.num_joints, dtype=self.dtype, **dict(self.cmp_options or {}))
+            num_joints=self.num_joints, dtype=self.dtype, **dict(self.cmp_options or {})
+        )
 
     def _output_conv(self, features, fan_in):
-        return conv(features, 1, use_bias=True, kernel_init=torch_default_kernel_init,
-                    bias_init=torch_default_bias_init(fan_in), dtype=self.dtype)
+        return conv(
+            features,
+            1,
+            use_bias=True,
+            kernel_init=torch_default_kernel_init,
+            bias_init=torch_default_bias_init(fan_in),
+            dtype=self.dtype,
+        )
 
     def __call__(self, images, *, train: bool) -> Predictions:
         """Runs backbone and heads.
@@ -96,8 +112,11 @@ class LogoCap(nn.Module):
         heatmaps = self.final_layer_cls(self.transition_cls(features, train=train))
         offsets = self.final_layer_reg(self.transition_reg(features, train=train))
         embeddings = self.transition_embedding(features, train=train)
-        return Predictions(heatmaps.astype(jnp.float32), offsets.astype(jnp.float32),
-                           embeddings.astype(jnp.float32))
+        return Predictions(
+            heatmaps.astype(jnp.float32),
+            offsets.astype(jnp.float32),
+            embeddings.astype(jnp.float32),
+        )
 
     def attraction_maps(self, features, *, train: bool, mask=None):
         """KAMs of local KEM features: [N, S, S, K*C] -> float32 [N, S, S, K] (see the CMP)."""
