@@ -4,10 +4,7 @@
   python bench/inference_speed.py --config configs/w48.py --height 640 --width 640
 
 Random weights: speed does not depend on them, since every image gets all 30 candidate slots
-(static shapes). Prints the median over --repeats runs after one compiling call, and the ratio
-against the official PyTorch implementation's time recorded on a 2-core CPU of this workplace
-(shared/golden/README.md section D: W32 512x512 flip on, 30 candidates: 3.35 s; flip off:
-2.55 s; W48 512x512: 5.23 s / 3.75 s).
+(static shapes). Prints the median over --repeats runs after one compiling call.
 """
 
 import argparse
@@ -17,18 +14,6 @@ import time
 import jax
 
 from logocap_jax import config_utils, pipeline, speed
-
-# (config name, height, width, flip) -> seconds, official code, 30 candidates, 2-core CPU.
-OFFICIAL_CPU_SECONDS = {
-    ("w32", 512, 512, True): 3.35,
-    ("w32", 512, 512, False): 2.55,
-    ("w48", 512, 512, True): 5.23,
-    ("w48", 512, 512, False): 3.75,
-    ("w32", 512, 896, True): 5.05,
-    ("w32", 512, 896, False): 3.22,
-    ("w48", 640, 1088, True): 11.03,
-    ("w48", 640, 1088, False): 6.27,
-}
 
 
 def main():
@@ -81,13 +66,6 @@ def main():
         print(f"| {stage} | {1e3 * statistics.median(stage_times[stage]) / args.batch_size:.1f} |")
     per_image = statistics.median(fused_times) / args.batch_size
     print(f"| end-to-end (one fused program) | {1e3 * per_image:.1f} |")
-    key = ({32: "w32", 48: "w48"}.get(name), args.height, args.width, not args.no_flip)
-    if key in OFFICIAL_CPU_SECONDS and jax.default_backend() == "cpu":
-        official = OFFICIAL_CPU_SECONDS[key]
-        print(
-            f"\nOfficial PyTorch on a 2-core CPU (recorded): {official:.2f} s per image; "
-            f"this run: {per_image:.2f} s, speed-up x{official / per_image:.2f}"
-        )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ IMAGE_IDS = (785, 165518, 192699, 343803)
 def get_config():
     config = tiny.get_config()
     config.decode.flip_test = False
-    config.decode.global_half_size = 24
-    config.decode.global_sigma = 8.0
+    config.logo_ca.global_half_size = 24
+    config.logo_ca.global_sigma = 8.0
     config.data.dataset = "coco_mini"
     config.data.split = "train"
     config.data.input_size = 256

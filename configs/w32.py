@@ -1,4 +1,4 @@
-"""LOGO-CAP with HRNet-W32 on COCO, the official recipe (logocap-hrnet-w32-coco.yaml)."""
+"""LOGO-CAP with HRNet-W32 on COCO, the official W32 recipe."""
 
 import ml_collections
 
@@ -26,19 +26,26 @@ def get_config():
         )
     )
 
-    # Keyword arguments of logocap_jax.pipeline.DecodeSettings.
+    # Keyword arguments of logocap_jax.logo_ca.LogoCaSettings: the local and global KEM windows,
+    # the Gaussian reweighing, sampling and the KAM convolution, shared by test time and training.
+    config.logo_ca = ml_collections.ConfigDict(
+        dict(
+            local_half_size=5,
+            global_half_size=48,
+            global_sigma=16.0,
+            reweigh=True,
+            sampling="reference",
+            dynamic_conv="auto",
+        )
+    )
+
+    # Keyword arguments of logocap_jax.pipeline.DecodeSettings (besides logo_ca).
     config.decode = ml_collections.ConfigDict(
         dict(
             flip_test=True,
             num_centers=30,
             center_threshold=0.01,
-            local_half_size=5,
-            global_half_size=48,
-            global_sigma=16.0,
-            reweigh=True,
             adaptation="full",
-            sampling="reference",
-            dynamic_conv="auto",
             scales=(1.0,),
         )
     )

@@ -1,4 +1,4 @@
-"""LOGO-CAP with HRNet-W48 on COCO (experiments/logocap-hrnet-w48-coco.yaml): W32 widened x1.5,
+"""LOGO-CAP with HRNet-W48 on COCO (the official W48 recipe): W32 widened x1.5,
 heatmap transition 48 wide, input 640."""
 
 from configs import w32

@@ -1,6 +1,6 @@
 """COCO keypoint evaluation: annotation loading, result checks, pycocotools scoring and reports.
 
-Results follow the official LOGO-CAP format (spec section 6.6), one dict per pose:
+Results follow the official LOGO-CAP format , one dict per pose:
 ``{image_id, category_id: 1, keypoints: [x1, y1, s1, ..., x17, y17, s17], score, bbox}``.
 """
 
@@ -58,18 +58,18 @@ def load_annotations(path, *, results_only=False):
     """Loads a COCO-format person-keypoint file (val2017, test-dev, OCHuman) and checks it.
 
     Args:
-        path: the JSON file, e.g. ``person_keypoints_val2017.json``.
-        results_only: also accept files without ``annotations`` such as
-            ``image_info_test-dev2017.json``; such a set can be predicted on and its results
-            saved, but not evaluated (see ``can_evaluate``).
+      path: the JSON file, e.g. ``person_keypoints_val2017.json``.
+      results_only: also accept files without ``annotations`` such as
+        ``image_info_test-dev2017.json``; such a set can be predicted on and its results
+        saved, but not evaluated (see ``can_evaluate``).
 
     Returns:
-        A ``pycocotools.coco.COCO`` object with its index built.
+      A ``pycocotools.coco.COCO`` object with its index built.
 
     Raises:
-        FileNotFoundError: ``path`` is not a file.
-        ValueError: the file is not JSON or not in COCO person-keypoint format; the message
-            names the file and the offending key or entry.
+      FileNotFoundError: ``path`` is not a file.
+      ValueError: the file is not JSON or not in COCO person-keypoint format; the message
+        names the file and the offending key or entry.
     """
     data = coco_records.load_annotations(str(path))
     has_annotations = "annotations" in data
@@ -120,13 +120,13 @@ def _checked_entry(entry, index, known_image_ids=None):
     """Validates one results entry and returns a plain-Python copy with a bbox.
 
     Args:
-        entry: a results dict (values may be NumPy scalars or arrays).
-        index: its position in the results list, for error messages.
-        known_image_ids: image ids the entry may refer to; None skips that check.
+      entry: a results dict (values may be NumPy scalars or arrays).
+      index: its position in the results list, for error messages.
+      known_image_ids: image ids the entry may refer to; None skips that check.
 
     Returns:
-        A new dict {image_id, category_id, keypoints [51 floats], score, bbox [4 floats]}.
-        A missing bbox is the keypoint box, which is what pycocotools derives without one.
+      A new dict {image_id, category_id, keypoints [51 floats], score, bbox [4 floats]}.
+      A missing bbox is the keypoint box, which is what pycocotools derives without one.
     """
     if not isinstance(entry, dict):
         raise ValueError(f"results[{index}] is not a dict")
@@ -168,18 +168,18 @@ def evaluate_keypoints(coco_gt, results, image_ids=None):
     """Scores pose results with COCOeval(iouType='keypoints') and default parameters.
 
     Args:
-        coco_gt: ground truth from ``load_annotations``.
-        results: list of result dicts (spec section 6.6); not modified.
-        image_ids: the evaluated image ids (``params.imgIds``); default all images of
-            ``coco_gt``, as the official test script does.
+      coco_gt: ground truth from ``load_annotations``.
+      results: list of result dicts; not modified.
+      image_ids: the evaluated image ids (``params.imgIds``); default all images of
+        ``coco_gt``, as the official test script does.
 
     Returns:
-        Dict of the 10 COCO keypoint stats (``STAT_NAMES``) as floats in [0, 1]; pycocotools
-        reports -1 for an area range without ground truth. Empty results give all zeros.
+      Dict of the 10 COCO keypoint stats (``STAT_NAMES``) as floats in [0, 1]; pycocotools
+      reports -1 for an area range without ground truth. Empty results give all zeros.
 
     Raises:
-        ValueError: ``coco_gt`` has no annotations, an image id is unknown, or a results
-            entry is malformed (the message names its index).
+      ValueError: ``coco_gt`` has no annotations, an image id is unknown, or a results
+        entry is malformed (the message names its index).
     """
     if not can_evaluate(coco_gt):
         raise ValueError(
@@ -213,11 +213,11 @@ def ground_truth_as_results(coco_gt, image_ids=None):
     them there keeps the keypoint box as tight as the labelled joints.
 
     Args:
-        coco_gt: ground truth from ``load_annotations``.
-        image_ids: images to take annotations from; default all.
+      coco_gt: ground truth from ``load_annotations``.
+      image_ids: images to take annotations from; default all.
 
     Returns:
-        List of result dicts in the format of spec section 6.6.
+      List of result dicts in the official results format.
     """
     if image_ids is None:
         image_ids = sorted(coco_gt.getImgIds())
@@ -225,7 +225,7 @@ def ground_truth_as_results(coco_gt, image_ids=None):
     for ann in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=list(image_ids))):
         keypoints = np.asarray(ann["keypoints"], dtype=np.float64).reshape(NUM_JOINTS, 3)
         labelled = keypoints[:, 2] > 0
-        if ann["iscrowd"] or ann["num_keypoints"] == 0 or not labelled.any():
+        if not coco_records.labelled_people(ann) or not labelled.any():
             continue
         out = np.empty_like(keypoints)
         out[:, :2] = np.where(
@@ -255,13 +255,13 @@ def format_table(stats, name, *, header=True):
     Example: ``| LOGO-CAP W32 | 69.6 / 87.5 / 75.9 / 64.1 / 78.0 | 74.9 |``.
 
     Args:
-        stats: dict from ``evaluate_keypoints`` (fractions, not %).
-        name: the row label (model / data set).
-        header: prepend the header and separator lines; False gives the row alone, for
-            stacking several models in one table.
+      stats: dict from ``evaluate_keypoints`` (fractions, not %).
+      name: the row label (model / data set).
+      header: prepend the header and separator lines; False gives the row alone, for
+        stacking several models in one table.
 
     Returns:
-        The table text, lines joined by newlines, no trailing newline.
+      The table text, lines joined by newlines, no trailing newline.
     """
     missing = [key for key in ("AP", "AP50", "AP75", "APM", "APL", "AR") if key not in stats]
     if missing:
@@ -289,12 +289,12 @@ def _write_json(path, payload):
 
 
 def save_results(path, results):
-    """Writes results (spec section 6.6) as a COCO results JSON file.
+    """Writes results as a COCO results JSON file.
 
     Args:
-        path: output file; parent directories are created.
-        results: list of result dicts; NumPy values are accepted. Each entry is checked, and a
-            missing bbox is filled with the keypoint box.
+      path: output file; parent directories are created.
+      results: list of result dicts; NumPy values are accepted. Each entry is checked, and a
+        missing bbox is filled with the keypoint box.
     """
     _write_json(path, [_checked_entry(entry, i) for i, entry in enumerate(results)])
 

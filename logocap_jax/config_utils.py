@@ -9,6 +9,7 @@ import sys
 
 import ml_collections
 
+from logocap_jax.logo_ca import LogoCaSettings
 from logocap_jax.models import LogoCap
 from logocap_jax.pipeline import DecodeSettings
 
@@ -34,9 +35,16 @@ def build_model(config, **overrides) -> LogoCap:
     return LogoCap(**{**config.model.to_dict(), **overrides})
 
 
+def logo_ca_settings(config) -> LogoCaSettings:
+    """LogoCaSettings(**config.logo_ca), shared by the test-time and training settings."""
+    return LogoCaSettings(**config.logo_ca.to_dict())
+
+
 def decode_settings(config, **overrides) -> DecodeSettings:
-    """DecodeSettings(**config.decode)."""
-    return DecodeSettings(**{**config.decode.to_dict(), **overrides})
+    """DecodeSettings(**config.decode) with config.logo_ca; `overrides` replace decode fields."""
+    return DecodeSettings(
+        **{**config.decode.to_dict(), **overrides}, logo_ca=logo_ca_settings(config)
+    )
 
 
 def default_config_path(name: str) -> str:

@@ -108,7 +108,7 @@ def load_imagenet_backbone(variables, state_dict: Mapping[str, np.ndarray]):
     Checkpoint keys are bare backbone names (`conv1.weight`, `stage3.2.fuse_layers.1.0.0.0.weight`,
     the HRNet classification release's naming). Keys with no backbone counterpart (its
     classification head: incre_modules, downsamp_modules, final_layer, classifier) are ignored;
-    backbone variables absent from the file keep their initialisation (spec 1.5).
+    backbone variables absent from the file keep their initialisation.
 
     Args:
       variables: the model's variables, e.g. from `LogoCap.init`.

@@ -1,4 +1,4 @@
-"""From head outputs to candidate instances and their local KEMs (spec sections 3 and 6.3).
+"""From head outputs to candidate instances and their local KEMs (paper Sec. 3.1, Algorithm 1).
 
 All functions are pure, batched and static-shaped: every image gets `num_centers` candidate
 slots, and a validity mask replaces the official boolean indexing.
@@ -58,7 +58,7 @@ def center_nms(center_maps, num_centers: int):
     # Exact equality with the unclamped map: negative pixels are never peaks.
     peaks = jnp.where(pooled == center_maps, center_maps, 0.0)
     width = center_maps.shape[2]
-    # See refine.top2_blend for the barrier.
+    # See logo_ca.top2_blend for the barrier.
     scores, index = jax.lax.optimization_barrier(
         jax.lax.top_k(peaks.reshape(peaks.shape[0], -1), num_centers)
     )
@@ -89,6 +89,16 @@ def keypoint_scales():
     return COCO_SIGMAS / COCO_SIGMAS.min()
 
 
+def window_offsets(half_size: int):
+    """Integer offsets of a square window, the grid of every KEM: (dx, dy), each [S, S] float32.
+
+    S = 2 * half_size + 1; entry [i, j] is (j - half_size, i - half_size): rows run along y.
+    """
+    steps = jnp.arange(-half_size, half_size + 1, dtype=jnp.float32)
+    dy, dx = jnp.meshgrid(steps, steps, indexing="ij")
+    return dx, dy
+
+
 def local_mesh(poses, half_size: int):
     """Local keypoint expansion meshes, spaced sigma_k / min(sigma) input pixels (Algorithm 1).
 
@@ -99,8 +109,7 @@ def local_mesh(poses, half_size: int):
     Returns:
       [..., S, S, K, 2]: entry [..., i, j, k] = pose_k + ((j - r) * s_k, (i - r) * s_k).
     """
-    steps = jnp.arange(-half_size, half_size + 1, dtype=jnp.float32)
-    dy, dx = jnp.meshgrid(steps, steps, indexing="ij")
+    dx, dy = window_offsets(half_size)
     scales = jnp.asarray(keypoint_scales())
     shift = jnp.stack([dx[..., None] * scales, dy[..., None] * scales], axis=-1)
     return poses[..., None, None, :, :] + shift

@@ -1,6 +1,6 @@
-"""The four LOGO-CAP training losses (spec 8.7), on static-shaped training outputs.
+"""The four LOGO-CAP training losses (paper Sec. 3.2, design §3.8) on static-shaped outputs.
 
-Heatmap and offset losses are DEKR's (lib/core/loss.py); the KAM ("oks") and refined-heatmap
+Heatmap and offset losses are DEKR's (Geng et al., CVPR 2021); the KAM ("oks") and refined-heatmap
 losses are LOGO-CAP's. Slots that are not selected training instances contribute nothing, and
 every normalisation counts selected instances only, as the official code, which drops the other
 slots, does.

@@ -1,4 +1,4 @@
-"""Object keypoint similarity (OKS) of candidate meshes against ground-truth persons (spec 8.6).
+"""Object keypoint similarity (OKS) of candidate meshes against ground-truth persons (design §3.8).
 
 The training path matches each candidate's local KEM mesh with one ground-truth person and
 keeps the per-joint OKS of every mesh point as the KAM regression target. Everything is

@@ -1,4 +1,4 @@
-"""The test-time pipeline from normalised images to fixed pose slots (spec sections 3-6.4).
+"""The test-time pipeline from normalised images to fixed pose slots (paper Sec. 3.1).
 
 Four pure stages, the columns of the paper's Table 4, composed by `predict_poses`:
 
@@ -18,10 +18,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from logocap_jax import decode, refine
+from logocap_jax import decode, logo_ca
 from logocap_jax.keypoints import STRIDE
+from logocap_jax.logo_ca import LogoCaSettings
 from logocap_jax.models import LogoCap
-from logocap_jax.sampling import SAMPLING_MODES, sample
+from logocap_jax.sampling import sample
 
 ADAPTATION_LEVELS = ("none", "partial", "full")
 
@@ -34,31 +35,22 @@ class DecodeSettings:
       flip_test: average the predictions of the image and its mirror.
       num_centers: N, candidate slots per image.
       center_threshold: minimum center score of a kept candidate.
-      local_half_size: r of the local KEM window, S = 2r + 1.
-      global_half_size: half extent of the global KEM window, A = 2 * half + 1.
-      global_sigma: sigma of the Gaussian reweighing, input pixels.
-      reweigh: apply the Gaussian reweighing (ablation switch).
       adaptation: 'full' (LOGO-CA), 'partial' (KAM argmax on the local mesh) or 'none'
-        (center-offset poses), the official refine modes.
-      sampling: bilinear sampling mode, see `logocap_jax.sampling`.
-      dynamic_conv: KAM convolution implementation, see `refine.attract`.
+        (center-offset poses), the official refine modes (paper Tables 5 and 7).
       scales: test scales; with several, the input-resolution heatmaps of the image resized by
         each scale (to a multiple of 32) are averaged, while offsets and embeddings come from
         scale 1, which must be listed. Not in the official pipeline (its multi-scale path is
-        broken, spec 9).
+        broken, docs/design.md).
+      logo_ca: the KEM windows, reweighing, sampling and dynamic convolution, shared with
+        training.
     """
 
     flip_test: bool = True
     num_centers: int = 30
     center_threshold: float = 0.01
-    local_half_size: int = 5
-    global_half_size: int = 48
-    global_sigma: float = 16.0
-    reweigh: bool = True
     adaptation: str = "full"
-    sampling: str = "reference"
-    dynamic_conv: str = "auto"
     scales: tuple = (1.0,)
+    logo_ca: LogoCaSettings = LogoCaSettings()
 
     def __post_init__(self):
         if 1.0 not in self.scales:
@@ -66,13 +58,6 @@ class DecodeSettings:
         if self.adaptation not in ADAPTATION_LEVELS:
             raise ValueError(
                 f"adaptation must be one of {ADAPTATION_LEVELS}, got {self.adaptation!r}"
-            )
-        if self.sampling not in SAMPLING_MODES:
-            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
-        if self.dynamic_conv not in refine.DYNAMIC_CONV_MODES:
-            raise ValueError(
-                f"dynamic_conv must be one of {refine.DYNAMIC_CONV_MODES}, "
-                f"got {self.dynamic_conv!r}"
             )
 
 
@@ -143,7 +128,7 @@ def local_kems(network: NetworkOutputs, settings: DecodeSettings) -> Candidates:
     """Center NMS, initial poses and local meshes."""
     centers = decode.center_nms(network.heatmaps[..., -1], settings.num_centers)
     poses = decode.initial_poses(centers, network.offsets)
-    return Candidates(centers, poses, decode.local_mesh(poses, settings.local_half_size))
+    return Candidates(centers, poses, decode.local_mesh(poses, settings.logo_ca.local_half_size))
 
 
 def sample_local_features(embeddings, mesh, *, mode: str):
@@ -162,7 +147,9 @@ def local_kams(
     settings: DecodeSettings,
 ):
     """KAMs of every candidate, clamped to [0, 1]: [B, N, S, S, K]."""
-    features = sample_local_features(network.embeddings, candidates.mesh, mode=settings.sampling)
+    features = sample_local_features(
+        network.embeddings, candidates.mesh, mode=settings.logo_ca.sampling
+    )
     kams = model.apply(variables, features, train=False, method=LogoCap.attraction_maps)
     return jnp.clip(kams, 0.0, 1.0).reshape(*candidates.mesh.shape[:-1])
 
@@ -171,7 +158,9 @@ def _refine_image(heatmaps, poses, mesh, kams, settings: DecodeSettings):
     """Per-image keypoints [N, K, 3] (x, y, value before the center score) and refined maps."""
     num_joints = poses.shape[1]
     if settings.adaptation == "none":
-        values = sample(heatmaps[..., :num_joints], poses, mode=settings.sampling, per_channel=True)
+        values = sample(
+            heatmaps[..., :num_joints], poses, mode=settings.logo_ca.sampling, per_channel=True
+        )
         return jnp.concatenate([poses, values[..., None]], axis=-1), None
     if settings.adaptation == "partial":
         flat = kams.reshape(kams.shape[0], -1, num_joints)
@@ -180,17 +169,8 @@ def _refine_image(heatmaps, poses, mesh, kams, settings: DecodeSettings):
             mesh.reshape(mesh.shape[0], -1, num_joints, 2), best[:, None, :, None], axis=1
         )[:, 0]
         return jnp.concatenate([points, flat.max(axis=1)[..., None]], axis=-1), None
-    refined = refine.logo_ca(
-        heatmaps,
-        poses,
-        kams,
-        half_size=settings.global_half_size,
-        sigma=settings.global_sigma,
-        reweigh=settings.reweigh,
-        sampling=settings.sampling,
-        dynamic_conv=settings.dynamic_conv,
-    )
-    return refine.top2_blend(refined, poses, settings.global_half_size), refined
+    refined = logo_ca.refined_heatmaps(heatmaps, poses, kams, settings.logo_ca)
+    return logo_ca.top2_blend(refined, poses, settings.logo_ca.global_half_size), refined
 
 
 def global_kams(network: NetworkOutputs, candidates: Candidates, kams, settings: DecodeSettings):

@@ -1,7 +1,7 @@
 """Host-side test-time post-processing: back-projection, pose NMS and COCO results.
 
-Reproduces `LogoCapInference` and the results writer of the official tools/test.py
-(spec sections 6.5 and 6.6). Arithmetic stays in the dtype of the inputs (float32 for
+Reproduces the official inference post-processing and results writer
+(design §3.7). Arithmetic stays in the dtype of the inputs (float32 for
 network outputs) because the reference runs its NMS in float32 torch tensors and the
 comparisons there are strict.
 """
@@ -20,12 +20,12 @@ def back_project(poses: np.ndarray, resize_info: ResizeInfo) -> np.ndarray:
     """Maps poses from network-input pixels back to original-image pixels.
 
     Args:
-        poses: [P, K, 3] (x, y, score) in network-input pixels.
-        resize_info: the resize used to build the network input.
+      poses: [P, K, 3] (x, y, score) in network-input pixels.
+      resize_info: the resize used to build the network input.
 
     Returns:
-        [P, K, 3] poses in original-image pixels, same dtype as `poses`; the score
-        column is copied unchanged.
+      [P, K, 3] poses in original-image pixels, same dtype as `poses`; the score
+      column is copied unchanged.
     """
     poses = np.asarray(poses)
     _check_poses(poses, 3, "back_project poses")
@@ -71,13 +71,13 @@ def pose_nms(
     and all of G becomes ignored.
 
     Args:
-        keypoints_xy: [P, K, 2] keypoint coordinates.
-        scores: [P] pose scores.
-        distance_ratio: matching distance as a fraction of the extent diagonal.
-        min_joints: poses match when strictly more joints than this are close.
+      keypoints_xy: [P, K, 2] keypoint coordinates.
+      scores: [P] pose scores.
+      distance_ratio: matching distance as a fraction of the extent diagonal.
+      min_joints: poses match when strictly more joints than this are close.
 
     Returns:
-        [Q] int64 indices of the kept poses, in keep order.
+      [Q] int64 indices of the kept poses, in keep order.
     """
     xy = np.asarray(keypoints_xy)
     scores = np.asarray(scores)
@@ -116,19 +116,19 @@ def select_people(
     """Turns the model's fixed-size candidate slots into the final people of one image.
 
     Args:
-        poses: [N, K, 3] (x, y, score) per candidate slot in network-input pixels,
-            in candidate (centre-score) order.
-        scores: [N] pose scores.
-        valid: [N] bool, slots that survived the centre and score filters.
-        resize_info: the resize used to build the network input.
-        max_people: cap on the number of people returned.
-        nms_distance_ratio: see `pose_nms` distance_ratio.
-        nms_min_joints: see `pose_nms` min_joints.
+      poses: [N, K, 3] (x, y, score) per candidate slot in network-input pixels,
+        in candidate (centre-score) order.
+      scores: [N] pose scores.
+      valid: [N] bool, slots that survived the centre and score filters.
+      resize_info: the resize used to build the network input.
+      max_people: cap on the number of people returned.
+      nms_distance_ratio: see `pose_nms` distance_ratio.
+      nms_min_joints: see `pose_nms` min_joints.
 
     Returns:
-        (keypoints, scores, slots): [P, K, 3] in original-image pixels, [P] scores and [P]
-        the candidate slot of each person, in NMS keep order, or by descending score when
-        the cap applied.
+      (keypoints, scores, slots): [P, K, 3] in original-image pixels, [P] scores and [P]
+      the candidate slot of each person, in NMS keep order, or by descending score when
+      the cap applied.
     """
     poses = np.asarray(poses)
     scores = np.asarray(scores)
@@ -153,17 +153,17 @@ def select_people(
 
 
 def coco_results(image_id: int, keypoints: np.ndarray, scores: np.ndarray) -> list:
-    """Formats one image's people as COCO keypoint results, as tools/test.py writes them.
+    """Formats one image's people as COCO keypoint results, as the official test script writes them.
 
     Args:
-        image_id: COCO image id.
-        keypoints: [P, K, 3] (x, y, score) in original-image pixels.
-        scores: [P] pose scores.
+      image_id: COCO image id.
+      keypoints: [P, K, 3] (x, y, score) in original-image pixels.
+      scores: [P] pose scores.
 
     Returns:
-        P dicts with keys image_id, category_id (1), keypoints (flat 3K floats, the
-        third value being the keypoint score), score and bbox ([xmin, ymin, w, h] of
-        the keypoint extent).
+      P dicts with keys image_id, category_id (1), keypoints (flat 3K floats, the
+      third value being the keypoint score), score and bbox ([xmin, ymin, w, h] of
+      the keypoint extent).
     """
     keypoints = np.asarray(keypoints)
     scores = np.asarray(scores)

@@ -95,9 +95,14 @@ class Predictor:
         )
 
     def with_variables(self, variables) -> "Predictor":
-        """A copy that runs `variables` (same shapes) and shares this one's compiled programs."""
+        """A copy that runs `variables` (same shapes) and shares this one's compiled programs.
+
+        The copy has its own timing state: a fresh `report` if this one has one.
+        """
         other = copy.copy(self)
         other.variables = variables
+        other.report = None if self.report is None else speed.SpeedReport()
+        other._seen_shapes = set()
         return other
 
     def __call__(self, image_rgb: np.ndarray) -> People:
@@ -171,15 +176,22 @@ class Predictor:
         self._seen_shapes.add(images.shape)
 
 
-# (config JSON, overrides JSON) -> Predictor without variables, so that repeated predict()
-# calls reuse its compiled programs instead of compiling anew (seconds to minutes) each time.
-_SHARED_PREDICTORS = {}
+# Predictors without variables, most recently used last, so that repeated predict() calls reuse
+# their compiled programs (seconds to minutes each) instead of compiling anew.
+_SHARED_PREDICTORS: collections.OrderedDict = collections.OrderedDict()
+SHARED_PREDICTORS_KEPT = 4
 
 
 def _shared_predictor(config, overrides: dict) -> Predictor:
+    """The cached Predictor of (config, overrides); the least recently used beyond
+    SHARED_PREDICTORS_KEPT are dropped with their programs."""
     key = (config.to_json(), json.dumps(overrides, sort_keys=True))
-    if key not in _SHARED_PREDICTORS:
+    if key in _SHARED_PREDICTORS:
+        _SHARED_PREDICTORS.move_to_end(key)
+    else:
         _SHARED_PREDICTORS[key] = Predictor.from_config(config, None, **overrides)
+        while len(_SHARED_PREDICTORS) > SHARED_PREDICTORS_KEPT:
+            _SHARED_PREDICTORS.popitem(last=False)
     return _SHARED_PREDICTORS[key]
 
 

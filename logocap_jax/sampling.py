@@ -2,7 +2,7 @@
 
 One entry point, `sample`, with two modes:
 
-- 'reference': the official sampler, bit for bit (spec 4.1). It is neither grid_sample nor
+- 'reference': the official sampler, bit for bit (design §3.1). It is neither grid_sample nor
   map_coordinates: it replicates the border for coordinates below 0, returns exactly 0 at
   x = W - 1, ramps as f[W-1] * (x - (W - 1)) on (W - 1, W) and replicates f[W-1] beyond.
   Converted official checkpoints need it.

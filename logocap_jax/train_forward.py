@@ -1,4 +1,4 @@
-"""The training-time model path of LOGO-CAP (spec 8.6), one pure static-shaped function.
+"""The training-time model path of LOGO-CAP (paper Sec. 3.2), one pure static-shaped function.
 
     images --backbone + heads (batch statistics)--> heatmaps, offsets, embeddings
       --x4 upsampling--> center NMS and initial poses on the *detached* maps, N slots per image
@@ -19,10 +19,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from logocap_jax import decode, oks, refine
+from logocap_jax import decode, logo_ca, oks
+from logocap_jax.logo_ca import LogoCaSettings
 from logocap_jax.models import LogoCap
-from logocap_jax.pipeline import DecodeSettings, sample_local_features
-from logocap_jax.sampling import SAMPLING_MODES
+from logocap_jax.pipeline import sample_local_features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,49 +31,25 @@ class TrainSettings:
 
     Attributes:
       num_centers: N, candidate slots per image (no score threshold in training).
-      local_half_size: r of the local KEM window, S = 2r + 1.
-      global_half_size: half extent of the global KEM window, A = 2 * half + 1.
-      global_sigma: sigma of the Gaussian reweighing, input pixels.
-      reweigh: apply the Gaussian reweighing (ablation switch, as at test time).
       target_sigma: sigma of the refined-heatmap targets, input pixels (the official code
         hard-codes 4).
       min_oks: a slot is selected when its best person OKS over the mesh reaches this.
-      sampling: bilinear sampling mode, see `logocap_jax.sampling`.
-      dynamic_conv: KAM convolution implementation, see `refine.attract`.
       max_instances: M, slots per image carried through the CMP and LOGO-CA: the selected
         slots first, in slot order. 0 keeps all N slots (the official behaviour); a smaller M
         saves compute and drops the selected slots beyond the first M.
+      logo_ca: the KEM windows, reweighing, sampling and dynamic convolution, shared with the
+        test-time pipeline.
     """
 
     num_centers: int = 30
-    local_half_size: int = 5
-    global_half_size: int = 48
-    global_sigma: float = 16.0
-    reweigh: bool = True
     target_sigma: float = 4.0
     min_oks: float = oks.MIN_OKS
-    sampling: str = "reference"
-    dynamic_conv: str = "auto"
     max_instances: int = 0
+    logo_ca: LogoCaSettings = LogoCaSettings()
 
     def __post_init__(self):
-        if self.sampling not in SAMPLING_MODES:
-            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
-        if self.dynamic_conv not in refine.DYNAMIC_CONV_MODES:
-            raise ValueError(
-                f"dynamic_conv must be one of {refine.DYNAMIC_CONV_MODES}, "
-                f"got {self.dynamic_conv!r}"
-            )
-
-    @classmethod
-    def from_decode(cls, settings: DecodeSettings, **overrides) -> "TrainSettings":
-        """The fields shared with the test-time `DecodeSettings`, plus `overrides`."""
-        shared = {
-            f.name: getattr(settings, f.name)
-            for f in dataclasses.fields(cls)
-            if hasattr(settings, f.name)
-        }
-        return cls(**{**shared, **overrides})
+        if not 0 <= self.max_instances:
+            raise ValueError(f"max_instances must be >= 0 (0: all slots), got {self.max_instances}")
 
 
 class TrainingOutputs(NamedTuple):
@@ -109,13 +85,6 @@ class TrainingOutputs(NamedTuple):
     refined_targets: Any
 
 
-def _global_window(half_size: int):
-    """[A, A] x and y shifts of the global window (x along columns)."""
-    steps = jnp.arange(-half_size, half_size + 1, dtype=jnp.float32)
-    yy, xx = jnp.meshgrid(steps, steps, indexing="ij")
-    return xx, yy
-
-
 def refined_heatmap_targets(poses, pose_gt, half_size: int, sigma: float):
     """Gaussians around the ground truth sampled on the global windows.
 
@@ -127,7 +96,7 @@ def refined_heatmap_targets(poses, pose_gt, half_size: int, sigma: float):
       [..., K, A, A]; entry [k, u, v] =
       exp(-|pose_k + (v - half, u - half) - gt_k|^2 / (2 sigma^2)).
     """
-    xx, yy = _global_window(half_size)
+    xx, yy = decode.window_offsets(half_size)
     dx = xx + poses[..., 0, None, None] - pose_gt[..., 0, None, None]
     dy = yy + poses[..., 1, None, None] - pose_gt[..., 1, None, None]
     return jnp.exp(-(dx**2 + dy**2) / (2 * sigma * sigma))
@@ -167,7 +136,7 @@ def training_outputs(
     *,
     settings: TrainSettings = TrainSettings(),
 ):
-    """The training forward pass (spec 8.6), without the losses.
+    """The training forward pass (paper Sec. 3.2), without the losses.
 
     Args:
       model: the network.
@@ -189,7 +158,7 @@ def training_outputs(
     heatmaps_hr = decode.upsample(predictions.heatmaps, height, width)
     centers = decode.center_nms(jax.lax.stop_gradient(heatmaps_hr[..., -1]), settings.num_centers)
     poses = decode.initial_poses(centers, jax.lax.stop_gradient(predictions.offsets))
-    mesh = decode.local_mesh(poses, settings.local_half_size)
+    mesh = decode.local_mesh(poses, settings.logo_ca.local_half_size)
     match, pose_gt = _match_batch(mesh, batch, width)
     selected = decode.valid_centers(match.person.max(axis=(2, 3)), settings.min_oks)
     if 0 < settings.max_instances < settings.num_centers:
@@ -198,7 +167,7 @@ def training_outputs(
             lambda x: _take_slots(x, slots), (centers, poses, mesh, match, pose_gt, selected)
         )
 
-    features = sample_local_features(predictions.embeddings, mesh, mode=settings.sampling)
+    features = sample_local_features(predictions.embeddings, mesh, mode=settings.logo_ca.sampling)
     kams, state = model.apply(
         {**variables, **state},
         features,
@@ -208,17 +177,10 @@ def training_outputs(
         mutable=["batch_stats"],
     )
     kams = kams.reshape(mesh.shape[:-1])
-    refine_fn = functools.partial(
-        refine.logo_ca,
-        half_size=settings.global_half_size,
-        sigma=settings.global_sigma,
-        reweigh=settings.reweigh,
-        sampling=settings.sampling,
-        dynamic_conv=settings.dynamic_conv,
-    )
+    refine_fn = functools.partial(logo_ca.refined_heatmaps, settings=settings.logo_ca)
     refined = jax.vmap(refine_fn)(heatmaps_hr, poses, kams)
     targets = refined_heatmap_targets(
-        poses, pose_gt, settings.global_half_size, settings.target_sigma
+        poses, pose_gt, settings.logo_ca.global_half_size, settings.target_sigma
     )
     outputs = TrainingOutputs(
         predictions.heatmaps,

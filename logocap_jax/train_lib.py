@@ -30,8 +30,6 @@ from logocap_jax import (
 )
 from logocap_jax.data import coco_records, input_pipeline, tfds_builders
 
-MINI_SETS = ("coco_mini", "ochuman_mini")
-
 
 class TrainState(train_state.TrainState):
     """Optimiser state plus the BatchNorm running statistics."""
@@ -150,8 +148,10 @@ def loss_weights_from(config) -> losses.LossWeights:
 
 
 def train_settings_from(config) -> train_forward.TrainSettings:
-    return train_forward.TrainSettings.from_decode(
-        config_utils.decode_settings(config), max_instances=config.train.max_instances
+    return train_forward.TrainSettings(
+        num_centers=config.decode.num_centers,
+        max_instances=config.train.max_instances,
+        logo_ca=config_utils.logo_ca_settings(config),
     )
 
 
@@ -170,7 +170,7 @@ def open_train_source(data_config):
     """
     data_dir = os.path.expanduser(data_config.data_dir)
     name = data_config.dataset
-    if name in MINI_SETS:
+    if name in tfds_builders.MINI_DATASETS:
         tfds_builders.build_mini(name, data_dir)
         name = f"coco_format/{name}"
     elif name.startswith("coco_person_keypoints/"):
@@ -268,7 +268,9 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     step_fn = make_train_step(
         model, train_settings_from(config), loss_weights_from(config), mesh, state
     )
-    predictor = predict.Predictor.from_config(config, host_copy(model_variables(state)))
+    predictor = predict.Predictor.from_config(
+        config, host_copy(model_variables(state)), batch_size=config.eval.batch_size
+    )
     writer, preempted = training_io.MetricsWriter(workdir), training_io.PreemptionFlag()
     schedule = learning_rate_schedule(config.train, steps_per_epoch)
     first = int(state.step)

@@ -9,11 +9,12 @@ can reach.
 import numpy as np
 
 from logocap_jax import oks, pipeline, postprocess
+from logocap_jax.data import coco_records
 
 
 def _ground_truth(record):
     """Non-crowd people with labelled keypoints: (keypoints [G, K, 3], areas [G])."""
-    keep = (record["iscrowd"] == 0) & (record["num_keypoints"] > 0)
+    keep = coco_records.labelled_people(record)
     return record["keypoints"][keep], record["area"][keep]
 
 

@@ -1,7 +1,7 @@
 """Drawing of poses and of one instance's local/global refinement, with OpenCV only.
 
 All images are RGB uint8 [h, w, 3]; keypoints are in the image's pixel coordinates, with
-integer coordinates at pixel centres (cv2's convention, spec section 10).
+integer coordinates at pixel centres (cv2's convention, design §3.10).
 """
 
 import colorsys
@@ -129,18 +129,18 @@ def draw_poses(
     ones darker than the midline ones.
 
     Args:
-        image_rgb: uint8 [h, w, 3] RGB image; not modified.
-        keypoints: [P, 17, 3] (x, y, score) per joint, in pixels of ``image_rgb``. For ground
-            truth the third value is the COCO visibility flag (0 = unlabelled).
-        scores: optional [P] pose scores, written next to each person.
-        keypoint_threshold: joints whose score is below it (or non-finite) are not drawn,
-            nor are limbs touching them.
-        color: one RGB color for every person, instead of per-person colors.
-        style: 'pred' (thick limbs, filled joints) or 'gt' (thin limbs, hollow joints, white
-            unless ``color`` is given).
+      image_rgb: uint8 [h, w, 3] RGB image; not modified.
+      keypoints: [P, 17, 3] (x, y, score) per joint, in pixels of ``image_rgb``. For ground
+        truth the third value is the COCO visibility flag (0 = unlabelled).
+      scores: optional [P] pose scores, written next to each person.
+      keypoint_threshold: joints whose score is below it (or non-finite) are not drawn,
+        nor are limbs touching them.
+      color: one RGB color for every person, instead of per-person colors.
+      style: 'pred' (thick limbs, filled joints) or 'gt' (thin limbs, hollow joints, white
+        unless ``color`` is given).
 
     Returns:
-        The drawn uint8 [h, w, 3] RGB image.
+      The drawn uint8 [h, w, 3] RGB image.
     """
     canvas = _check_image(image_rgb).copy()
     keypoints, scores = _check_keypoints(keypoints, scores)
@@ -247,16 +247,16 @@ def instance_panel(image_rgb, mesh_xy, kams, refined, joint, *, tile=PANEL_TILE)
     A x A heatmap (LOGO-CA output), min-max scaled, its argmax marked with a cross.
 
     Args:
-        image_rgb: uint8 [h, w, 3] RGB image in the coordinates of ``mesh_xy`` (the network
-            input, i.e. the resized image).
-        mesh_xy: [S, S, K, 2] local-window (x, y) sample points of the person, row i = y offset.
-        kams: [S, S, K] the person's keypoint attention maps.
-        refined: [K, A, A] the person's refined heatmaps.
-        joint: which joint to show, 0 <= joint < K.
-        tile: side of each square tile in pixels.
+      image_rgb: uint8 [h, w, 3] RGB image in the coordinates of ``mesh_xy`` (the network
+        input, i.e. the resized image).
+      mesh_xy: [S, S, K, 2] local-window (x, y) sample points of the person, row i = y offset.
+      kams: [S, S, K] the person's keypoint attention maps.
+      refined: [K, A, A] the person's refined heatmaps.
+      joint: which joint to show, 0 <= joint < K.
+      tile: side of each square tile in pixels.
 
     Returns:
-        uint8 [tile, 3 * tile + 2 * PANEL_GAP, 3] RGB image.
+      uint8 [tile, 3 * tile + 2 * PANEL_GAP, 3] RGB image.
     """
     image = _check_image(image_rgb)
     mesh_xy, kams, refined = _check_panel_inputs(mesh_xy, kams, refined, joint)

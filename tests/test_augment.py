@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from logocap_jax import preprocess
 from logocap_jax.data.augment import (
     AugParams,
     affine_matrix,
     augment,
     crop_center_scale,
     joints_with_center,
-    normalize_image,
     sample_augmentation,
 )
 
@@ -32,7 +32,7 @@ def raw_images(golden):
 
 
 def make_record(image_id: int) -> dict:
-    """The COCO-reader record of one subset image (annotations in file order, spec 8.1)."""
+    """The COCO-reader record of one subset image (annotations in file order)."""
     with open(GOLDEN / "person_keypoints_subset.json") as f:
         coco = json.load(f)
     anns = [
@@ -112,7 +112,7 @@ def test_joints_areas_transform(golden, raw_images, sample):
 def test_training_image_and_mask(golden, raw_images, sample):
     out = run_sample(golden, raw_images, sample)
     assert out["image"].dtype == np.uint8 and out["image"].shape == (INPUT_SIZE, INPUT_SIZE, 3)
-    image = normalize_image(out["image"]).transpose(2, 0, 1)
+    image = preprocess.normalize(out["image"]).transpose(2, 0, 1)
     np.testing.assert_allclose(image, golden["images"][sample], rtol=0, atol=1e-6)
     # heatmaps.w = mask * {0.1, 1}, so the warped mask is exactly where it is positive.
     np.testing.assert_array_equal(out["mask"], golden["target.heatmaps.w"][sample, 0] > 0)

@@ -1,4 +1,4 @@
-"""ImageNet-pretrained HRNet weights go into the backbone 1:1 by name (spec 1.5)."""
+"""ImageNet-pretrained HRNet weights go into the backbone 1:1 by name."""
 
 import jax
 import numpy as np

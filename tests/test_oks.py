@@ -1,4 +1,4 @@
-"""OKS matching of candidate meshes with the ground truth (spec 8.6 step 4)."""
+"""OKS matching of candidate meshes with the ground truth (design §3.8)."""
 
 from pathlib import Path
 

@@ -2,7 +2,7 @@
 
 Each stage is fed the golden inputs of that stage (golden fixture A, NCHW -> channels-last), so
 errors do not compound; then the whole jitted pipeline runs on the golden network input (flip
-on and off) and from the raw image, down to the results JSON written by tools/test.py.
+on and off) and from the raw image, down to the results JSON written by the official test script.
 
 Tolerances (and why)
 --------------------
@@ -49,10 +49,10 @@ from logocap_jax import (
     config_utils,
     convert,
     decode,
+    logo_ca,
     pipeline,
     postprocess,
     preprocess,
-    refine,
     sampling,
 )
 
@@ -186,7 +186,7 @@ def test_local_feature_sampling(goldens, fixture):
 def test_global_kems(goldens, heatmaps_hr, fixture):
     g = goldens[fixture]
     np.testing.assert_array_equal(g["global_center_poses"], g["refine_allposes"][:, 5, 5])
-    windows = refine.global_kems(
+    windows = logo_ca.global_kems(
         jnp.asarray(heatmaps_hr[fixture]),
         jnp.asarray(g["global_center_poses"]),
         48,
@@ -200,7 +200,7 @@ def test_global_kems(goldens, heatmaps_hr, fixture):
 
 def test_gauss_reweight(goldens):
     golden = goldens[FLIP]["gauss_reweight"]
-    ours = np.asarray(refine.gaussian_window(48, 16.0))
+    ours = np.asarray(logo_ca.gaussian_window(48, 16.0))
     assert ours.shape == golden.shape == (97, 97)
     np.testing.assert_allclose(ours, golden, rtol=GAUSS_RTOL, atol=0)
     assert ours[48, 48] == 1.0 and ours.min() > 1e-4  # the official 1e-4 cut is a no-op
@@ -208,12 +208,14 @@ def test_gauss_reweight(goldens):
 
 @pytest.fixture(scope="module")
 def attract_fns():
-    """refine.attract_instances (what the pipeline runs) and vmapped refine.attract, jitted."""
+    """kam_convolution_instances (what the pipeline runs) and vmapped kam_convolution, jitted."""
     fns = {}
     for mode in ("shift_add", "grouped"):
-        fns[mode] = jax.jit(lambda h, k, mode=mode: refine.attract_instances(h, k, mode=mode))
+        fns[mode] = jax.jit(
+            lambda h, k, mode=mode: logo_ca.kam_convolution_instances(h, k, mode=mode)
+        )
         fns[mode + "_vmap"] = jax.jit(
-            jax.vmap(lambda h, k, mode=mode: refine.attract(h, k, mode=mode))
+            jax.vmap(lambda h, k, mode=mode: logo_ca.kam_convolution(h, k, mode=mode))
         )
     return fns
 
@@ -228,7 +230,7 @@ def test_kam_convolution(goldens, attract_fns, fixture, mode):
     tol = REFINED_RTOL * np.abs(g["refined_hm"]).max()
     assert max_err(refined, g["refined_hm"]) <= tol
     # Choices at non-ambiguous joints do not change with the summation order.
-    poses = np.asarray(refine.top2_blend(refined, jnp.asarray(g["global_center_poses"]), 48))
+    poses = np.asarray(logo_ca.top2_blend(refined, jnp.asarray(g["global_center_poses"]), 48))
     unambiguous = ~g["refined_ambiguous"]
     assert (
         max_err(poses[unambiguous][:, :2], g["refined_poses"][unambiguous][:, :2]) <= TOP2_XY_ATOL
@@ -241,7 +243,7 @@ def test_top2_blend(goldens, fixture):
     ambiguous = g["refined_ambiguous"]
     assert ambiguous.sum() == NUM_AMBIGUOUS[fixture]
     poses = np.asarray(
-        refine.top2_blend(jnp.asarray(g["refined_hm"]), jnp.asarray(g["global_center_poses"]), 48)
+        logo_ca.top2_blend(jnp.asarray(g["refined_hm"]), jnp.asarray(g["global_center_poses"]), 48)
     )
     assert poses.shape == g["refined_poses"].shape
     ours, golden = poses[~ambiguous], g["refined_poses"][~ambiguous]
@@ -339,7 +341,7 @@ def test_end_to_end_model_outputs(goldens, predictions, fixture):
 def test_end_to_end_results_json(tiny, goldens, predictions, fixture):
     config = tiny[0]
     g, out = goldens[fixture], predictions[fixture]
-    info = preprocess.test_resize(*ORIGINAL_HW, config.test.input_size)
+    info = preprocess.inference_resize(*ORIGINAL_HW, config.test.input_size)
     keypoints, scores, slots = _people(config, out, info)
     np.testing.assert_array_equal(slots, g["nms_keep"])  # valid slots are 0..M-1
     results = postprocess.coco_results(int(goldens[FLIP]["image_id"]), keypoints, scores)

@@ -10,7 +10,7 @@ from logocap_jax import postprocess, preprocess
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 # Golden image 197388 is 640x392 (w x h), resized with short side 128.
-GOLDEN_RESIZE = preprocess.test_resize(392, 640, 128)
+GOLDEN_RESIZE = preprocess.inference_resize(392, 640, 128)
 CASES = [
     ("tiny_forward.npz", "tiny_forward_results.json"),
     ("tiny_forward_noflip.npz", "tiny_forward_results_noflip.json"),
@@ -43,7 +43,7 @@ def test_back_project_matches_golden(npz_name):
 
 
 def test_back_project_inverts_the_resize():
-    info = preprocess.test_resize(480, 640, 512)
+    info = preprocess.inference_resize(480, 640, 512)
     trans = preprocess.affine_transform_matrix(info.center, info.scale, 0, info.size_wh)
     orig = np.array([[[0.0, 0.0, 0.3], [639.0, 479.0, 0.7], [123.4, 56.7, 0.1]]])
     net = orig.copy()
@@ -144,7 +144,7 @@ def test_select_people_matches_golden(npz_name):
 
 
 def test_select_people_drops_invalid_slots_and_caps_by_score():
-    info = preprocess.test_resize(128, 128, 128)  # an identity resize
+    info = preprocess.inference_resize(128, 128, 128)  # an identity resize
     base = _template_pose()
     xy = np.stack([base + [200 * i, 0] for i in range(4)])
     poses = np.concatenate([xy, np.full((4, 17, 1), 0.5)], axis=2)

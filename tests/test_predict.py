@@ -1,6 +1,6 @@
 """Inference as a product: `predict()`, `Predictor` and the predict CLI on the golden tiny weights.
 
-The golden results JSONs are what the official tools/test.py wrote for image 197388 at short
+The golden results JSONs are what the official test script wrote for image 197388 at short
 side 128 (flip on and off). Tolerances are those of the end-to-end parity test
 (test_parity_pipeline.py), whose only error source is float32 reordering in the network:
 JSON_XY_ATOL = 1e-3 network-input px, i.e. 1e-3 * 392 / 128 original px (measured 2.3e-3 flip,
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from jax import monitoring
 
-from logocap_jax import config_utils, postprocess, predict, preprocess, visualize
+from logocap_jax import config_utils, postprocess, predict, preprocess, speed, visualize
 from logocap_jax.keypoints import JOINT_NAMES
 
 GOLDEN = "tests/data/golden"
@@ -127,6 +127,32 @@ def test_predict_function_reuses_its_compiled_program(config, variables):
     finally:
         monitoring.unregister_event_duration_listener(listener)
     assert events == []
+
+
+def test_shared_predictors_are_bounded(config, monkeypatch):
+    """predict()'s cache keeps the most recently used predictors only."""
+    monkeypatch.setattr(predict, "_SHARED_PREDICTORS", type(predict._SHARED_PREDICTORS)())
+    monkeypatch.setattr(predict, "SHARED_PREDICTORS_KEPT", 2)
+    first = predict._shared_predictor(config, {"center_threshold": 0.1})
+    predict._shared_predictor(config, {"center_threshold": 0.2})
+    assert predict._shared_predictor(config, {"center_threshold": 0.1}) is first
+    predict._shared_predictor(config, {"center_threshold": 0.3})
+    assert len(predict._SHARED_PREDICTORS) == 2
+    # 0.2 was the least recently used: dropped, so asking again builds a new predictor.
+    assert predict._shared_predictor(config, {"center_threshold": 0.1}) is first
+    assert len(predict._SHARED_PREDICTORS) == 2
+
+
+def test_with_variables_copies_have_their_own_state(predictors, variables):
+    original = predictors[False]
+    original.report = speed.SpeedReport()
+    try:
+        copy = original.with_variables(variables)
+        assert copy._predict_fn is original._predict_fn  # the compiled programs are shared
+        assert copy.report is not original.report
+        assert copy._seen_shapes is not original._seen_shapes
+    finally:
+        original.report = None
 
 
 @pytest.mark.parametrize("flip", [True, False])
@@ -274,7 +300,9 @@ def input_shapes(ids):
     with open("data/coco_mini/annotations/person_keypoints_mini.json") as f:
         sizes = {im["id"]: (im["height"], im["width"]) for im in json.load(f)["images"]}
     return {
-        tuple(int(v) for v in preprocess.test_resize(*sizes[i], INPUT_SHORT_SIDE).size_wh[::-1])
+        tuple(
+            int(v) for v in preprocess.inference_resize(*sizes[i], INPUT_SHORT_SIDE).size_wh[::-1]
+        )
         for i in ids
     }
 

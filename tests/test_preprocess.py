@@ -52,32 +52,32 @@ def test_read_image_corrupt_file(tmp_path, content):
         preprocess.read_image(path)
 
 
-def test_test_resize_matches_golden(golden):
-    info = preprocess.test_resize(392, 640, INPUT_SIZE)
+def test_inference_resize_matches_golden(golden):
+    info = preprocess.inference_resize(392, 640, INPUT_SIZE)
     np.testing.assert_array_equal(info.center, golden["resize_center"])
     np.testing.assert_allclose(info.scale, golden["resize_scale"], rtol=0, atol=1e-15)
     np.testing.assert_array_equal(info.size_wh, golden["resize_size_wh"])
 
 
-def test_test_resize_portrait_and_spec_example():
+def test_inference_resize_portrait_and_spec_example():
     # Spec 6.1: a 640x480 (w x h) image becomes 704x512 at input size 512.
-    landscape = preprocess.test_resize(480, 640, 512)
+    landscape = preprocess.inference_resize(480, 640, 512)
     np.testing.assert_array_equal(landscape.size_wh, [704, 512])
     np.testing.assert_array_equal(landscape.center, [320, 240])
-    portrait = preprocess.test_resize(640, 480, 512)
+    portrait = preprocess.inference_resize(640, 480, 512)
     np.testing.assert_array_equal(portrait.size_wh, [512, 704])
     np.testing.assert_allclose(
         portrait.scale, [480 / 200, 704 / 512 * 480 / 200], rtol=0, atol=1e-15
     )
 
 
-def test_test_resize_rejects_bad_sizes():
+def test_inference_resize_rejects_bad_sizes():
     with pytest.raises(ValueError, match="input_size=0"):
-        preprocess.test_resize(10, 10, 0)
+        preprocess.inference_resize(10, 10, 0)
 
 
 def test_affine_matrix_matches_golden(golden):
-    info = preprocess.test_resize(392, 640, INPUT_SIZE)
+    info = preprocess.inference_resize(392, 640, INPUT_SIZE)
     trans = preprocess.affine_transform_matrix(info.center, info.scale, 0, info.size_wh)
     assert trans.dtype == np.float64 and trans.shape == (2, 3)
     np.testing.assert_allclose(trans, golden["affine_trans"], rtol=0, atol=1e-12)
@@ -85,7 +85,7 @@ def test_affine_matrix_matches_golden(golden):
 
 def test_affine_matrix_is_the_spec_similarity():
     # x' = s (x - cx) + W'/2 with s = short side / min(h, w); inverse undoes it.
-    info = preprocess.test_resize(640, 480, 512)
+    info = preprocess.inference_resize(640, 480, 512)
     trans = preprocess.affine_transform_matrix(info.center, info.scale, 0, info.size_wh)
     s = 512 / 480
     expected = np.array([[s, 0, 256 - s * 240], [0, s, 352 - s * 320]])

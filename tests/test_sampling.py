@@ -1,4 +1,4 @@
-"""The bilinear samplers (spec 4.1) and the LOGO-CA dynamic convolution (spec 5.4).
+"""The bilinear samplers (design §3.1) and the LOGO-CA dynamic convolution (paper Eq. 2).
 
 Tolerances: SAMPLE_TOL = 1e-6 absolute on maps drawn from [-1, 1). The reference transcription
 below runs in float32 with the official term and product order, so 'reference' mode should agree
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from logocap_jax import refine, sampling
+from logocap_jax import logo_ca, sampling
 
 SAMPLE_TOL = 1e-6
 CONV_TOL = 1e-5
@@ -20,7 +20,7 @@ H, W, C = 6, 9, 4
 
 
 def reference_sample_np(f, px, py):
-    """Literal numpy transcription of spec 4.1 (the official sampler), float32.
+    """Literal numpy transcription of design §3.1 (the official sampler), float32.
 
     f: [H, W, C]; px, py: arrays of equal shape. Returns [..., C].
     """
@@ -224,7 +224,9 @@ def test_attract_modes_equal_true_convolution(size, extent):
     kams = rng.uniform(0, 1, (3, size, size)).astype(np.float32)  # asymmetric: a flip would show
     expected = true_convolution_np(heatmaps, kams)
     results = {
-        mode: np.asarray(refine.attract(jnp.asarray(heatmaps), jnp.asarray(kams), mode=mode))
+        mode: np.asarray(
+            logo_ca.kam_convolution(jnp.asarray(heatmaps), jnp.asarray(kams), mode=mode)
+        )
         for mode in ("shift_add", "grouped", "auto")
     }
     for mode, out in results.items():
@@ -235,7 +237,7 @@ def test_attract_modes_equal_true_convolution(size, extent):
     batch_h, batch_k = np.stack([heatmaps, heatmaps[::-1]]), np.stack([kams, kams[:, ::-1]])
     for mode in ("shift_add", "grouped", "auto"):
         out = np.asarray(
-            refine.attract_instances(jnp.asarray(batch_h), jnp.asarray(batch_k), mode=mode)
+            logo_ca.kam_convolution_instances(jnp.asarray(batch_h), jnp.asarray(batch_k), mode=mode)
         )
         assert out.shape == batch_h.shape
         np.testing.assert_allclose(out[0], expected, rtol=0, atol=CONV_TOL, err_msg=mode)
@@ -249,6 +251,8 @@ def test_attract_modes_equal_true_convolution(size, extent):
 
 def test_attract_unknown_mode_raises():
     with pytest.raises(ValueError, match="fft"):
-        refine.attract(jnp.zeros((1, 5, 5)), jnp.zeros((1, 3, 3)), mode="fft")
+        logo_ca.kam_convolution(jnp.zeros((1, 5, 5)), jnp.zeros((1, 3, 3)), mode="fft")
     with pytest.raises(ValueError, match="fft"):
-        refine.attract_instances(jnp.zeros((2, 1, 5, 5)), jnp.zeros((2, 1, 3, 3)), mode="fft")
+        logo_ca.kam_convolution_instances(
+            jnp.zeros((2, 1, 5, 5)), jnp.zeros((2, 1, 3, 3)), mode="fft"
+        )

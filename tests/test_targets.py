@@ -14,7 +14,7 @@ INPUT_SIZE, OUTPUT_SIZE = 256, 64
 
 
 def make_record(image_id: int) -> dict:
-    """The COCO-reader record of one subset image (annotations in file order, spec 8.1)."""
+    """The COCO-reader record of one subset image (annotations in file order)."""
     with open(GOLDEN / "person_keypoints_subset.json") as f:
         coco = json.load(f)
     anns = [

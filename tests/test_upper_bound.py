@@ -32,7 +32,7 @@ def test_each_joint_moves_to_its_best_mesh_point():
         "iscrowd": np.array([0]),
         "num_keypoints": np.array([17]),
     }
-    resize = preprocess.test_resize(128, 128, 128)  # the identity
+    resize = preprocess.inference_resize(128, 128, 128)  # the identity
     moved = upper_bound.oracle_outputs(_outputs(initial), record, resize)
     mesh = np.asarray(decode.local_mesh(initial, 5)).reshape(121, 17, 2)
     nearest = mesh[np.argmin(((mesh - truth) ** 2).sum(-1), axis=0), np.arange(17)]
@@ -54,6 +54,6 @@ def test_images_without_ground_truth_are_unchanged():
     }
     outputs = _outputs(initial)
     assert (
-        upper_bound.oracle_outputs(outputs, record, preprocess.test_resize(128, 128, 128))
+        upper_bound.oracle_outputs(outputs, record, preprocess.inference_resize(128, 128, 128))
         is outputs
     )

@@ -1,4 +1,4 @@
-"""Training-time geometric augmentation of the official LOGO-CAP pipeline (spec 8.1-8.2).
+"""Training-time geometric augmentation of the official LOGO-CAP pipeline.
 
 The official code draws a random similarity (scale, rotation, translation), warps the
 image to the square network input and the loss mask / joints to the square output
@@ -6,7 +6,7 @@ grid with the same crop, and then flips everything horizontally with probability
 Everything here is numpy + cv2 so that it can run inside data-loader workers, and
 every random draw comes from an explicit ``np.random.Generator``.
 
-Conventions (spec section 10): integer pixel indices are pixel centres, the output
+Conventions (design §3.10): integer pixel indices are pixel centres, the output
 grid is corner-aligned with the input grid (x_out = x_in * output_size / input_size),
 and the flip maps x to ``size - 1 - x`` on each grid separately.
 """
@@ -16,10 +16,9 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from logocap_jax.keypoints import FLIP_INDEX_WITH_CENTER, IMAGENET_MEAN, IMAGENET_STD, NUM_JOINTS
+from logocap_jax.keypoints import FLIP_INDEX_WITH_CENTER, NUM_JOINTS
+from logocap_jax.preprocess import SCALE_UNIT_PX
 
-# The official crop is expressed in "scale" units of 200 original pixels.
-_PIXELS_PER_SCALE_UNIT = 200.0
 # Persons smaller than this (segmentation area, original px^2) get no center joint.
 _MIN_CENTER_AREA = 32**2
 
@@ -28,13 +27,13 @@ class AugParams(NamedTuple):
     """One draw of the random affine augmentation.
 
     Attributes:
-        scale_factor: multiplier of the short-side crop; the crop is
-            ``min(h, w) * scale_factor`` original pixels wide.
-        rotation: rotation in degrees (positive = counter-clockwise content rotation,
-            as in the official ``RandomAffineTransform``).
-        dx: horizontal shift of the crop center, integer original pixels.
-        dy: vertical shift of the crop center, integer original pixels.
-        flip: whether the horizontal flip is applied after the affine warp.
+      scale_factor: multiplier of the short-side crop; the crop is
+        ``min(h, w) * scale_factor`` original pixels wide.
+      rotation: rotation in degrees (positive = counter-clockwise content rotation,
+        as in the official ``RandomAffineTransform``).
+      dx: horizontal shift of the crop center, integer original pixels.
+      dy: vertical shift of the crop center, integer original pixels.
+      flip: whether the horizontal flip is applied after the affine warp.
     """
 
     scale_factor: float
@@ -62,22 +61,22 @@ def sample_augmentation(
     in original pixels and grow with the crop.
 
     Args:
-        rng: source of all randomness.
-        image_hw: (height, width) of the original image.
-        max_rotation: rotation is uniform in [-max_rotation, max_rotation) degrees.
-        min_scale: lower bound of the uniform scale factor.
-        max_scale: upper (exclusive) bound of the uniform scale factor.
-        max_translate: translation bound per scale unit; 0 disables translation.
-        flip_prob: probability of the horizontal flip.
+      rng: source of all randomness.
+      image_hw: (height, width) of the original image.
+      max_rotation: rotation is uniform in [-max_rotation, max_rotation) degrees.
+      min_scale: lower bound of the uniform scale factor.
+      max_scale: upper (exclusive) bound of the uniform scale factor.
+      max_translate: translation bound per scale unit; 0 disables translation.
+      flip_prob: probability of the horizontal flip.
 
     Returns:
-        The drawn AugParams.
+      The drawn AugParams.
     """
     scale_factor = rng.random() * (max_scale - min_scale) + min_scale
     rotation = (rng.random() * 2.0 - 1.0) * max_rotation
     dx = dy = 0
     if max_translate > 0:
-        scale = min(image_hw) / _PIXELS_PER_SCALE_UNIT * scale_factor
+        scale = min(image_hw) / SCALE_UNIT_PX * scale_factor
         low, high = int(-max_translate * scale), int(max_translate * scale)
         dx = int(rng.integers(low, high))
         dy = int(rng.integers(low, high))
@@ -89,7 +88,7 @@ def crop_center_scale(params: AugParams, image_hw: tuple[int, int]) -> tuple[np.
     """Returns the crop center (float64 [2], x then y, original px) and scale (200 px units)."""
     height, width = image_hw
     center = np.array([width / 2.0 + params.dx, height / 2.0 + params.dy])
-    scale = min(height, width) / _PIXELS_PER_SCALE_UNIT * params.scale_factor
+    scale = min(height, width) / SCALE_UNIT_PX * params.scale_factor
     return center, scale
 
 
@@ -103,19 +102,19 @@ def affine_matrix(
     grid centre ``(resolution / 2, resolution / 2)``.
 
     Args:
-        center: float [2], crop center (x, y) in original pixels.
-        scale: crop size in units of 200 original pixels.
-        rotation_deg: augmentation rotation in degrees.
-        resolution: side of the target grid in pixels.
+      center: float [2], crop center (x, y) in original pixels.
+      scale: crop size in units of 200 original pixels.
+      rotation_deg: augmentation rotation in degrees.
+      resolution: side of the target grid in pixels.
 
     Returns:
-        float64 [3, 3] homogeneous matrix (last row 0, 0, 1).
+      float64 [3, 3] homogeneous matrix (last row 0, 0, 1).
     """
-    zoom = resolution / (_PIXELS_PER_SCALE_UNIT * scale)
+    zoom = resolution / (SCALE_UNIT_PX * scale)
     crop = np.array(
         [
-            [zoom, 0.0, resolution * (0.5 - float(center[0]) / (200.0 * scale))],
-            [0.0, zoom, resolution * (0.5 - float(center[1]) / (200.0 * scale))],
+            [zoom, 0.0, resolution * (0.5 - float(center[0]) / (SCALE_UNIT_PX * scale))],
+            [0.0, zoom, resolution * (0.5 - float(center[1]) / (SCALE_UNIT_PX * scale))],
             [0.0, 0.0, 1.0],
         ]
     )
@@ -133,20 +132,20 @@ def affine_matrix(
 
 
 def joints_with_center(record: dict) -> np.ndarray:
-    """Appends the person-center joint to the 17 COCO keypoints (spec 8.1 step 3).
+    """Appends the person-center joint to the 17 COCO keypoints.
 
     Args:
-        record: COCO record with 'keypoints' float [P, 17, 3], 'area' float [P] and
-            'bbox' float [P, 4] (x, y, w, h).
+      record: COCO record with 'keypoints' float [P, 17, 3], 'area' float [P] and
+        'bbox' float [P, 4] (x, y, w, h).
 
     Returns:
-        float64 [P, 18, 3] joints (x, y, v) in original pixels. float64 rather than
-        float32 because the official pipeline keeps the joints in float64 until the
-        targets are drawn; a float32 center would move the offset targets by ~1e-5 px.
-        The center is (0, 0, 0) when area < 32^2, else the keypoint sum divided by the
-        labelled-keypoint count (unlabelled COCO keypoints are (0, 0), so this is their
-        mean, computed the official way) with v = 1, or the bbox center when no
-        keypoint is labelled.
+      float64 [P, 18, 3] joints (x, y, v) in original pixels. float64 rather than
+      float32 because the official pipeline keeps the joints in float64 until the
+      targets are drawn; a float32 center would move the offset targets by ~1e-5 px.
+      The center is (0, 0, 0) when area < 32^2, else the keypoint sum divided by the
+      labelled-keypoint count (unlabelled COCO keypoints are (0, 0), so this is their
+      mean, computed the official way) with v = 1, or the bbox center when no
+      keypoint is labelled.
     """
     keypoints = np.asarray(record["keypoints"], np.float64).reshape(-1, NUM_JOINTS, 3)
     area = np.asarray(record["area"], np.float64).reshape(-1)
@@ -183,23 +182,23 @@ def augment(
     """Applies one augmentation draw to an image, its loss mask and its joints.
 
     Args:
-        image_rgb: uint8 [h, w, 3] original RGB image.
-        valid_mask: bool [h, w], True where the loss is active (spec 8.1 step 1).
-        joints: float [P, 18, 3] joints from `joints_with_center`, original pixels.
-        area: float [P] person areas in original px^2.
-        params: the augmentation draw.
-        input_size: side of the network input (e.g. 512).
-        output_size: side of the output / target grid (e.g. 128).
+      image_rgb: uint8 [h, w, 3] original RGB image.
+      valid_mask: bool [h, w], True where the loss is active.
+      joints: float [P, 18, 3] joints from `joints_with_center`, original pixels.
+      area: float [P] person areas in original px^2.
+      params: the augmentation draw.
+      input_size: side of the network input (e.g. 512).
+      output_size: side of the output / target grid (e.g. 128).
 
     Returns:
-        dict with
-          'image': uint8 [input_size, input_size, 3] warped (and flipped) image;
-          'mask': float32 [output_size, output_size], 1 where the loss is active;
-          'joints': float64 [P, 18, 3] joints at output resolution (flipped x and
-              left/right order when flipped; v unchanged);
-          'area': float64 [P] areas in input px^2 (scaled by the pre-rotation zoom^2);
-          'transform': float64 [3, 3] original -> input matrix, before the flip;
-          'flip': bool, whether the flip was applied.
+      dict with
+       'image': uint8 [input_size, input_size, 3] warped (and flipped) image;
+       'mask': float32 [output_size, output_size], 1 where the loss is active;
+       'joints': float64 [P, 18, 3] joints at output resolution (flipped x and
+         left/right order when flipped; v unchanged);
+       'area': float64 [P] areas in input px^2 (scaled by the pre-rotation zoom^2);
+       'transform': float64 [3, 3] original -> input matrix, before the flip;
+       'flip': bool, whether the flip was applied.
     """
     center, scale = crop_center_scale(params, image_rgb.shape[:2])
     out_matrix = affine_matrix(center, scale, params.rotation, output_size)
@@ -209,7 +208,7 @@ def augment(
     mask = (mask > 0.5).astype(np.float32)
     joints = np.array(joints, np.float64).reshape(-1, NUM_JOINTS + 1, 3)
     joints[:, :, :2] = _transform_points(joints[:, :, :2], out_matrix)
-    zoom = input_size / (_PIXELS_PER_SCALE_UNIT * scale)
+    zoom = input_size / (SCALE_UNIT_PX * scale)
     area = np.asarray(area, np.float64).reshape(-1) * (zoom * zoom)
     image = cv2.warpAffine(image_rgb, in_matrix[:2], (input_size, input_size))
     if params.flip:
@@ -225,13 +224,3 @@ def augment(
         "transform": in_matrix,
         "flip": params.flip,
     }
-
-
-def normalize_image(image_rgb: np.ndarray) -> np.ndarray:
-    """Maps uint8 [H, W, 3] RGB to float32 [H, W, 3] ImageNet-normalised values.
-
-    float32 throughout, in the order of torchvision's ToTensor + Normalize, so that
-    the result matches the official input bit for bit.
-    """
-    scaled = image_rgb.astype(np.float32) / np.float32(255.0)
-    return (scaled - IMAGENET_MEAN) / IMAGENET_STD

@@ -2,7 +2,7 @@
 
 The TFDS builders store these records and evaluation reads them, so both see the same persons
 and the same ignore region. What is kept follows the official `CocoKeypoints` dataset
-(reference spec §8.1):
+(design §1.2):
 
 * persons: annotations with `iscrowd == 0` or `num_keypoints > 0`, in file order;
 * ignore region: the union of the segmentations of crowd annotations and of non-crowd
@@ -255,6 +255,18 @@ def _segmentation_rles(
             "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
         }
     ]
+
+
+def labelled_people(entry: dict[str, Any]) -> np.ndarray:
+    """The non-crowd persons with labelled keypoints, the ones OKS is computed for.
+
+    Args:
+      entry: a record (arrays 'iscrowd' and 'num_keypoints' [P]) or one COCO annotation.
+
+    Returns:
+      bool [P] for a record, a bool scalar for an annotation.
+    """
+    return (np.asarray(entry["num_keypoints"]) > 0) & (np.asarray(entry["iscrowd"]) == 0)
 
 
 def valid_mask(record: dict[str, Any]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Training input pipeline: image records -> augmented, batched training examples (spec 8.1-8.5).
+"""Training input pipeline: image records -> augmented, batched training examples (design §1.2).
 
     record --read_image, joints_with_center, random affine + flip--> warped image, mask, joints
       --heatmap / offset targets, padded OKS ground truth, ImageNet normalisation--> example
@@ -34,9 +34,9 @@ from absl import flags
 
 from logocap_jax.data import augment as augment_lib
 from logocap_jax.data import targets
-from logocap_jax.data.coco_records import valid_mask
+from logocap_jax.data.coco_records import labelled_people, valid_mask
 from logocap_jax.keypoints import STRIDE
-from logocap_jax.preprocess import read_image
+from logocap_jax.preprocess import normalize, read_image
 
 _LOG = logging.getLogger(__name__)
 # Set once this process has warned that an image has more GT persons than max_people.
@@ -45,7 +45,7 @@ _warned_truncation = False
 
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
-    """Ranges of the random affine augmentation; the defaults are the official ones (spec 8.2).
+    """Ranges of the random affine augmentation; the defaults are the official ones.
 
     Attributes:
       max_rotation: rotation uniform in [-max_rotation, max_rotation) degrees.
@@ -119,7 +119,7 @@ def train_example(
         max_people=max_people,
     )
     return {
-        "images": augment_lib.normalize_image(warped["image"]),
+        "images": normalize(warped["image"]),
         "heatmaps": heatmaps,
         "heatmap_weights": heatmap_weights,
         "offsets": offsets,
@@ -136,9 +136,7 @@ def _first_oks_people(record: Mapping[str, Any], max_people: int) -> Mapping[str
     Crowded images must not stop training, so extra persons are dropped (and logged once
     per process) instead of `oks_ground_truth` raising.
     """
-    eligible = np.flatnonzero(
-        (np.asarray(record["num_keypoints"]) > 0) & (np.asarray(record["iscrowd"]) == 0)
-    )
+    eligible = np.flatnonzero(labelled_people(record))
     if len(eligible) <= max_people:
         return record
     global _warned_truncation

@@ -1,4 +1,4 @@
-"""Training targets of the official LOGO-CAP pipeline (spec 8.3-8.5), numpy only.
+"""Training targets of the official LOGO-CAP pipeline (design §3.8), numpy only.
 
 Maps are channels-last ([R, R, C]) for the JAX model; the official ones are NCHW.
 Joints come from `augment.augment` at output resolution: float [P, 18, 3] (x, y, v)
@@ -9,6 +9,7 @@ there: the official generators compute in float64 and only store float32.
 import numpy as np
 
 from logocap_jax.data.augment import AugParams
+from logocap_jax.data.coco_records import labelled_people
 from logocap_jax.keypoints import FLIP_INDEX, NUM_JOINTS
 
 
@@ -21,9 +22,9 @@ def _gaussian_box(x: float, y: float, sigma: float, size: int) -> tuple[slice, s
     """Unnormalised Gaussian around (x, y) on its official box, clipped to the map.
 
     Returns:
-        (rows, cols, values): slices of the map and float64 [rows, cols] values
-        exp(-d^2 / (2 sigma^2)) at the integer pixels of
-        [floor(x - 3 sigma - 1), ceil(x + 3 sigma + 2)) in each axis.
+      (rows, cols, values): slices of the map and float64 [rows, cols] values
+      exp(-d^2 / (2 sigma^2)) at the integer pixels of
+      [floor(x - 3 sigma - 1), ceil(x + 3 sigma + 2)) in each axis.
     """
     x0, y0 = max(0, int(np.floor(x - 3 * sigma - 1))), max(0, int(np.floor(y - 3 * sigma - 1)))
     x1 = min(int(np.ceil(x + 3 * sigma + 2)), size)
@@ -43,22 +44,22 @@ def heatmap_targets(
     bg_weight: float = 0.1,
     valid_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Keypoint + center heat-map targets and their pixel weights (spec 8.3).
+    """Keypoint + center heat-map targets and their pixel weights (paper Eq. 4).
 
     Args:
-        joints: float [P, 18, 3] joints at output resolution.
-        output_size: side R of the output grid.
-        sigma: Gaussian sigma of the 17 keypoints, output px.
-        center_sigma: Gaussian sigma of the center channel, output px.
-        bg_weight: weight of pixels outside every drawn Gaussian box.
-        valid_mask: optional float/bool [R, R] warped loss mask; the weights are
-            multiplied by it (the official 'heatmaps.w'). Without it the weights
-            are the bare 1 / bg_weight map.
+      joints: float [P, 18, 3] joints at output resolution.
+      output_size: side R of the output grid.
+      sigma: Gaussian sigma of the 17 keypoints, output px.
+      center_sigma: Gaussian sigma of the center channel, output px.
+      bg_weight: weight of pixels outside every drawn Gaussian box.
+      valid_mask: optional float/bool [R, R] warped loss mask; the weights are
+        multiplied by it (the official 'heatmaps.w'). Without it the weights
+        are the bare 1 / bg_weight map.
 
     Returns:
-        heatmaps: float32 [R, R, 18], per-channel max over persons.
-        weights: float32 [R, R, 1], 1 inside any drawn box (any person, any
-            channel), bg_weight elsewhere, times valid_mask.
+      heatmaps: float32 [R, R, 18], per-channel max over persons.
+      weights: float32 [R, R, 1], 1 inside any drawn box (any person, any
+        channel), bg_weight elsewhere, times valid_mask.
     """
     heatmaps = np.zeros((output_size, output_size, NUM_JOINTS + 1), np.float32)
     covered = np.zeros((output_size, output_size), bool)
@@ -93,7 +94,7 @@ def _center_window(center: np.ndarray, radius: int, size: int) -> tuple[slice, s
 def offset_targets(
     joints: np.ndarray, area: np.ndarray, output_size: int, *, radius: int = 4
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Center-to-keypoint offset targets and weights (spec 8.4).
+    """Center-to-keypoint offset targets and weights (paper Eqs. 5-6).
 
     Around each person's center, every pixel of the window stores, per visible
     in-map keypoint, (pixel - keypoint). Where windows of several persons overlap,
@@ -103,14 +104,14 @@ def offset_targets(
     including its float32-stored area map.
 
     Args:
-        joints: float [P, 18, 3] joints at output resolution.
-        area: float [P] person areas (input px^2, as returned by `augment`).
-        output_size: side R of the output grid.
-        radius: half-size of the window around the center.
+      joints: float [P, 18, 3] joints at output resolution.
+      area: float [P] person areas (input px^2, as returned by `augment`).
+      output_size: side R of the output grid.
+      radius: half-size of the window around the center.
 
     Returns:
-        offsets: float32 [R, R, 34], channel 2j = dx, 2j + 1 = dy of keypoint j.
-        weights: float32 [R, R, 34], 1 / sqrt(area) where an offset was written, else 0.
+      offsets: float32 [R, R, 34], channel 2j = dx, 2j + 1 = dy of keypoint j.
+      weights: float32 [R, R, 34], 1 / sqrt(area) where an offset was written, else 0.
     """
     offsets = np.zeros((output_size, output_size, 2 * NUM_JOINTS), np.float32)
     weights = np.zeros_like(offsets)
@@ -150,7 +151,7 @@ def _in_crop(keypoints: np.ndarray, transform: np.ndarray, input_size: int) -> n
 def oks_ground_truth(
     record: dict, params: AugParams, transform: np.ndarray, *, input_size: int, max_people: int
 ) -> dict:
-    """Ground-truth persons for the OKS / KAM losses (spec 8.5), padded to a static size.
+    """Ground-truth persons for the OKS / KAM losses, padded to a static size.
 
     Only non-crowd annotations with at least one labelled keypoint take part. The
     keypoints stay in original-image pixels (the loss maps predictions back there),
@@ -166,24 +167,24 @@ def oks_ground_truth(
     assignment exactly. `valid` marks the real rows for anything else.
 
     Args:
-        record: COCO record ('keypoints' float [P, 17, 3], 'area' [P], 'iscrowd' [P],
-            'num_keypoints' [P]).
-        params: the augmentation draw (only `flip` is used).
-        transform: float [3, 3] original -> input matrix (`augment(...)['transform']`).
-        input_size: side of the network input.
-        max_people: static number of GT rows.
+      record: COCO record ('keypoints' float [P, 17, 3], 'area' [P], 'iscrowd' [P],
+        'num_keypoints' [P]).
+      params: the augmentation draw (only `flip` is used).
+      transform: float [3, 3] original -> input matrix (`augment(...)['transform']`).
+      input_size: side of the network input.
+      max_people: static number of GT rows.
 
     Returns:
-        dict with 'keypoints' float32 [max_people, 17, 3], 'areas' float32 [max_people]
-        (COCO areas, original px^2), 'valid' bool [max_people], 'transform' float32
-        [3, 3] and 'transform_inv' float32 [3, 3] (input -> original; the float32
-        matrix inverted in float64, within 1 float32 ulp of the official
-        torch.inverse), and 'flip' bool.
+      dict with 'keypoints' float32 [max_people, 17, 3], 'areas' float32 [max_people]
+      (COCO areas, original px^2), 'valid' bool [max_people], 'transform' float32
+      [3, 3] and 'transform_inv' float32 [3, 3] (input -> original; the float32
+      matrix inverted in float64, within 1 float32 ulp of the official
+      torch.inverse), and 'flip' bool.
 
     Raises:
-        ValueError: if the image has more than max_people GT persons.
+      ValueError: if the image has more than max_people GT persons.
     """
-    keep = (np.asarray(record["num_keypoints"]) > 0) & (np.asarray(record["iscrowd"]) == 0)
+    keep = labelled_people(record)
     keypoints = np.asarray(record["keypoints"], np.float32).reshape(-1, NUM_JOINTS, 3)[keep]
     areas = np.asarray(record["area"], np.float32).reshape(-1)[keep]
     if len(areas) > max_people:

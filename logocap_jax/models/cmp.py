@@ -27,7 +27,7 @@ def _broadcast_mask(mask, x):
 
 
 class AttentiveNorm(nn.BatchNorm):
-    """Attentive normalisation (spec 4.3): affine-free BatchNorm, then a per-instance mixture
+    """Attentive normalisation (design §3.4): affine-free BatchNorm, then a per-instance mixture
     of `num_affine` affine transforms weighted by a hard-sigmoid attention.
 
     The attention reads the per-channel mean over the window divided by the (unbiased) standard

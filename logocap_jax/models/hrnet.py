@@ -1,4 +1,4 @@
-"""HRNet backbone as configured by LOGO-CAP (spec section 1).
+"""HRNet backbone as configured by LOGO-CAP (paper Sec. 3.1).
 
 Submodule names follow the official state-dict keys (dots included), so that a converted
 checkpoint maps one-to-one: Flax path ('stage3.2', 'fuse_layers.1.0.0.0', 'kernel') is the
@@ -50,7 +50,7 @@ class Bottleneck(nn.Module):
 
 
 class HighResolutionModule(nn.Module):
-    """Parallel branches of BasicBlocks followed by the all-to-all fuse (spec 1.3).
+    """Parallel branches of BasicBlocks followed by the all-to-all fuse.
 
     Attributes:
       widths: channels of each branch, from the highest resolution down.

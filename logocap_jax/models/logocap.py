@@ -1,4 +1,4 @@
-"""The LOGO-CAP network: HRNet, the three heads and the CMP (spec sections 1, 2 and 4.3).
+"""The LOGO-CAP network: HRNet, the three heads and the CMP (paper Sec. 3.1).
 
 The module only predicts. Decoding, LOGO-CA and losses are pure functions elsewhere.
 """
