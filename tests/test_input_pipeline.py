@@ -195,3 +195,23 @@ def test_unreadable_image_names_the_file(source, tmp_path, contents, error):
 def test_rejects_inconsistent_sizes(source, kwargs, message):
     with pytest.raises(ValueError, match=message):
         _iterator(source, **kwargs)
+
+
+def test_start_index_resumes_at_a_global_batch_for_any_shard_count(source):
+    batch_size, skipped = 4, 3
+    expected = _take(_iterator(source, batch_size=batch_size), skipped + 2)[skipped:]
+    resumed = _take(_iterator(source, batch_size=batch_size, start_index=skipped * batch_size), 2)
+    _assert_batches_equal(resumed, expected)
+    for index in range(2):
+        shard = _take(
+            _iterator(
+                source,
+                batch_size=batch_size,
+                shard_options=grain.sharding.ShardOptions(index, 2),
+                start_index=skipped * batch_size,
+            ),
+            2,
+        )
+        _assert_batches_equal(
+            shard, [{k: v[index::2] for k, v in batch.items()} for batch in expected]
+        )

@@ -172,6 +172,7 @@ def make_train_dataset(
     shard_options: grain.sharding.ShardOptions | None = None,
     read_threads: int = 1,
     prefetch_batches: int = 2,
+    start_index: int = 0,
 ) -> grain.IterDataset:
     """The infinite, sharded, batched training stream.
 
@@ -182,6 +183,10 @@ def make_train_dataset(
     so every process gets batch_size / P examples of every global batch and the shards'
     union is the single-process batch. Batches are formed before the worker split, so the
     output does not depend on worker_count.
+
+    start_index = t * batch_size starts the stream at global batch t: a resumed run only needs
+    the number of examples consumed, whatever its process and worker counts (this is how the
+    training loop resumes).
 
     `iter()` of the result is a `grain.DatasetIterator`: `get_state()` returns a small
     JSON-serialisable dict and `set_state(state)` on a fresh iterator of an identically
@@ -202,6 +207,7 @@ def make_train_dataset(
       shard_options: this process's shard; default `grain.sharding.ShardByJaxProcess()`.
       read_threads: threads preparing batches (in each worker when worker_count > 0).
       prefetch_batches: batches prepared ahead (by each worker when worker_count > 0).
+      start_index: stream position of the first example of the first batch.
 
     Returns:
       An infinite `grain.IterDataset` of batches with leading axis batch_size / shard_count.
@@ -211,6 +217,8 @@ def make_train_dataset(
     """
     shard = shard_options or grain.sharding.ShardByJaxProcess()
     _check_sizes(len(source), batch_size, shard.shard_count, input_size, output_size)
+    if start_index < 0:
+        raise ValueError(f"start_index={start_index} must not be negative")
     transform = functools.partial(
         _indexed_example,
         seed=seed,
@@ -223,7 +231,7 @@ def make_train_dataset(
         grain.MapDataset.source(source)
         .shuffle(seed=seed)
         .repeat()
-        .map_with_index(transform)[shard.shard_index :: shard.shard_count]
+        .map_with_index(transform)[start_index + shard.shard_index :: shard.shard_count]
         .batch(batch_size // shard.shard_count, drop_remainder=True)
     )
     dataset = dataset.to_iter_dataset(
