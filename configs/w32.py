@@ -89,6 +89,8 @@ def get_config():
             global_batch_size=96,
             num_epochs=140,
             num_steps=-1,
+            optimizer="adam",  # or "sgd" (with momentum below)
+            momentum=0.9,
             learning_rate=1e-3,
             lr_drop_epochs=(90, 120),
             lr_drop_factor=0.1,
@@ -98,10 +100,13 @@ def get_config():
             seed=0,
             compute_dtype="float32",
             imagenet_checkpoint="",
+            # Metrics are read from the devices every log_every_steps (and at checkpoints).
             log_every_steps=50,
             checkpoint_every_steps=2000,
             keep_checkpoints=3,
             eval_every_steps=10000,
+            # Write the image ids each process fed at each step to <workdir>/image_ids/.
+            log_image_ids=False,
         )
     )
 

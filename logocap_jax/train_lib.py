@@ -2,7 +2,9 @@
 
 One program from a single CPU to a TPU pod: the global batch is sharded over the `data` axis of a
 device mesh, parameters are replicated, and BatchNorm statistics are global-batch statistics by
-construction under jit. Each process feeds its own shard of every global batch.
+construction under jit. Each process feeds its own shard of every global batch, reads metrics
+from the device only when it logs, checkpoints or evaluates, and evaluates its share of the
+evaluation images.
 """
 
 import functools
@@ -19,6 +21,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from logocap_jax import (
+    checkpoints,
     config_utils,
     convert,
     evaluate,
@@ -47,8 +50,14 @@ def learning_rate_schedule(train_config, steps_per_epoch: int):
 
 
 def create_optimizer(train_config, steps_per_epoch: int):
-    """Adam (0.9, 0.999, eps 1e-8) without weight decay, as the official training."""
-    return optax.adam(learning_rate_schedule(train_config, steps_per_epoch))
+    """train_config.optimizer: 'adam' (0.9, 0.999, eps 1e-8, no weight decay: the official
+    training) or 'sgd' (with train_config.momentum), on the learning-rate schedule."""
+    schedule = learning_rate_schedule(train_config, steps_per_epoch)
+    if train_config.optimizer == "adam":
+        return optax.adam(schedule)
+    if train_config.optimizer == "sgd":
+        return optax.sgd(schedule, momentum=train_config.momentum or None)
+    raise ValueError(f"train.optimizer must be 'adam' or 'sgd', got {train_config.optimizer!r}")
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -56,9 +65,7 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
 
 
-def create_train_state(model, tx, rng, input_size: int, mesh: Mesh) -> TrainState:
-    """Initialises the model and optimiser directly into replicated arrays on the mesh."""
-
+def _state_init(model, tx, input_size: int):
     def init(key):
         images = jnp.zeros((1, input_size, input_size, 3), jnp.float32)
         variables = model.init(key, images, method=model.initialize)
@@ -69,6 +76,22 @@ def create_train_state(model, tx, rng, input_size: int, mesh: Mesh) -> TrainStat
             batch_stats=variables["batch_stats"],
         )
 
+    return init
+
+
+def abstract_train_state(model, tx, input_size: int, mesh: Mesh) -> TrainState:
+    """The train state's shapes, dtypes and (replicated) shardings, computing nothing: the
+    target of a checkpoint restore."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    shapes = jax.eval_shape(_state_init(model, tx, input_size), jax.random.key(0))
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes
+    )
+
+
+def create_train_state(model, tx, rng, input_size: int, mesh: Mesh) -> TrainState:
+    """Initialises the model and optimiser directly into replicated arrays on the mesh."""
+    init = _state_init(model, tx, input_size)
     replicated = NamedSharding(mesh, PartitionSpec())
     shardings = jax.tree_util.tree_map(lambda _: replicated, jax.eval_shape(init, rng))
     return jax.jit(init, out_shardings=shardings)(rng)
@@ -95,31 +118,36 @@ def loss_and_gradients(state: TrainState, batch, *, model, settings, loss_weight
     return terms, grads, batch_stats, selected
 
 
-def train_step(state: TrainState, batch, *, model, settings, loss_weights):
+def train_step(state: TrainState, batch, *, model, settings, loss_weights, schedule=None):
     """One optimisation step on a (sharded) global batch.
 
     Args:
       state: the train state.
       batch: images [B, H, W, 3], the map targets and the padded OKS ground truth (see
         `train_forward.training_outputs` and `losses.training_losses`).
+      schedule: optional learning-rate schedule; its rate for this step joins the metrics.
 
     Returns:
-      (new state, metrics): the loss terms, the number of selected training instances and the
-      gradient norm.
+      (new state, metrics): the loss terms, the number of selected training instances, the
+      gradient norm (and the learning rate).
     """
     terms, grads, batch_stats, selected = loss_and_gradients(
         state, batch, model=model, settings=settings, loss_weights=loss_weights
     )
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     metrics = dict(terms, selected_instances=selected, grad_norm=optax.global_norm(grads))
+    if schedule is not None:
+        metrics["learning_rate"] = schedule(state.step)
     return new_state, metrics
 
 
-def make_train_step(model, settings, loss_weights, mesh: Mesh, state: TrainState):
+def make_train_step(model, settings, loss_weights, mesh: Mesh, state: TrainState, schedule=None):
     """`train_step` jitted with a replicated state (donated) and a data-sharded batch."""
     replicated = NamedSharding(mesh, PartitionSpec())
     state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-    step = functools.partial(train_step, model=model, settings=settings, loss_weights=loss_weights)
+    step = functools.partial(
+        train_step, model=model, settings=settings, loss_weights=loss_weights, schedule=schedule
+    )
     return jax.jit(step, out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
 
@@ -140,7 +168,7 @@ def model_variables(state: TrainState) -> dict:
 def host_copy(tree):
     """This process's numpy copy of replicated arrays (also on several hosts, where replicated
     global arrays are not fully addressable)."""
-    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
+    return jax.device_get(jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree))
 
 
 def loss_weights_from(config) -> losses.LossWeights:
@@ -171,14 +199,16 @@ def open_train_source(data_config):
     data_dir = os.path.expanduser(data_config.data_dir)
     name = data_config.dataset
     if name in tfds_builders.MINI_DATASETS:
-        tfds_builders.build_mini(name, data_dir)
+        _in_turn(lambda: tfds_builders.build_mini(name, data_dir))
         name = f"coco_format/{name}"
     elif name.startswith("coco_person_keypoints/"):
-        tfds_builders.build_named(
-            tfds_builders.CocoPersonKeypoints,
-            data_dir,
-            data_config.manual_dir,
-            configs=[data_config.split],
+        _in_turn(
+            lambda: tfds_builders.build_named(
+                tfds_builders.CocoPersonKeypoints,
+                data_dir,
+                data_config.manual_dir,
+                configs=[data_config.split],
+            )
         )
     source = tfds_builders.data_source(name, data_config.split, data_dir)
     if data_config.image_ids:
@@ -192,7 +222,21 @@ def open_train_source(data_config):
     return source
 
 
-def make_dataset(config, source):
+def _in_turn(function):
+    """Runs `function` in one process after the other (process 0 first).
+
+    Data sets are built on first use: on a shared file system the first process builds and the
+    others find it built; on per-host disks each host builds its copy, never two processes at
+    once into the same directory.
+    """
+    for index in range(jax.process_count()):
+        if index == jax.process_index():
+            function()
+        training_io.wait_for_all_processes(f"data_set_built_by_{index}")
+
+
+def make_dataset(config, source, start_index: int = 0):
+    """The training stream of `config` over `source`, from stream position `start_index`."""
     data = config.data
     augmentation = input_pipeline.Augmentation(
         max_rotation=data.max_rotation,
@@ -210,6 +254,7 @@ def make_dataset(config, source):
         max_people=data.max_people,
         augmentation=augmentation,
         worker_count=data.worker_count,
+        start_index=start_index,
     )
 
 
@@ -224,8 +269,9 @@ def _load_imagenet(state: TrainState, path: str) -> TrainState:
     return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
 
-def _evaluate(config, predictor, state: TrainState) -> dict:
-    # Every process evaluates its own copy (the best-checkpoint save is collective).
+def _evaluate(config, predictor, state: TrainState) -> dict | None:
+    # Every process predicts its share of the images (evaluate.run_evaluation) and gets the
+    # same stats, so the best-checkpoint save, which is collective, is decided the same way.
     predictor.variables = host_copy(model_variables(state))
     predictor.report = speed.SpeedReport()
     result = evaluate.run_evaluation(
@@ -242,13 +288,27 @@ def _evaluate(config, predictor, state: TrainState) -> dict:
 def train_and_evaluate(config, workdir: str) -> TrainState:
     """Trains with `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
-    Writes metrics.jsonl, checkpoints/ (latest keep-N, with the data iterator state) and best/
-    (model variables of the best evaluation AP).
+    Writes metrics.jsonl (process 0; train rows average the steps since the previous row),
+    checkpoints/ (latest keep-N, with the input position), best/ (model variables of the best
+    evaluation AP) and, with train.log_image_ids, image_ids/ (the images each process fed).
+    Run by every process of a multi-host job; any process count resumes any checkpoint.
+
+    SIGTERM to any process (a preemption notice) or Ctrl-C makes every process checkpoint
+    after the same step and return; the signal handlers are restored on return.
+
+    Raises:
+      FloatingPointError: a loss became NaN or infinite (the message names the steps and the
+        last good checkpoint).
     """
     os.makedirs(workdir, exist_ok=True)
     mesh = make_mesh()
+    print(
+        f"Process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} of "
+        f"{jax.device_count()} devices"
+    )
     source = open_train_source(config.data)
-    steps_per_epoch = max(1, len(source) // config.train.global_batch_size)
+    batch_size = config.train.global_batch_size
+    steps_per_epoch = max(1, len(source) // batch_size)
     num_steps = (
         config.train.num_steps
         if config.train.num_steps > 0
@@ -256,63 +316,117 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     )
     model = config_utils.build_model(config, dtype=compute_dtype(config))
     tx = create_optimizer(config.train, steps_per_epoch)
-    state = create_train_state(
-        model, tx, jax.random.key(config.train.seed), config.data.input_size, mesh
-    )
-    iterator = iter(make_dataset(config, source))
-    latest, best = training_io.checkpoint_managers(workdir, config)
+    latest = checkpoints.latest_manager(workdir, max_to_keep=config.train.keep_checkpoints)
+    best = checkpoints.best_manager(workdir)
+    next_example = 0
     if latest.latest_step() is not None:
-        state = training_io.restore_checkpoint(latest, state, iterator)
-    elif config.train.imagenet_checkpoint:
-        state = _load_imagenet(state, config.train.imagenet_checkpoint)
+        state, next_example = training_io.restore_checkpoint(
+            latest, abstract_train_state(model, tx, config.data.input_size, mesh), batch_size
+        )
+    else:
+        state = create_train_state(
+            model, tx, jax.random.key(config.train.seed), config.data.input_size, mesh
+        )
+        if config.train.imagenet_checkpoint:
+            state = _load_imagenet(state, config.train.imagenet_checkpoint)
     step_fn = make_train_step(
-        model, train_settings_from(config), loss_weights_from(config), mesh, state
+        model,
+        train_settings_from(config),
+        loss_weights_from(config),
+        mesh,
+        state,
+        learning_rate_schedule(config.train, steps_per_epoch),
     )
-    predictor = predict.Predictor.from_config(
-        config, host_copy(model_variables(state)), batch_size=config.eval.batch_size
+    loop = _Loop(
+        config,
+        workdir,
+        mesh,
+        latest=latest,
+        best=best,
+        iterator=iter(make_dataset(config, source, start_index=next_example)),
+        next_example=next_example,
+        predictor=predict.Predictor.from_config(
+            config, host_copy(model_variables(state)), batch_size=config.eval.batch_size
+        ),
     )
-    writer, preempted = training_io.MetricsWriter(workdir), training_io.PreemptionFlag()
-    schedule = learning_rate_schedule(config.train, steps_per_epoch)
-    first = int(state.step)
-    last_saved = first if first else None
-    if first == 0 and config.train.eval_every_steps > 0:
-        writer.write(0, "eval", _evaluate(config, predictor, state) or {})
-    progress = tqdm.tqdm(
-        range(first, num_steps),
-        initial=first,
-        total=num_steps,
-        unit="step",
-        disable=jax.process_index() != 0,
-    )
-    for step in progress:
-        local = next(iterator)
-        local.pop("image_id", None)
-        state, metrics = step_fn(state, shard_batch(local, mesh))
-        metrics = jax.device_get(metrics)
-        training_io.check_finite(metrics, step + 1, workdir, last_saved)
-        done = step + 1 == num_steps or preempted.raised
-        if (step + 1) % config.train.log_every_steps == 0 or done:
-            writer.write(step + 1, "train", dict(metrics, learning_rate=schedule(step)))
-            progress.set_postfix(loss=f"{metrics['total']:.4g}")
-        if (
-            (step + 1) % config.train.checkpoint_every_steps == 0
-            or done
-            or latest.reached_preemption(step + 1)
-        ):
-            training_io.save_checkpoint(latest, step + 1, state, iterator)
-            last_saved = step + 1
-        if config.train.eval_every_steps > 0 and (
-            (step + 1) % config.train.eval_every_steps == 0 or step + 1 == num_steps
-        ):
-            stats = _evaluate(config, predictor, state)
-            if stats is not None:
-                writer.write(step + 1, "eval", stats)
-                best.save(
-                    step + 1, args=ocp.args.StandardSave(model_variables(state)), metrics=stats
+    try:
+        return loop.run(state, step_fn, num_steps)
+    finally:
+        # Also after an error: the last good checkpoint that the error names is complete.
+        latest.wait_until_finished()
+        best.wait_until_finished()
+
+
+class _Loop:
+    """The step loop of `train_and_evaluate` and what it writes."""
+
+    def __init__(self, config, workdir, mesh, *, latest, best, iterator, next_example, predictor):
+        self.config, self.mesh = config, mesh
+        self.latest, self.best = latest, best
+        self.iterator, self.next_example = iterator, next_example
+        self.predictor = predictor
+        self.writer = training_io.MetricsWriter(workdir)
+        self.image_ids = training_io.ImageIdLog(workdir, config.train.log_image_ids)
+        self.metrics = training_io.StepMetrics(workdir)
+        self.last_saved = None
+
+    def run(self, state: TrainState, step_fn, num_steps: int) -> TrainState:
+        train = self.config.train
+        first = int(jax.device_get(state.step))
+        self.last_saved = first if first else None
+        if first == 0 and train.eval_every_steps > 0:
+            self.evaluate(state, 0)
+        progress = tqdm.tqdm(
+            initial=first, total=num_steps, unit="step", disable=jax.process_index() != 0
+        )
+        with progress, training_io.StopSignals() as stop_signals:
+            for step in range(first + 1, num_steps + 1):
+                local = next(self.iterator)
+                self.image_ids.write(step, local.pop("image_id", ()))
+                batch = shard_batch(local, self.mesh)
+                if step == first + 1:
+                    step_fn = training_io.compile_together(step_fn, state, batch)
+                state, step_metrics = step_fn(state, batch)
+                self.next_example += train.global_batch_size
+                self.metrics.add(step, step_metrics)
+                # Agreed by all processes; asked after every step, counting from 1.
+                stopping = stop_signals.reached(step - first)
+                done = step == num_steps or stopping
+                log = step % train.log_every_steps == 0 or done
+                save = step % train.checkpoint_every_steps == 0 or done
+                evaluate_now = (
+                    train.eval_every_steps > 0
+                    and not stopping
+                    and (step % train.eval_every_steps == 0 or step == num_steps)
                 )
-        if preempted.raised:
-            print(f"Stopped by a signal after step {step + 1}; checkpoint saved, rerun to resume.")
-            break
-    latest.wait_until_finished()
-    best.wait_until_finished()
-    return state
+                if log or save or evaluate_now:
+                    # The only wait for the device; it checks the losses before a save.
+                    self.metrics.fetch(self.last_saved)
+                if log:
+                    values = self.metrics.mean()
+                    self.writer.write(step, "train", values)
+                    progress.set_postfix(loss=f"{values['total']:.4g}")
+                if save:
+                    training_io.save_checkpoint(
+                        self.latest, step, state, self.next_example, train.global_batch_size
+                    )
+                    self.last_saved = step
+                if evaluate_now:
+                    self.evaluate(state, step)
+                progress.update()
+                if stopping:
+                    print(
+                        f"Stopped by a signal after step {step}; checkpoint saved, rerun to resume."
+                    )
+                    break
+        return state
+
+    def evaluate(self, state: TrainState, step: int):
+        """Evaluates `state` (every process its share) and writes the stats; after step 0 the
+        model also goes to best/ (saved by all processes, with the same stats)."""
+        stats = _evaluate(self.config, self.predictor, state)
+        if stats is None:
+            return
+        self.writer.write(step, "eval", stats)
+        if step > 0:
+            self.best.save(step, args=ocp.args.StandardSave(model_variables(state)), metrics=stats)

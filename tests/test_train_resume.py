@@ -11,7 +11,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from logocap_jax import checkpoints
@@ -53,7 +52,7 @@ def _kill_after_first_checkpoint(command, env, workdir):
         command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.time() + 600
-    while not (workdir / "checkpoints" / "2").is_dir():
+    while 2 not in checkpoints.training_steps(workdir):
         assert process.poll() is None, "the run ended before its first checkpoint"
         assert time.time() < deadline, "no checkpoint within 10 minutes"
         time.sleep(0.05)
@@ -68,9 +67,7 @@ def _train_rows(workdir):
 
 def _final_state(workdir):
     """Every array of the saved train state: parameters, statistics, Adam moments, step."""
-    return jax.tree_util.tree_leaves(
-        ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(STEPS) / "state")
-    )
+    return jax.tree_util.tree_leaves(checkpoints.read_training_checkpoint(workdir, STEPS)[0])
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +123,28 @@ def test_final_parameters_equal(runs):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-9)
 
 
-def test_work_directory_restores_as_model_variables(runs):
+def test_work_directory_restores_as_model_variables(runs, caplog):
     straight, _, _ = runs
+    # No evaluation ran, so no best model: the latest training state, said in a warning.
     variables = checkpoints.restore_variables(straight)
+    assert f"using its latest training state, step {STEPS}" in caplog.text
     assert set(variables) == {"params", "batch_stats"}
-    state = checkpoints.restore_variables(straight / "checkpoints" / str(STEPS) / "state")
-    for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(state)):
-        np.testing.assert_array_equal(a, b)
+    state = checkpoints.read_training_checkpoint(straight, STEPS)[0]
+    for name in variables:
+        for a, b in zip(
+            jax.tree_util.tree_leaves(variables[name]), jax.tree_util.tree_leaves(state[name])
+        ):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_resume_refuses_another_global_batch(runs, tmp_path):
+    _, interrupted, _ = runs
+    command = _command(interrupted, tmp_path / "tfds") + [
+        f"--config.train.num_steps={STEPS + 1}",
+        "--config.train.global_batch_size=2",
+    ]
+    result = subprocess.run(
+        command, env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode != 0
+    assert "written with train.global_batch_size=4, this run has 2" in result.stderr
