@@ -11,6 +11,8 @@ Writes results.json, stats.json, speed.json and report.md (AP table and speed) t
 
 import argparse
 
+import jax
+
 from logocap_jax import config_utils, evaluate, pipeline, predict, speed
 
 
@@ -41,6 +43,12 @@ def parse_args(argv=None):
     parser.add_argument("--max_images", type=predict.positive_int, help="only the first N images")
     parser.add_argument("--image_ids", help="only these comma-separated image ids")
     parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() (several processes share the images; "
+        "process 0 writes the outputs)",
+    )
+    parser.add_argument(
         "--upper_bound",
         action="store_true",
         help="score the oracle 11x11 local search against the ground truth "
@@ -63,6 +71,8 @@ def parse_args(argv=None):
 def main(argv=None) -> evaluate.EvaluationResult:
     """Predicts and scores the chosen set; writes the outputs and returns the evaluation."""
     args = parse_args(argv)
+    if args.distributed:
+        jax.distributed.initialize()
     if args.dataset:
         annotations, images = evaluate.dataset_paths(args.dataset, args.data_root or ".")
         name = args.dataset
@@ -88,8 +98,9 @@ def main(argv=None) -> evaluate.EvaluationResult:
         image_ids=args.image_ids,
         upper_bound=args.upper_bound,
     )
-    print(evaluate.write_outputs(result, args.output_dir, name, predictor.report))
-    print(f"Outputs in {args.output_dir}/")
+    if jax.process_index() == 0:
+        print(evaluate.write_outputs(result, args.output_dir, name, predictor.report))
+        print(f"Outputs in {args.output_dir}/")
     return result
 
 

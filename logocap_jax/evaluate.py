@@ -2,15 +2,22 @@
 
 Data sets are COCO-format annotation files with an image folder; `DATASETS` names the standard
 layouts under a data root (the official repository's data/coco and data/OCHuman layouts).
+
+With several JAX processes (multi-host), every process runs `run_evaluation` on the same set:
+each predicts its share of the images on its own devices, the results are gathered, COCOeval
+runs on process 0 and every process gets its stats.
 """
 
 import dataclasses
 import json
 import os
 
+import jax
+import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
-from logocap_jax import coco_eval, postprocess, predict, speed
+from logocap_jax import coco_eval, postprocess, predict, speed, training_io
 from logocap_jax import upper_bound as upper_bound_lib
 from logocap_jax.data import coco_records
 
@@ -36,8 +43,9 @@ def dataset_paths(name: str, data_root: str) -> tuple[str, str]:
 
 @dataclasses.dataclass
 class EvaluationResult:
-    """Attributes: results (COCO results entries); stats (AP... or None for results-only
-    sets); speed (SpeedReport.summary()); people ({image_id: People}) when kept."""
+    """Attributes: results (COCO results entries, in the order of the annotation file's images);
+    stats (AP... or None for results-only sets); speed (SpeedReport.summary() of this
+    process's images); people ({image_id: People} of this process's images) when kept."""
 
     results: list
     stats: dict | None
@@ -57,6 +65,9 @@ def run_evaluation(
     upper_bound: bool = False,
 ) -> EvaluationResult:
     """Predicts every image of a COCO-format set and scores the results with COCOeval.
+
+    With several JAX processes every process must call it with the same set: process p of P
+    predicts images p, p + P, ... and all processes return the same results and stats.
 
     Args:
       predictor: a Predictor; its `report` collects the timings (one is attached if missing).
@@ -89,25 +100,48 @@ def run_evaluation(
         predictor.report = speed.SpeedReport()
     if upper_bound and not coco_eval.can_evaluate(gt):
         raise ValueError(f"{annotation_file} has no annotations: the upper bound needs them")
-    by_id = {r["image_id"]: r for r in records}
-    results, people_by_image = [], {}
-    items = ((r["image_id"], r["image_path"]) for r in records)
-    for image_id, people in tqdm.tqdm(
+    mine = list(enumerate(records))[jax.process_index() :: jax.process_count()]
+    by_position, people_by_image = [], {}
+    items = ((position, record["image_path"]) for position, record in mine)
+    for position, people in tqdm.tqdm(
         predictor.predict_many(items),
-        total=len(records),
+        total=len(mine),
         disable=not progress,
         desc="images",
         unit="img",
     ):
+        record = records[position]
         if upper_bound:
-            people = _oracle_people(predictor, people, by_id[image_id])
-        results += postprocess.coco_results(image_id, people.keypoints, people.scores)
+            people = _oracle_people(predictor, people, record)
+        entries = postprocess.coco_results(record["image_id"], people.keypoints, people.scores)
+        by_position.append((position, entries))
         if keep_people:
-            people_by_image[image_id] = people
+            people_by_image[record["image_id"]] = people
+    # The Predictor yields images grouped by size: back to the file's order.
+    by_position = sorted(sum(_from_every_process(by_position), []), key=lambda item: item[0])
+    results = [entry for _, entries in by_position for entry in entries]
     stats = None
     if coco_eval.can_evaluate(gt):
-        stats = coco_eval.evaluate_keypoints(gt, results, [r["image_id"] for r in records])
+        if jax.process_index() == 0:
+            stats = coco_eval.evaluate_keypoints(gt, results, [r["image_id"] for r in records])
+        stats = _from_every_process(stats)[0]
     return EvaluationResult(results, stats, predictor.report.summary(), people_by_image)
+
+
+def _from_every_process(value) -> list:
+    """Every process's JSON-serialisable `value`, in process order (all processes call it).
+
+    JSON keeps Python floats exactly, so gathered results equal the ones computed.
+    """
+    if jax.process_count() == 1:
+        return [value]
+    training_io.wait_for_all_processes("evaluation_gathered")
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.asarray([data.size])).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: data.size] = data
+    gathered = multihost_utils.process_allgather(padded)
+    return [json.loads(row[:size].tobytes()) for row, size in zip(gathered, sizes)]
 
 
 def _oracle_people(predictor, people, record):
