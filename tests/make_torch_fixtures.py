@@ -3,7 +3,7 @@
   ~/torchenv/bin/python tests/make_torch_fixtures.py tests/data/torch_save
 
 - `tensors.pth`: one tensor of each storage type the reader handles, views of a shared storage
-  (a transposed, strided slice and an offset row), a 0-d and an empty tensor, and tensors inside
+  (a transposed, strided slice and an offset row), a 0-d and an empty tensor, a Parameter, and tensors inside
   lists, tuples and nested dicts next to plain Python values.
 - `checkpoint.pth.tar`: a training checkpoint shaped like the official ones: `state_dict` (of a
   DataParallel conv + batch norm, so `module.`-prefixed, with its `_metadata`), `epoch`,
@@ -39,6 +39,7 @@ def tensors_object():
         "row_view": base[2],
         "scalar": torch.tensor(3.5),
         "empty": torch.zeros(0, 3),
+        "parameter": torch.nn.Parameter(torch.tensor([0.25, -0.5])),
         "nested": {
             "list": [torch.ones(2), 1, "a"],
             "tuple": (torch.full((1, 2), 2.0), 2.5),
@@ -77,7 +78,7 @@ def expected_arrays(obj, prefix=""):
     import torch
 
     if isinstance(obj, torch.Tensor):
-        tensor = obj.float() if obj.dtype == torch.bfloat16 else obj
+        tensor = obj.detach().float() if obj.dtype == torch.bfloat16 else obj.detach()
         return {prefix: tensor.numpy()}
     if isinstance(obj, dict):
         items = obj.items()
