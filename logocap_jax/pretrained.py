@@ -50,10 +50,10 @@ import re
 import shutil
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 import zlib
 
 import numpy as np
@@ -239,9 +239,8 @@ def _download(url: str, path: str, hint: str, progress: bool) -> None:
     except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         reason = getattr(error, "reason", error)
         raise DownloadError(f"Could not download {url}: {reason}. {hint}") from error
-    fd, part = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".part", dir=os.path.dirname(path)
-    )
+    part = _temporary_path(path, ".part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with response, os.fdopen(fd, "wb") as file:
             length = response.headers.get("Content-Length")
@@ -269,6 +268,12 @@ def _download(url: str, path: str, hint: str, progress: bool) -> None:
     finally:
         if os.path.exists(part):
             os.remove(part)
+
+
+def _temporary_path(path: str, suffix: str) -> str:
+    """A unique hidden sibling of `path` that does not look finished (permissions per umask)."""
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}.{uuid.uuid4().hex}{suffix}")
 
 
 def _file_sha256(path: str) -> str:
@@ -386,8 +391,8 @@ def _convert_archive(release, entry, build, archive, url, expected_sha, config, 
             archive, url, f"sha256 mismatch: the archive has {sha}, expected {expected_sha}"
         )
     size = os.path.getsize(archive)
-    root = os.path.dirname(entry)
-    work = tempfile.mkdtemp(prefix=f".{release.name}.", suffix=".partial", dir=root)
+    work = _temporary_path(entry, ".partial")
+    os.mkdir(work)
     try:
         member = _extract(archive, url, release.member, work)
         if progress:
