@@ -11,6 +11,9 @@ unpickler resolves only the globals that tensors and state dicts need (the patte
 Globals" in the Python `pickle` documentation): anything else, e.g. a pickled module or an
 arbitrary callable, is refused, so reading a file never runs code from it. Legacy files (torch
 older than 1.6, not zip) are refused with a message asking for PyTorch.
+
+`convert.load_state_dict` uses this reader when PyTorch is not installed; where it is, it uses
+`torch.load(weights_only=True)`, the reference reader, which also reads legacy files.
 """
 
 import io

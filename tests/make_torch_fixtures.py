@@ -3,8 +3,8 @@
   ~/torchenv/bin/python tests/make_torch_fixtures.py tests/data/torch_save
 
 - `tensors.pth`: one tensor of each storage type the reader handles, views of a shared storage
-  (a transposed, strided slice and an offset row), a 0-d and an empty tensor, a Parameter, and tensors inside
-  lists, tuples and nested dicts next to plain Python values.
+  (a transposed, strided slice and an offset row), a 0-d and an empty tensor, a Parameter, and
+  tensors inside lists, tuples and nested dicts next to plain Python values.
 - `checkpoint.pth.tar`: a training checkpoint shaped like the official ones: `state_dict` (of a
   DataParallel conv + batch norm, so `module.`-prefixed, with its `_metadata`), `epoch`,
   `best_perf`, `model` and an SGD `optimizer` state with momentum buffers.
