@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from logocap_jax import torch_checkpoint
+
 _LEAF_TO_TORCH = {
     ("params", "kernel"): "weight",
     ("params", "scale"): "weight",
@@ -140,8 +142,47 @@ def load_imagenet_backbone(variables, state_dict: Mapping[str, np.ndarray]):
     return traverse_util.unflatten_dict(flat), sorted(loaded), ignored
 
 
+def _state_dict_of(saved, path: str) -> Mapping:
+    """The state dict in a loaded checkpoint: itself, or a training checkpoint's 'state_dict'."""
+    if isinstance(saved, Mapping) and isinstance(saved.get("state_dict"), Mapping):
+        saved = saved["state_dict"]
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"{path} holds a {type(saved).__name__}, not a state dict")
+    return saved
+
+
+def _torch_to_numpy(tensor) -> np.ndarray:
+    import torch
+
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
 def load_state_dict(path: str) -> dict:
-    """Reads an official checkpoint: `.npz` (key -> array) or `.pth`/`.pth.tar` (needs torch)."""
+    """Reads an official checkpoint as {key: array in PyTorch layout}.
+
+    `.npz` files hold key -> array. `.pth` / `.pth.tar` files (written by `torch.save`) are read
+    with PyTorch when it is installed (`torch.load(weights_only=True)`, the reference reader, which
+    also reads the legacy format of torch < 1.6), else with `torch_checkpoint`, which reads the zip
+    format of torch >= 1.6 without PyTorch. Of a training checkpoint only its 'state_dict' is
+    kept (entries such as 'epoch' or 'optimizer' are ignored); DataParallel 'module.' prefixes
+    are removed.
+
+    Args:
+      path: the `.npz`, `.pth` or `.pth.tar` file.
+
+    Returns:
+      key -> numpy array, of the dtype it was saved with.
+
+    Raises:
+      FileNotFoundError: if `path` does not exist.
+      torch_checkpoint.TorchCheckpointError: without PyTorch, for a legacy-format or otherwise
+        unreadable file (the message says to install PyTorch where that would help).
+      ValueError: if the file holds something other than a state dict.
+    """
     if not os.path.exists(path):
         raise FileNotFoundError(f"Checkpoint not found: {path}")
     if path.endswith(".npz"):
@@ -150,14 +191,22 @@ def load_state_dict(path: str) -> dict:
     try:
         import torch
     except ImportError:
-        raise ImportError(
-            f"Reading {path} needs PyTorch: pip install 'logocap-jax[torch]', or "
-            "save the state dict as .npz"
-        ) from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    return {key.removeprefix("module."): value.numpy() for key, value in state.items()}
+        torch = None
+    if torch is None:
+        state_dict = _state_dict_of(torch_checkpoint.load(path), path)
+    else:
+        state_dict = _state_dict_of(torch.load(path, map_location="cpu", weights_only=True), path)
+        state_dict = {
+            key: _torch_to_numpy(value) if isinstance(value, torch.Tensor) else value
+            for key, value in state_dict.items()
+        }
+    others = sorted(str(k) for k, v in state_dict.items() if not isinstance(v, np.ndarray))
+    if others:
+        raise ValueError(
+            f"{path} is not a state dict: entries {others[:10]}{' ...' if len(others) > 10 else ''}"
+            " are not tensors"
+        )
+    return {key.removeprefix("module."): value for key, value in state_dict.items()}
 
 
 def model_template(model, image_size: int = 64):
