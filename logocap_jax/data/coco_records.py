@@ -668,9 +668,7 @@ def _ignore_region_problem(
     """Why the ignore region of an image cannot be built, or None."""
     for annotation in annotations:
         segmentation = annotation.get("segmentation")
-        if (annotation["iscrowd"] or annotation["num_keypoints"] == 0) and isinstance(
-            segmentation, list
-        ):
+        if not labelled_people(annotation) and isinstance(segmentation, list):
             if not all(
                 isinstance(polygon, list) and all(_is_finite(value) for value in polygon)
                 for polygon in segmentation
