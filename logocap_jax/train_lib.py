@@ -284,15 +284,22 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
         unit="step",
         disable=jax.process_index() != 0,
     )
+    replaced = 0  # Unusable records the pipeline replaced (this process) since the last log.
     for step in progress:
         local = next(iterator)
         local.pop("image_id", None)
+        replaced += int(np.sum(local.pop("replaced", 0)))
         state, metrics = step_fn(state, shard_batch(local, mesh))
         metrics = jax.device_get(metrics)
         training_io.check_finite(metrics, step + 1, workdir, last_saved)
         done = step + 1 == num_steps or preempted.raised
         if (step + 1) % config.train.log_every_steps == 0 or done:
-            writer.write(step + 1, "train", dict(metrics, learning_rate=schedule(step)))
+            writer.write(
+                step + 1,
+                "train",
+                dict(metrics, learning_rate=schedule(step), replaced_records=replaced),
+            )
+            replaced = 0
             progress.set_postfix(loss=f"{metrics['total']:.4g}")
         if (
             (step + 1) % config.train.checkpoint_every_steps == 0

@@ -191,12 +191,12 @@ def test_crowd_only_image_round_trip(tmp_path):
     assert (~coco_records.valid_mask(got[0])).sum() == 30
 
 
-def test_bad_source_fails_before_writing(tmp_path):
+def test_split_of_only_bad_records_fails_before_writing(tmp_path):
     annotation_file = tmp_path / "a.json"
     annotation_file.write_text(
         json.dumps({"images": [{"id": 1, "file_name": "gone.jpg", "height": 4, "width": 4}]})
     )
-    with pytest.raises(FileNotFoundError, match="gone.jpg"):
+    with pytest.raises(tfds_builders.BuildError, match="val: all 1 records are bad.*gone.jpg"):
         tfds_builders.build_coco_format(
             "bad", str(annotation_file), str(tmp_path), str(tmp_path / "tfds"), splits={"val": True}
         )

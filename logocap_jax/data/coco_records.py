@@ -1,4 +1,4 @@
-"""Per-image records from a COCO person-keypoint annotation file (pure Python + numpy).
+"""Per-image records from a COCO person-keypoint annotation file (numpy and pycocotools).
 
 The TFDS builders store these records and evaluation reads them, so both see the same persons
 and the same ignore region. What is kept follows the official `CocoKeypoints` dataset
@@ -9,13 +9,20 @@ and the same ignore region. What is kept follows the official `CocoKeypoints` da
   annotations without keypoints, stored as pycocotools compressed RLE counts.
 
 P below is the number of kept persons of an image; it may be 0.
+
+`image_records` fails on the first problem of a file. `screen_records`, for the data set
+builders, instead checks every record, image files decoded (OpenCV), and lists the bad ones by
+class of problem (`PROBLEMS`) so that they can be skipped.
 """
 
+import concurrent.futures
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
@@ -58,25 +65,13 @@ def load_annotations(annotation_file: str) -> dict[str, Any]:
         annotation with other than 51 keypoint values or of an unknown image; the message names
         the file and the entry (`images[i]`, `annotations[i]` and its id).
     """
-    if not os.path.isfile(annotation_file):
-        raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}")
-    with open(annotation_file, "rb") as f:
-        try:
-            dataset = json.load(f)
-        except ValueError as e:
-            raise CocoFormatError(f"{annotation_file} is not valid JSON: {e}") from e
-    if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list):
-        raise CocoFormatError(
-            f"{annotation_file} is not a COCO annotation file: no top-level 'images' list"
-        )
+    dataset = _read_json(annotation_file)
     image_ids = set()
     for i, image in enumerate(dataset["images"]):
         _require_keys(image, _IMAGE_KEYS, f"{annotation_file}: images[{i}]")
         if image["id"] in image_ids:
             raise CocoFormatError(f"{annotation_file}: images[{i}] repeats image id {image['id']}")
         image_ids.add(image["id"])
-    if not isinstance(dataset.get("annotations", []), list):
-        raise CocoFormatError(f"{annotation_file}: 'annotations' is not a list")
     for i, annotation in enumerate(dataset.get("annotations", [])):
         where = f"{annotation_file}: annotations[{i}]"
         if isinstance(annotation, dict):
@@ -91,6 +86,24 @@ def load_annotations(annotation_file: str) -> dict[str, Any]:
             raise CocoFormatError(
                 f"{where} refers to image id {annotation['image_id']}, which is not in 'images'"
             )
+    return dataset
+
+
+def _read_json(annotation_file: str) -> dict[str, Any]:
+    """The parsed file, checked only for an `images` list and an optional `annotations` list."""
+    if not os.path.isfile(annotation_file):
+        raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}")
+    with open(annotation_file, "rb") as f:
+        try:
+            dataset = json.load(f)
+        except ValueError as e:
+            raise CocoFormatError(f"{annotation_file} is not valid JSON: {e}") from e
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list):
+        raise CocoFormatError(
+            f"{annotation_file} is not a COCO annotation file: no top-level 'images' list"
+        )
+    if not isinstance(dataset.get("annotations", []), list):
+        raise CocoFormatError(f"{annotation_file}: 'annotations' is not a list")
     return dataset
 
 
@@ -280,3 +293,398 @@ def valid_mask(record: dict[str, Any]) -> np.ndarray:
     """
     rle = {"size": [record["height"], record["width"]], "counts": record["ignore_rle"]}
     return mask_utils.decode(rle) == 0
+
+
+# Screening for the data set builders: every record is checked before anything is written, and
+# a bad one is skipped with its reason instead of failing the build. What counts as bad, by
+# class of problem (the keys are the `problem` of a `BadEntry`):
+PROBLEMS = {
+    "missing_key": "an images entry or annotation is not an object or lacks a required key",
+    "bad_value": "an image id, file name, height or width, or an annotation's image_id, "
+    "iscrowd (0/1), num_keypoints (>= 0), area (finite, >= 0) or bbox (4 finite numbers, "
+    "w, h >= 0) of the wrong type or range",
+    "bad_keypoints": "keypoints are not 51 finite numbers with visibility 0, 1 or 2",
+    "bad_segmentation": "the segmentation needed for the ignore region is neither polygons of "
+    "finite numbers nor an RLE of the image's size, or pycocotools rejects it",
+    "repeated_image_id": "several images entries share an id (all of them are skipped)",
+    "unknown_image_id": "an annotation names an image id no images entry has (no record is "
+    "skipped; the annotation is listed)",
+    "missing_image": "the image file does not exist",
+    "unreadable_image": "the image file cannot be opened or read",
+    "empty_image": "the image file is empty",
+    "not_an_image": "OpenCV cannot decode the file",
+    "truncated_image": "a JPEG that ends before its end-of-image marker",
+    "corrupt_image": "a JPEG whose marker structure is broken",
+    "image_size_mismatch": "the decoded image is not the height x width the annotation gives",
+}
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be used; the message names the file.
+
+    Attributes:
+      problem: the class of problem, a key of `PROBLEMS`.
+      path: the image file.
+    """
+
+    def __init__(self, problem: str, path: str, message: str):
+        super().__init__(f"{message}: {path}")
+        self.problem = problem
+        self.path = path
+
+
+def read_checked_image(path: str, height: int | None = None, width: int | None = None):
+    """Reads and decodes an image as `preprocess.read_image` does, refusing partial decodes.
+
+    cv2.imread fills the missing part of a truncated JPEG in and only prints a libjpeg warning,
+    so JPEG files are first checked to be complete (`_jpeg_problem`); the bytes are then decoded
+    with the same cv2 flags (EXIF orientation ignored, as the annotation sizes assume).
+
+    Args:
+      path: image file.
+      height: the height the annotation gives, checked if not None.
+      width: the width the annotation gives, checked if not None.
+
+    Returns:
+      [h, w, 3] uint8 RGB image.
+
+    Raises:
+      BadImageError: the file is missing, unreadable, empty, not decodable, a truncated or
+        corrupt JPEG, or of another size than height x width.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise BadImageError("missing_image", path, "image file not found") from None
+    except OSError as e:
+        raise BadImageError(
+            "unreadable_image", path, f"cannot read image file ({e.strerror or e})"
+        ) from None
+    if not data:
+        raise BadImageError("empty_image", path, "image file is empty")
+    if data.startswith(b"\xff\xd8"):
+        problem = _jpeg_problem(data)
+        if problem is not None:
+            raise BadImageError(problem[0], path, problem[1])
+    try:
+        bgr = cv2.imdecode(
+            np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+        )
+    except cv2.error:
+        bgr = None
+    if bgr is None:
+        raise BadImageError("not_an_image", path, "cannot decode image (corrupt or not an image)")
+    if height is not None and width is not None and bgr.shape[:2] != (height, width):
+        raise BadImageError(
+            "image_size_mismatch",
+            path,
+            f"image is {bgr.shape[0]}x{bgr.shape[1]} (height x width) but the annotation "
+            f"says {height}x{width}",
+        )
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _jpeg_problem(data: bytes) -> tuple[str, str] | None:
+    """Walks a JPEG's markers (ITU-T T.81, Annex B) up to its end-of-image marker.
+
+    Segments (embedded thumbnails included) are skipped by their length; entropy-coded data
+    runs to the next marker that is neither a stuffed 0xFF00 nor a restart marker. Bytes after
+    the end-of-image marker (some cameras append data) are allowed.
+
+    Returns:
+      None for a complete file, else (problem, what is wrong).
+    """
+    truncated = ("truncated_image", "truncated JPEG: the file ends before its end-of-image marker")
+    size, pos = len(data), 2
+    while True:
+        if pos >= size:
+            return truncated
+        if data[pos] != 0xFF:
+            return "corrupt_image", f"corrupt JPEG: no marker at byte {pos}"
+        while pos < size and data[pos] == 0xFF:  # Fill bytes may precede a marker.
+            pos += 1
+        if pos >= size:
+            return truncated
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:  # End of image.
+            return None
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # Restart and TEM: no length.
+            continue
+        if marker < 0xC0 or marker == 0xD8:
+            return (
+                "corrupt_image",
+                f"corrupt JPEG: invalid marker 0xFF{marker:02X} at byte {pos - 2}",
+            )
+        if pos + 2 > size:
+            return truncated
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        if length < 2:
+            return "corrupt_image", f"corrupt JPEG: segment length {length} at byte {pos}"
+        pos += length
+        if marker == 0xDA:  # Start of scan: skip its entropy-coded data.
+            while True:
+                pos = data.find(b"\xff", pos)
+                if pos < 0 or pos + 1 >= size:
+                    return truncated
+                following = data[pos + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7:
+                    pos += 2
+                elif following == 0xFF:
+                    pos += 1
+                else:
+                    break
+
+
+@dataclasses.dataclass(frozen=True)
+class BadEntry:
+    """A record the builders skip, or an annotation that belongs to no record.
+
+    Attributes:
+      entry: where it is in the annotation file, e.g. "images[3]" or "annotations[17]".
+      problem: the class of problem, a key of `PROBLEMS`.
+      reason: what is wrong, naming the key, value or file and what was expected.
+      image_id: the image id, where the entry has one.
+      file_name: the image file name, where the entry has one.
+    """
+
+    entry: str
+    problem: str
+    reason: str
+    image_id: Any = None
+    file_name: Any = None
+
+    def describe(self) -> str:
+        """One line naming the record and what is wrong with it."""
+        names = [f"image id {self.image_id}"] if self.image_id is not None else []
+        names += [str(self.file_name)] if self.file_name is not None else []
+        return f"{self.entry}" + (f" ({', '.join(names)})" if names else "") + f": {self.reason}"
+
+
+@dataclasses.dataclass
+class ScreenedRecords:
+    """A COCO person-keypoint file checked record by record (see `screen_records`).
+
+    Attributes:
+      annotation_file: the JSON file.
+      image_dir: absolute image folder.
+      images: the file's `images` entries.
+      annotations: per images entry, its annotations (those of its id).
+      bad: images entry index -> why its record is skipped.
+      ignored_annotations: annotations of no listed image, or without a usable image_id.
+    """
+
+    annotation_file: str
+    image_dir: str
+    images: list[Any]
+    annotations: list[list[dict[str, Any]]]
+    bad: dict[int, BadEntry]
+    ignored_annotations: list[BadEntry]
+
+    def candidates(self, keep_images_without_people: bool) -> list[int]:
+        """Indices of the images entries a split keeps, bad ones included, in file order."""
+        return [
+            i for i in range(len(self.images)) if keep_images_without_people or self.annotations[i]
+        ]
+
+    def image_problem(self, index: int) -> tuple[str, str] | None:
+        """(problem, reason) if the image file of images entry `index` cannot be used."""
+        image = self.images[index]
+        path = os.path.join(self.image_dir, image["file_name"])
+        try:
+            read_checked_image(path, int(image["height"]), int(image["width"]))
+        except BadImageError as e:
+            return e.problem, str(e)
+        return None
+
+    def records(self, indices: Iterable[int]) -> Iterator[dict[str, Any]]:
+        """The `image_records` records of good images entries, lazily."""
+        for i in indices:
+            yield _record(self.images[i], self.annotations[i], self.image_dir, self.annotation_file)
+
+
+def screen_records(
+    annotation_file: str,
+    image_dir: str,
+    *,
+    keep_images_without_people: Iterable[bool],
+    num_threads: int | None = None,
+) -> ScreenedRecords:
+    """Reads a COCO person-keypoint file leniently and checks every record a split would keep.
+
+    A record is bad when its images entry, one of its annotations, the ignore region built from
+    them, or its image file has a problem of `PROBLEMS` (the first one found is kept). Image
+    files are fully decoded, in a thread pool, only for records without other problems.
+
+    Args:
+      annotation_file: COCO-format JSON.
+      image_dir: folder holding the images under their `file_name`.
+      keep_images_without_people: the settings of the splits to be built; the records kept
+        by any of them are checked.
+      num_threads: threads decoding images; default the CPU count.
+
+    Returns:
+      The screened file; `records(indices)` makes the records of good entries.
+
+    Raises:
+      FileNotFoundError: the annotation file is missing.
+      CocoFormatError: it is not JSON, or has no `images` list, or a non-list `annotations`.
+    """
+    dataset = _read_json(annotation_file)
+    images = dataset["images"]
+    bad: dict[int, BadEntry] = {}
+    indices_by_id: dict[Any, list[int]] = {}
+    for i, image in enumerate(images):
+        problem = _image_entry_problem(image)
+        if problem is not None:
+            bad[i] = _bad_image(i, image, *problem)
+        if isinstance(image, dict) and _is_int(image.get("id")):
+            indices_by_id.setdefault(image["id"], []).append(i)
+    for image_id, indices in indices_by_id.items():
+        if len(indices) > 1:
+            reason = f"image id {image_id} is repeated in images{indices}"
+            for i in indices:
+                bad.setdefault(i, _bad_image(i, images[i], "repeated_image_id", reason))
+    annotations: list[list[dict[str, Any]]] = [[] for _ in images]
+    ignored = []
+    for j, annotation in enumerate(dataset.get("annotations", [])):
+        where = f"annotations[{j}]"
+        if isinstance(annotation, dict) and "id" in annotation:
+            where += f" (annotation {annotation['id']})"
+        image_id = annotation.get("image_id") if isinstance(annotation, dict) else None
+        indices = indices_by_id.get(image_id, []) if _is_int(image_id) else []
+        problem = _annotation_problem(annotation)
+        if not indices:
+            if problem is None:
+                problem = ("unknown_image_id", f"image id {image_id!r} is not in 'images'")
+            ignored.append(BadEntry(where, problem[0], problem[1], image_id=image_id))
+            continue
+        for i in indices:
+            annotations[i].append(annotation)
+            if problem is not None and i not in bad:
+                bad[i] = _bad_image(i, images[i], problem[0], f"{where}: {problem[1]}")
+    screened = ScreenedRecords(
+        annotation_file, os.path.abspath(image_dir), images, annotations, bad, ignored
+    )
+    to_check = sorted(
+        {i for keep in set(keep_images_without_people) for i in screened.candidates(keep)}
+    )
+    for i in to_check:
+        if i not in bad:
+            reason = _ignore_region_problem(
+                images[i], annotations[i], screened.image_dir, annotation_file
+            )
+            if reason is not None:
+                bad[i] = _bad_image(i, images[i], "bad_segmentation", reason)
+    to_decode = [i for i in to_check if i not in bad]
+    with concurrent.futures.ThreadPoolExecutor(num_threads or os.cpu_count()) as pool:
+        for i, problem in zip(to_decode, pool.map(screened.image_problem, to_decode)):
+            if problem is not None:
+                bad[i] = _bad_image(i, images[i], *problem)
+    return screened
+
+
+def _bad_image(index: int, image: Any, problem: str, reason: str) -> BadEntry:
+    known = image if isinstance(image, dict) else {}
+    return BadEntry(f"images[{index}]", problem, reason, known.get("id"), known.get("file_name"))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return _is_number(value) and float(value).is_integer()
+
+
+def _is_finite(value: Any) -> bool:
+    return _is_number(value) and bool(np.isfinite(value))
+
+
+def _image_entry_problem(image: Any) -> tuple[str, str] | None:
+    if not isinstance(image, dict):
+        return "missing_key", "is not a JSON object"
+    missing = [key for key in _IMAGE_KEYS if key not in image]
+    if missing:
+        return "missing_key", f"lacks key(s) {missing}"
+    if not _is_int(image["id"]):
+        return "bad_value", f"'id' is {image['id']!r}, expected an integer"
+    if not isinstance(image["file_name"], str) or not image["file_name"]:
+        return "bad_value", f"'file_name' is {image['file_name']!r}, expected a file name"
+    for key in ("height", "width"):
+        if not _is_int(image[key]) or image[key] <= 0:
+            return "bad_value", f"'{key}' is {image[key]!r}, expected a positive integer"
+    return None
+
+
+def _annotation_problem(annotation: Any) -> tuple[str, str] | None:
+    if not isinstance(annotation, dict):
+        return "missing_key", "is not a JSON object"
+    missing = [key for key in _ANNOTATION_KEYS if key not in annotation]
+    if missing:
+        return "missing_key", f"lacks key(s) {missing}"
+    keypoints = annotation["keypoints"]
+    if not isinstance(keypoints, list) or len(keypoints) != 3 * NUM_JOINTS:
+        count = f"{len(keypoints)} values" if isinstance(keypoints, list) else repr(keypoints)
+        return "bad_keypoints", f"'keypoints' is {count}, expected {3 * NUM_JOINTS} numbers"
+    if not all(_is_finite(value) for value in keypoints):
+        bad = next(value for value in keypoints if not _is_finite(value))
+        return "bad_keypoints", f"'keypoints' holds {bad!r}, expected finite numbers"
+    visibility = keypoints[2::3]
+    if any(v not in (0, 1, 2) for v in visibility):
+        bad = next(v for v in visibility if v not in (0, 1, 2))
+        return "bad_keypoints", f"'keypoints' has visibility {bad!r}, expected 0, 1 or 2"
+    checks = {
+        "image_id": (_is_int(annotation["image_id"]), "an integer"),
+        "iscrowd": (annotation["iscrowd"] in (0, 1), "0 or 1"),
+        "num_keypoints": (
+            _is_int(annotation["num_keypoints"]) and annotation["num_keypoints"] >= 0,
+            "a non-negative integer",
+        ),
+        "area": (_is_finite(annotation["area"]) and annotation["area"] >= 0, "a number >= 0"),
+        "bbox": (_is_box(annotation["bbox"]), "[x, y, w, h], finite, w and h >= 0"),
+    }
+    for key, (ok, expected) in checks.items():
+        if not ok:
+            return "bad_value", f"'{key}' is {annotation[key]!r}, expected {expected}"
+    return None
+
+
+def _is_box(box: Any) -> bool:
+    return (
+        isinstance(box, list)
+        and len(box) == 4
+        and all(_is_finite(value) for value in box)
+        and box[2] >= 0
+        and box[3] >= 0
+    )
+
+
+def _ignore_region_problem(
+    image: dict[str, Any], annotations: list[dict[str, Any]], image_dir: str, annotation_file: str
+) -> str | None:
+    """Why the ignore region of an image cannot be built, or None."""
+    for annotation in annotations:
+        segmentation = annotation.get("segmentation")
+        if not labelled_people(annotation) and isinstance(segmentation, list):
+            if not all(
+                isinstance(polygon, list) and all(_is_finite(value) for value in polygon)
+                for polygon in segmentation
+            ):
+                return (
+                    f"annotation {annotation['id']}: 'segmentation' polygons hold other "
+                    "values than finite numbers"
+                )
+    try:
+        _record(image, annotations, image_dir, annotation_file)
+    except CocoFormatError as e:
+        return str(e)
+    except Exception as e:
+        # pycocotools rejects malformed polygons with a bare Exception (or a TypeError or
+        # ValueError); anything else is a bug and propagates.
+        if type(e) not in (Exception, TypeError, ValueError):
+            raise
+        return f"annotation segmentation rejected by pycocotools: {e}"
+    return None
