@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from logocap_jax.models.layers import (
     BN_EPSILON,
     BN_MOMENTUM,
+    BatchNorm,
     Dtype,
     conv,
     torch_default_bias_init,
@@ -26,7 +27,7 @@ def _broadcast_mask(mask, x):
     return None if mask is None else jnp.broadcast_to(mask[:, None, None, None], x.shape)
 
 
-class AttentiveNorm(nn.BatchNorm):
+class AttentiveNorm(BatchNorm):
     """Attentive normalisation (design §3.4): affine-free BatchNorm, then a per-instance mixture
     of `num_affine` affine transforms weighted by a hard-sigmoid attention.
 
@@ -115,7 +116,7 @@ class ConvMessagePassing(nn.Module):
                 dtype=self.dtype,
                 name=str(3 * layer),
             )(x)
-            norm_cls = AttentiveNorm if attentive else nn.BatchNorm
+            norm_cls = AttentiveNorm if attentive else BatchNorm
             norm_kwargs = (
                 dict(num_affine=self.num_affine)
                 if attentive
