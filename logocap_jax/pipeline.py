@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from logocap_jax import decode, logo_ca
+from logocap_jax import compile_options, decode, logo_ca
 from logocap_jax.keypoints import STRIDE
 from logocap_jax.logo_ca import LogoCaSettings
 from logocap_jax.models import LogoCap
@@ -204,7 +204,7 @@ def make_predict_fn(model: LogoCap, settings: DecodeSettings):
 
     It compiles once per input shape.
     """
-    return jax.jit(functools.partial(predict_poses, model, settings=settings))
+    return compile_options.jit(functools.partial(predict_poses, model, settings=settings))
 
 
 STAGES = ("backbone", "local_kems", "local_kams", "global_kams")
@@ -218,16 +218,16 @@ def make_stage_fns(model: LogoCap, settings: DecodeSettings) -> dict:
     the same as `make_predict_fn`, a little slower since XLA cannot fuse across stages.
     """
     return {
-        "backbone": jax.jit(
+        "backbone": compile_options.jit(
             lambda variables, images: network_stage(model, variables, images, settings)
         ),
-        "local_kems": jax.jit(lambda network: local_kems(network, settings)),
-        "local_kams": jax.jit(
+        "local_kems": compile_options.jit(lambda network: local_kems(network, settings)),
+        "local_kams": compile_options.jit(
             lambda variables, network, candidates: local_kams(
                 model, variables, network, candidates, settings
             )
         ),
-        "global_kams": jax.jit(
+        "global_kams": compile_options.jit(
             lambda network, candidates, kams: global_kams(network, candidates, kams, settings)
         ),
     }

@@ -41,6 +41,9 @@ SCORE_ATOL = 1e-4
 # The 1x1 convolutions are matrix products whose blocking depends on the batch size: float32
 # results differ in the last bits (measured 6e-5 px on 300 px coordinates, 1.6e-6 relative).
 BATCH_RTOL, BATCH_ATOL = 1e-5, 1e-5
+# Coordinates near 0 come from center - offset, a cancellation of values up to the image size:
+# their error is a few float32 ulps of 256 px (3e-5), measured 1.5e-5 px.
+BATCH_ATOL_PX = 1e-4
 # Two size buckets at short side 128: 128 x 256 (two images: a padded batch of 3) and
 # 128 x 192 (three images: a full batch). Given interleaved, so bucketing reorders them.
 BATCH_IDS = (197388, 129648, 229358, 196141, 211325)
@@ -314,7 +317,9 @@ def test_batch_size_and_buckets_change_nothing(batch_runs):
     for image_id in BATCH_IDS:
         one, three = runs[1][image_id], runs[3][image_id]
         np.testing.assert_array_equal(one.slots, three.slots)
-        np.testing.assert_allclose(three.keypoints, one.keypoints, rtol=BATCH_RTOL, atol=BATCH_ATOL)
+        np.testing.assert_allclose(
+            three.keypoints, one.keypoints, rtol=BATCH_RTOL, atol=BATCH_ATOL_PX
+        )
         np.testing.assert_allclose(three.scores, one.scores, rtol=BATCH_RTOL, atol=BATCH_ATOL)
         np.testing.assert_array_equal(three.outputs.valid, one.outputs.valid)
         for name in ("poses", "scores", "centers", "mesh", "kams", "refined"):
@@ -322,7 +327,7 @@ def test_batch_size_and_buckets_change_nothing(batch_runs):
                 getattr(three.outputs, name),
                 getattr(one.outputs, name),
                 rtol=BATCH_RTOL,
-                atol=BATCH_ATOL,
+                atol=BATCH_ATOL_PX if name in ("poses", "centers", "mesh") else BATCH_ATOL,
                 err_msg=f"{image_id} {name}",
             )
         np.testing.assert_array_equal(three.resize.size_wh, one.resize.size_wh)

@@ -155,7 +155,8 @@ def run_trajectory() -> dict:
         centers = decode.center_nms(heatmaps[..., -1], settings.num_centers)
         poses = decode.initial_poses(centers, predictions.offsets)
         match, _ = jax.vmap(functools.partial(oks.match_candidates, input_width=width))(
-            decode.local_mesh(poses, settings.local_half_size), *(batch[k] for k in GROUND_TRUTH)
+            decode.local_mesh(poses, settings.logo_ca.local_half_size),
+            *(batch[k] for k in GROUND_TRUTH),
         )
         decoded = {
             "selected": records["selected"].reshape(centers.shape[:2]),

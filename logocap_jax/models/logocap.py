@@ -13,6 +13,7 @@ from logocap_jax.models.cmp import ConvMessagePassing
 from logocap_jax.models.hrnet import HRNet
 from logocap_jax.models.layers import (
     Dtype,
+    MultiResolutionPointwiseConv,
     batch_norm,
     conv,
     torch_default_bias_init,
@@ -37,16 +38,18 @@ class Predictions(NamedTuple):
 
 
 class HeadTransition(nn.Module):
-    """1x1 conv (no bias) + BatchNorm + ReLU, named as the official `transition_*` Sequentials."""
+    """1x1 conv (no bias) + BatchNorm + ReLU of the HRNet feature map, named as the official
+    `transition_*` Sequentials; the convolution runs on the branches at their own resolutions
+    (`MultiResolutionPointwiseConv`)."""
 
     width: int
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, *, train: bool):
-        x = conv(self.width, 1, kernel_init=torch_default_kernel_init, dtype=self.dtype, name="0")(
-            x
-        )
+    def __call__(self, branches, *, train: bool):
+        x = MultiResolutionPointwiseConv(
+            self.width, kernel_init=torch_default_kernel_init, dtype=self.dtype, name="0"
+        )(branches)
         return nn.relu(batch_norm(train=train, dtype=self.dtype, name="1")(x))
 
 
@@ -108,10 +111,10 @@ class LogoCap(nn.Module):
         Returns:
           float32 `Predictions` on the [B, H/4, W/4] grid.
         """
-        features = self.backbone(images, train=train)
-        heatmaps = self.final_layer_cls(self.transition_cls(features, train=train))
-        offsets = self.final_layer_reg(self.transition_reg(features, train=train))
-        embeddings = self.transition_embedding(features, train=train)
+        branches = self.backbone(images, train=train)
+        heatmaps = self.final_layer_cls(self.transition_cls(branches, train=train))
+        offsets = self.final_layer_reg(self.transition_reg(branches, train=train))
+        embeddings = self.transition_embedding(branches, train=train)
         return Predictions(
             heatmaps.astype(jnp.float32),
             offsets.astype(jnp.float32),
