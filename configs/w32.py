@@ -50,10 +50,13 @@ def get_config():
         )
     )
 
-    # Test-time resize: short side input_size, long side rounded up to a multiple of 64.
+    # Test-time resize: short side input_size, long side rounded up to a multiple of 64;
+    # compute_dtype 'bfloat16' casts the parameters once and keeps statistics and decoding in
+    # float32.
     config.test = ml_collections.ConfigDict(
         dict(
             input_size=512,
+            compute_dtype="float32",
             max_people=30,
             nms_distance_ratio=0.05,
             nms_min_joints=8,

@@ -7,6 +7,8 @@ import importlib.util
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from logocap_jax.logo_ca import LogoCaSettings
@@ -45,6 +47,29 @@ def decode_settings(config, **overrides) -> DecodeSettings:
     return DecodeSettings(
         **{**config.decode.to_dict(), **overrides}, logo_ca=logo_ca_settings(config)
     )
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def dtype_named(name: str):
+    """The JAX dtype of a config's dtype name ('float32' or 'bfloat16')."""
+    if name not in DTYPES:
+        raise ValueError(f"Unknown compute dtype {name!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def inference_dtype(config):
+    """The compute dtype of inference, config.test.compute_dtype."""
+    return dtype_named(config.test.compute_dtype)
+
+
+def inference_variables(config, variables):
+    """Model variables as inference runs them: parameters cast once to the compute dtype,
+    BatchNorm statistics kept in float32 (checkpoints always hold float32)."""
+    dtype = inference_dtype(config)
+    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), variables["params"])
+    return {**variables, "params": params}
 
 
 def default_config_path(name: str) -> str:

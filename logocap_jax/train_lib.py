@@ -156,7 +156,7 @@ def train_settings_from(config) -> train_forward.TrainSettings:
 
 
 def compute_dtype(config):
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.train.compute_dtype]
+    return config_utils.dtype_named(config.train.compute_dtype)
 
 
 def open_train_source(data_config):
