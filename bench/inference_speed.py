@@ -106,7 +106,7 @@ def main():
     settings = config_utils.decode_settings(config, flip_test=not args.no_flip)
     images = jax.random.normal(jax.random.key(0), (args.batch_size, args.height, args.width, 3))
     init = jax.jit(lambda x: model.init(jax.random.key(1), x, method=model.initialize))
-    variables = config_utils.inference_variables(config, init(images[:1]))
+    variables = pipeline.inference_variables(init(images[:1]), model.dtype)
 
     fused = pipeline.make_predict_fn(model, settings)
     start = time.perf_counter()

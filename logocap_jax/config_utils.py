@@ -7,7 +7,6 @@ import importlib.util
 import os
 import sys
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -62,14 +61,6 @@ def dtype_named(name: str):
 def inference_dtype(config):
     """The compute dtype of inference, config.test.compute_dtype."""
     return dtype_named(config.test.compute_dtype)
-
-
-def inference_variables(config, variables):
-    """Model variables as inference runs them: parameters cast once to the compute dtype,
-    BatchNorm statistics kept in float32 (checkpoints always hold float32)."""
-    dtype = inference_dtype(config)
-    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), variables["params"])
-    return {**variables, "params": params}
 
 
 def default_config_path(name: str) -> str:

@@ -59,7 +59,8 @@ def run_evaluation(
     """Predicts every image of a COCO-format set and scores the results with COCOeval.
 
     Args:
-      predictor: a Predictor; its `report` collects the timings (one is attached if missing).
+      predictor: a Predictor; its `report` collects the timings; `upper_bound` needs it to keep
+        its inspection outputs (`keep_outputs`).
       annotation_file, image_dir: the set. Files without annotations (test-dev) give
         results only.
       max_images: evaluate only the first images of the file (and score on those).
@@ -85,8 +86,8 @@ def run_evaluation(
     records = records[:max_images]
     if not records:
         raise ValueError(f"{annotation_file} lists no images: nothing to evaluate")
-    if predictor.report is None:
-        predictor.report = speed.SpeedReport()
+    if upper_bound and not predictor.keep_outputs:
+        raise ValueError("the upper bound needs the local meshes: a Predictor with keep_outputs")
     if upper_bound and not coco_eval.can_evaluate(gt):
         raise ValueError(f"{annotation_file} has no annotations: the upper bound needs them")
     by_id = {r["image_id"]: r for r in records}

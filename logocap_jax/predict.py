@@ -12,17 +12,19 @@ the results.
 
 import argparse
 import collections
+import concurrent.futures
 import copy
 import dataclasses
 import json
 import operator
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from logocap_jax import config_utils, pipeline, postprocess, preprocess, speed, visualize
 from logocap_jax.keypoints import JOINT_NAMES
@@ -37,7 +39,9 @@ class People(NamedTuple):
       keypoints: [P, K, 3] (x, y, score) in original-image pixels.
       scores: [P] pose scores.
       slots: [P] candidate slot of each person in `outputs`.
-      outputs: this image's `pipeline.PoseOutputs` (network-input pixels), for inspection.
+      outputs: this image's `pipeline.PoseOutputs` (network-input pixels): poses, scores and
+        valid, plus the inspection fields (mesh, KAMs, refined maps, ...) when the Predictor
+        keeps them (`keep_outputs`), else None.
       resize: the `preprocess.ResizeInfo` of the network input.
     """
 
@@ -52,14 +56,25 @@ class People(NamedTuple):
 class Predictor:
     """Runs the whole test-time pipeline on RGB images of any size.
 
+    The variables are placed on the devices once (replicated), each batch is sharded over the
+    `data` axis of a mesh of this process's devices, and one fused program runs it; only poses,
+    scores and validity flags come back to the host unless `keep_outputs`. Images are read and
+    warped by background threads, and a batch's results are fetched while the next one runs.
+
     Attributes:
-      model, variables: the network and its variables.
+      model, variables: the network and its variables (float32, as checkpoints hold them;
+        parameters are cast once to the model's dtype).
       settings: static decode settings.
       input_size: test-time short side (512 for W32, 640 for W48).
       max_people, nms_distance_ratio, nms_min_joints: host-side post-processing.
-      batch_size: images per device call (>= 1).
-      report: when set, the four stages run as separate programs and are timed into it; the
-        first batch of each input shape runs twice, so its compilation is timed apart.
+      batch_size: images per device call (>= 1), rounded up to a multiple of the device count.
+      keep_outputs: also bring back the inspection outputs (meshes, KAMs, refined maps: about
+        20 MB per image for W32) into `People.outputs`.
+      time_stages: run the four stages of the paper's Table 4 as separate, synchronised programs
+        and time each (slower; the first batch of each shape runs once more, untimed).
+      devices: the devices to shard batches over; default all of this process's devices.
+      read_threads: threads reading and warping images ahead of the device.
+      report: timings, compilation and host transfers of the batches run so far.
     """
 
     model: object
@@ -70,21 +85,40 @@ class Predictor:
     nms_distance_ratio: float = 0.05
     nms_min_joints: int = 8
     batch_size: int = 1
-    report: speed.SpeedReport | None = None
+    keep_outputs: bool = False
+    time_stages: bool = False
+    devices: Sequence | None = None
+    read_threads: int = 2
+    report: speed.SpeedReport = dataclasses.field(default_factory=speed.SpeedReport)
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        self._predict_fn = pipeline.make_predict_fn(self.model, self.settings)
-        self._stage_fns = pipeline.make_stage_fns(self.model, self.settings)
-        self._seen_shapes = set()
+        mesh = Mesh(np.asarray(self.devices or jax.local_devices()), ("data",))
+        self._batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+        self._replicated = NamedSharding(mesh, PartitionSpec())
+        per_device = -(-self.batch_size // mesh.size)
+        self._call_batch = per_device * mesh.size
+        self._programs = {}  # (keep_outputs, images shape) -> compiled program
+        self._stage_fns = None
+        self._device_variables = self._place(self.variables)
 
     @classmethod
-    def from_config(cls, config, variables, *, batch_size: int = 1, **overrides):
-        """A Predictor for `config` (configs/*.py); overrides replace config.decode fields."""
+    def from_config(
+        cls,
+        config,
+        variables,
+        *,
+        batch_size: int = 1,
+        keep_outputs: bool = False,
+        time_stages: bool = False,
+        **overrides,
+    ):
+        """A Predictor for `config` (configs/*.py), computing in config.test.compute_dtype;
+        overrides replace config.decode fields."""
         test = config.test
         return cls(
-            config_utils.build_model(config),
+            config_utils.build_model(config, dtype=config_utils.inference_dtype(config)),
             variables,
             config_utils.decode_settings(config, **overrides),
             input_size=test.input_size,
@@ -92,17 +126,25 @@ class Predictor:
             nms_distance_ratio=test.nms_distance_ratio,
             nms_min_joints=test.nms_min_joints,
             batch_size=batch_size,
+            keep_outputs=keep_outputs,
+            time_stages=time_stages,
         )
+
+    def _place(self, variables):
+        if variables is None:
+            return None
+        cast = pipeline.inference_variables(variables, self.model.dtype)
+        return jax.device_put(cast, self._replicated)
 
     def with_variables(self, variables) -> "Predictor":
         """A copy that runs `variables` (same shapes) and shares this one's compiled programs.
 
-        The copy has its own timing state: a fresh `report` if this one has one.
+        The copy has its own, empty `report`.
         """
         other = copy.copy(self)
         other.variables = variables
-        other.report = None if self.report is None else speed.SpeedReport()
-        other._seen_shapes = set()
+        other.report = speed.SpeedReport()
+        other._device_variables = self._place(variables)
         return other
 
     def __call__(self, image_rgb: np.ndarray) -> People:
@@ -115,33 +157,96 @@ class Predictor:
         Results come grouped by network input size, not in input order.
         """
         queues = collections.defaultdict(list)
-        for key, image in items:
-            if isinstance(image, (str, os.PathLike)):
-                image = preprocess.read_image(image)
-            normalized, resize = preprocess.prepare_test_image(image, self.input_size)
+        pending = None
+        for key, (normalized, resize) in self._prepared(items):
             queue = queues[normalized.shape]
             queue.append((key, normalized, resize))
-            if len(queue) == self.batch_size:
-                yield from self._run_batch(queue)
-                queue.clear()
+            if len(queue) == self._call_batch:
+                running = self._dispatch(queue)
+                queues[normalized.shape] = []
+                if pending is not None:
+                    yield from self._finish(*pending)
+                pending = running
         for queue in queues.values():
             if queue:
-                yield from self._run_batch(queue)
+                running = self._dispatch(queue)
+                if pending is not None:
+                    yield from self._finish(*pending)
+                pending = running
+        if pending is not None:
+            yield from self._finish(*pending)
 
-    def _run_batch(self, entries):
-        """Runs one size bucket of (key, normalised image, ResizeInfo), padded to batch_size."""
+    def _prepared(self, items: Iterable) -> Iterator:
+        """(key, (normalised image, ResizeInfo)) of each item, read and warped ahead by threads.
+
+        At most a few batches are in flight, so memory stays flat over long runs.
+        """
+        ahead = 2 * self._call_batch + self.read_threads
+        with concurrent.futures.ThreadPoolExecutor(self.read_threads) as pool:
+            queue = collections.deque()
+            for key, image in items:
+                queue.append((key, pool.submit(self._prepare_one, image)))
+                if len(queue) > ahead:
+                    key, future = queue.popleft()
+                    yield key, future.result()
+            while queue:
+                key, future = queue.popleft()
+                yield key, future.result()
+
+    def _prepare_one(self, image):
+        if isinstance(image, (str, os.PathLike)):
+            image = preprocess.read_image(image)
+        return preprocess.prepare_test_image(image, self.input_size)
+
+    def _dispatch(self, entries):
+        """Starts one size bucket of (key, normalised image, ResizeInfo), padded to the call
+        batch; returns what `_finish` needs. The device works on it asynchronously."""
         images = np.stack([e[1] for e in entries])
-        if len(entries) < self.batch_size:
-            padding = np.repeat(images[:1], self.batch_size - len(entries), axis=0)
+        if len(entries) < self._call_batch:
+            padding = np.repeat(images[:1], self._call_batch - len(entries), axis=0)
             images = np.concatenate([images, padding])
-        if self.report is not None and images.shape not in self._seen_shapes:
-            self._compile_stages(images)
-        start = time.perf_counter()
-        if self.report is None:
-            outputs = self._predict_fn(self.variables, images)
+        device_images = jax.device_put(images, self._batch_sharding)
+        self.report.add_transfer(to_device=images.nbytes)
+        if self.time_stages:
+            start = time.perf_counter()
+            outputs, stage_times = self._run_stages(device_images)
         else:
-            outputs, stage_times = speed.run_timed(self._stage_fns, self.variables, images)
+            program = self._program(device_images)
+            start = time.perf_counter()
+            outputs, stage_times = program(self._device_variables, device_images), None
+        return entries, outputs, stage_times, start
+
+    def _program(self, images):
+        """The fused program for this input shape, compiled on first use (timed apart)."""
+        key = (self.keep_outputs, images.shape)
+        if key not in self._programs:
+            start = time.perf_counter()
+            jitted = pipeline.make_predict_fn(self.model, self.settings, inspect=self.keep_outputs)
+            self._programs[key] = jitted.lower(self._device_variables, images).compile()
+            self.report.add_compile(time.perf_counter() - start)
+        return self._programs[key]
+
+    def _run_stages(self, images):
+        """The four stage programs, each timed; a shape's first run is compilation (timed
+        apart, so the batch runs twice)."""
+        if self._stage_fns is None:
+            self._stage_fns = pipeline.make_stage_fns(self.model, self.settings)
+        key = ("stages", images.shape)
+        if key not in self._programs:
+            start = time.perf_counter()
+            speed.run_timed(self._stage_fns, self._device_variables, images)
+            self._programs[key] = None
+            self.report.add_compile(time.perf_counter() - start)
+        outputs, stage_times = speed.run_timed(self._stage_fns, self._device_variables, images)
+        if not self.keep_outputs:
+            outputs = outputs._replace(**dict.fromkeys(pipeline.INSPECTION_FIELDS))
+        return outputs, stage_times
+
+    def _finish(self, entries, outputs, stage_times, start):
+        """Fetches a dispatched batch (the only device-to-host copy) and post-processes it."""
         outputs = jax.device_get(outputs)
+        ready = time.perf_counter()
+        self.report.add_transfer(to_host=sum(x.nbytes for x in jax.tree_util.tree_leaves(outputs)))
         results = []
         for index, (key, _, resize) in enumerate(entries):
             image_outputs = jax.tree_util.tree_map(operator.itemgetter(index), outputs)
@@ -155,25 +260,8 @@ class Predictor:
                 nms_min_joints=self.nms_min_joints,
             )
             results.append((key, People(keypoints, scores, slots, image_outputs, resize)))
-        if self.report is not None:
-            self.report.add(
-                stage_times,
-                time.perf_counter() - start,
-                [len(p.scores) for _, p in results],
-                compiled=False,
-            )
+        self.report.add(ready - start, [len(p.scores) for _, p in results], stage_times)
         return results
-
-    def _compile_stages(self, images):
-        """First run of the stage programs on a new shape, timed as compilation only.
-
-        Without it, sets whose images all differ in size (small sets, OCHuman) would leave no
-        batch in the speed averages.
-        """
-        start = time.perf_counter()
-        speed.run_timed(self._stage_fns, self.variables, images)
-        self.report.add({}, time.perf_counter() - start, [], compiled=True)
-        self._seen_shapes.add(images.shape)
 
 
 # Predictors without variables, most recently used last, so that repeated predict() calls reuse
@@ -406,6 +494,7 @@ def main(argv=None):
         config,
         variables,
         batch_size=args.batch_size,
+        keep_outputs=args.panel_joint is not None,
         flip_test=config.decode.flip_test and not args.no_flip,
     )
     os.makedirs(args.output_dir, exist_ok=True)

@@ -24,7 +24,6 @@ from logocap_jax import (
     evaluate,
     losses,
     predict,
-    speed,
     train_forward,
     training_io,
 )
@@ -226,10 +225,8 @@ def _load_imagenet(state: TrainState, path: str) -> TrainState:
 
 def _evaluate(config, predictor, state: TrainState) -> dict:
     # Every process evaluates its own copy (the best-checkpoint save is collective).
-    predictor.variables = host_copy(model_variables(state))
-    predictor.report = speed.SpeedReport()
     result = evaluate.run_evaluation(
-        predictor,
+        predictor.with_variables(host_copy(model_variables(state))),
         config.eval.annotations,
         config.eval.images,
         max_images=config.eval.max_images,

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from jax import monitoring
 
-from logocap_jax import config_utils, postprocess, predict, preprocess, speed, visualize
+from logocap_jax import config_utils, postprocess, predict, preprocess, visualize
 from logocap_jax.keypoints import JOINT_NAMES
 
 GOLDEN = "tests/data/golden"
@@ -65,7 +65,7 @@ def variables(config):
 def predictors(config, variables):
     """Batch-1 Predictors, flip on and off, shared so each input shape compiles once."""
     return {
-        flip: predict.Predictor.from_config(config, variables, flip_test=flip)
+        flip: predict.Predictor.from_config(config, variables, keep_outputs=True, flip_test=flip)
         for flip in (True, False)
     }
 
@@ -146,16 +146,11 @@ def test_shared_predictors_are_bounded(config, monkeypatch):
     assert len(predict._SHARED_PREDICTORS) == 2
 
 
-def test_with_variables_copies_have_their_own_state(predictors, variables):
+def test_with_variables_copies_have_their_own_state(predictors, golden_people, variables):
     original = predictors[False]
-    original.report = speed.SpeedReport()
-    try:
-        copy = original.with_variables(variables)
-        assert copy._predict_fn is original._predict_fn  # the compiled programs are shared
-        assert copy.report is not original.report
-        assert copy._seen_shapes is not original._seen_shapes
-    finally:
-        original.report = None
+    copy = original.with_variables(variables)
+    assert copy._programs is original._programs  # the compiled programs are shared
+    assert copy.report is not original.report and copy.report.summary()["images"] == 0
 
 
 @pytest.mark.parametrize("flip", [True, False])
@@ -282,7 +277,7 @@ def test_best_person_panel_needs_people(golden_people):
 def batch_runs(config, variables, predictors):
     """{batch size: {image id: People}} over BATCH_IDS, and the compile events of batch 3."""
     items = [(i, f"{IMAGES}/{i:012d}.jpg") for i in BATCH_IDS]
-    batch3 = predict.Predictor.from_config(config, variables, batch_size=3)
+    batch3 = predict.Predictor.from_config(config, variables, batch_size=3, keep_outputs=True)
     events = []
 
     def listener(name, duration, **kwargs):
@@ -339,7 +334,8 @@ def test_one_compilation_per_size_and_batch_bucket(batch_runs):
     assert len(shapes) == 2
     for batch_size, predictor in predictors.items():
         # The batch-1 Predictor also ran the golden image, whose size is among `shapes`.
-        assert predictor._predict_fn._cache_size() == len(shapes), batch_size
+        fused = {key for key in predictor._programs if key[0] is True}
+        assert len(fused) == len(shapes), batch_size
     assert len(events) == len(shapes)
 
 
