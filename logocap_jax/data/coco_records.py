@@ -12,6 +12,7 @@ P below is the number of kept persons of an image; it may be 0.
 """
 
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from logocap_jax import errors
 from logocap_jax.keypoints import NUM_JOINTS
 
 _IMAGE_KEYS = ("id", "file_name", "height", "width")
@@ -36,8 +38,9 @@ _ANNOTATION_KEYS = (
 )
 
 
-class CocoFormatError(ValueError):
-    """An annotation file is not in COCO person-keypoint format."""
+class CocoFormatError(errors.InputFormatError):
+    """An annotation file is not in COCO person-keypoint format (a user error, and a
+    ValueError)."""
 
 
 def load_annotations(annotation_file: str) -> dict[str, Any]:
@@ -53,13 +56,14 @@ def load_annotations(annotation_file: str) -> dict[str, Any]:
       The parsed JSON object.
 
     Raises:
-      FileNotFoundError: the file does not exist.
-      CocoFormatError: the file is not JSON, lacks a required key, repeats an image id, has an
-        annotation with other than 51 keypoint values or of an unknown image; the message names
-        the file and the entry (`images[i]`, `annotations[i]` and its id).
+      InputNotFoundError: the file does not exist (a FileNotFoundError).
+      CocoFormatError: the file is not JSON, lacks a required key, has a value of the wrong
+        type (ids, sizes, flags, area, bbox, keypoints not 51 finite numbers), repeats an image
+        id or has an annotation of an unknown image; the message names the file and the entry
+        (`images[i]`, `annotations[i]`) with its id.
     """
     if not os.path.isfile(annotation_file):
-        raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}")
+        raise errors.InputNotFoundError(f"COCO annotation file not found: {annotation_file}")
     with open(annotation_file, "rb") as f:
         try:
             dataset = json.load(f)
@@ -71,7 +75,11 @@ def load_annotations(annotation_file: str) -> dict[str, Any]:
         )
     image_ids = set()
     for i, image in enumerate(dataset["images"]):
-        _require_keys(image, _IMAGE_KEYS, f"{annotation_file}: images[{i}]")
+        where = f"{annotation_file}: images[{i}]"
+        if isinstance(image, dict):
+            where += f": image {image.get('id')}"
+        _require_keys(image, _IMAGE_KEYS, where)
+        _check_values(image, _IMAGE_CHECKS, where)
         if image["id"] in image_ids:
             raise CocoFormatError(f"{annotation_file}: images[{i}] repeats image id {image['id']}")
         image_ids.add(image["id"])
@@ -82,16 +90,60 @@ def load_annotations(annotation_file: str) -> dict[str, Any]:
         if isinstance(annotation, dict):
             where += f": annotation {annotation.get('id')}"
         _require_keys(annotation, _ANNOTATION_KEYS, where)
-        if len(annotation["keypoints"]) != 3 * NUM_JOINTS:
+        keypoints = annotation["keypoints"]
+        if not isinstance(keypoints, list) or len(keypoints) != 3 * NUM_JOINTS:
+            found = f"{len(keypoints)} values" if isinstance(keypoints, list) else repr(keypoints)
             raise CocoFormatError(
-                f"{where}: 'keypoints' has {len(annotation['keypoints'])} values, "
-                f"expected {3 * NUM_JOINTS} (17 COCO joints)"
+                f"{where}: 'keypoints' has {found}, expected {3 * NUM_JOINTS} numbers "
+                "(17 COCO joints x (x, y, visibility))"
             )
+        _check_values(annotation, _ANNOTATION_CHECKS, where)
         if annotation["image_id"] not in image_ids:
             raise CocoFormatError(
                 f"{where} refers to image id {annotation['image_id']}, which is not in 'images'"
             )
     return dataset
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# key -> (check, what is expected) for the values readers and COCOeval use.
+_IMAGE_CHECKS = {
+    "id": (_is_int, "an integer"),
+    "file_name": (lambda v: isinstance(v, str) and bool(v), "a file name"),
+    "height": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "width": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+}
+_ANNOTATION_CHECKS = {
+    "id": (_is_int, "an integer"),
+    "image_id": (_is_int, "an integer"),
+    "category_id": (_is_int, "an integer"),
+    "iscrowd": (lambda v: v in (0, 1), "0 or 1"),
+    "num_keypoints": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "area": (_is_finite_number, "a finite number"),
+    "bbox": (
+        lambda v: isinstance(v, list) and len(v) == 4 and all(map(_is_finite_number, v)),
+        "[x, y, width, height], 4 finite numbers",
+    ),
+    "keypoints": (lambda v: all(map(_is_finite_number, v)), "51 finite numbers"),
+}
+
+
+def _check_values(entry: dict[str, Any], checks: dict, where: str) -> None:
+    for key, (check, expected) in checks.items():
+        value = entry[key]
+        if check(value):
+            continue
+        if key == "keypoints":
+            bad = next(v for v in value if not _is_finite_number(v))
+            raise CocoFormatError(f"{where}: 'keypoints' holds {bad!r}, expected {expected}")
+        raise CocoFormatError(f"{where}: {key!r} is {value!r}, expected {expected}")
 
 
 def _require_keys(entry: Any, keys: Iterable[str], where: str) -> None:
@@ -136,7 +188,7 @@ def image_records(
         image for image in dataset["images"] if keep_images_without_people or by_image[image["id"]]
     ]
     image_dir = os.path.abspath(image_dir)
-    _check_images_exist(images, image_dir)
+    _check_images_exist(images, image_dir, annotation_file, dataset["images"])
     return (_record(image, by_image[image["id"]], image_dir, annotation_file) for image in images)
 
 
@@ -146,13 +198,13 @@ def select_images(
     """The records of `image_ids`, in that order.
 
     Raises:
-      ValueError: `missing_message` followed by the ids no record has.
+      ConfigError: `missing_message` followed by the ids no record has (a ValueError).
     """
     wanted = [int(i) for i in image_ids]
     by_id = {int(r["image_id"]): r for r in records if int(r["image_id"]) in wanted}
     missing = sorted(set(wanted) - set(by_id))
     if missing:
-        raise ValueError(f"{missing_message}: {missing}")
+        raise errors.ConfigError(f"{missing_message}: {missing}")
     return [by_id[i] for i in wanted]
 
 
@@ -163,16 +215,23 @@ def _annotations_by_image(dataset: dict[str, Any]) -> dict[int, list[dict[str, A
     return by_image
 
 
-def _check_images_exist(images: list[dict[str, Any]], image_dir: str) -> None:
+def _check_images_exist(
+    images: list[dict[str, Any]], image_dir: str, annotation_file: str, listed: list
+) -> None:
+    """Raises InputNotFoundError naming the first image file of `images` that is missing, with
+    its entry in `listed` (the file's `images`) and id, and how many are missing."""
     missing = [
-        image["file_name"]
-        for image in images
-        if not os.path.isfile(os.path.join(image_dir, image["file_name"]))
+        image for image in images if not os.path.isfile(os.path.join(image_dir, image["file_name"]))
     ]
     if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} image file(s) listed in the annotations are missing from "
-            f"{image_dir}, e.g. {os.path.join(image_dir, missing[0])}"
+        first = missing[0]
+        index = next(i for i, image in enumerate(listed) if image is first)
+        also = (
+            f" ({len(missing)} of {len(images)} listed images are missing)" if missing[1:] else ""
+        )
+        raise errors.InputNotFoundError(
+            f"{annotation_file}: images[{index}]: image {first['id']}: image file "
+            f"{os.path.join(image_dir, first['file_name'])} not found{also}"
         )
 
 
@@ -238,6 +297,13 @@ def _segmentation_rles(
     if isinstance(segmentation, list):
         # Polygons go through frPyObjects unchanged, as in the official get_mask, so its
         # quirks (a 4-value first polygon is read as a box) are reproduced too.
+        if not all(
+            isinstance(polygon, list) and all(map(_is_finite_number, polygon))
+            for polygon in segmentation
+        ):
+            raise CocoFormatError(
+                f"{where}: 'segmentation' polygons hold other values than finite numbers"
+            )
         return mask_utils.frPyObjects(segmentation, height, width) if segmentation else []
     if not isinstance(segmentation, dict) or "counts" not in segmentation:
         raise CocoFormatError(f"{where}: 'segmentation' is neither polygons nor RLE")
