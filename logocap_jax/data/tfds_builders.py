@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from logocap_jax import errors
 from logocap_jax.data.coco_records import image_records
 from logocap_jax.keypoints import NUM_JOINTS
 
@@ -320,7 +321,17 @@ def data_source(name: str, split: str, data_dir: str) -> RecordSource:
 
     Returns:
       The split's records.
+
+    Raises:
+      UnknownDatasetError: `name` is not built in a local `data_dir` (a user error).
     """
+    if "://" not in data_dir and not os.path.isdir(os.path.join(data_dir, name)):
+        raise errors.UnknownDatasetError(
+            f"data set {name!r} is not built in {data_dir}: expected one of "
+            f"{', '.join(MINI_DATASETS)} (bundled), coco_person_keypoints/<train2017|val2017> "
+            "(built from data.manual_dir), or a set built there with "
+            "python -m logocap_jax.data.tfds_builders"
+        )
     return RecordSource(tfds.data_source(name, split=split, data_dir=data_dir, download=False))
 
 
