@@ -118,7 +118,9 @@ def run_absl(main: Callable[[list, ml_collections.ConfigDict], int | None], flag
         return remaining
 
     def run(argv):
-        run_main(lambda _: main(argv, parsed["config"]), argv[1:])
+        # absl has consumed --verbose by now: pass its value on.
+        verbose = "verbose" in flag_values and flag_values["verbose"].value
+        run_main(lambda _: main(argv, parsed["config"]), [VERBOSE_FLAG] if verbose else [])
 
     app.run(run, flags_parser=parse)
 

@@ -15,7 +15,7 @@ import warnings
 
 import tqdm
 
-from logocap_jax import coco_eval, errors, postprocess, predict, speed
+from logocap_jax import coco_eval, errors, postprocess, predict, preprocess, speed
 from logocap_jax import upper_bound as upper_bound_lib
 from logocap_jax.data import coco_records
 
@@ -62,7 +62,8 @@ def warn_about(problem: predict.ImageProblem) -> None:
         message = f"image {problem.key}: {problem.describe()}, counted as having no detections"
         warnings.warn(message, predict.SkippedImageWarning, stacklevel=2)
     else:
-        warnings.warn(f"image {problem.key}: {problem.describe()}", stacklevel=2)
+        message = f"image {problem.key}: {problem.describe()}"
+        warnings.warn(message, preprocess.PartialImageWarning, stacklevel=2)
 
 
 def run_evaluation(

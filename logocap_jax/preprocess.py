@@ -187,7 +187,11 @@ def _native_stderr():
     damage = []
     with _STDERR_LOCK, tempfile.TemporaryFile() as capture:
         sys.stderr.flush()
-        saved = os.dup(2)
+        try:
+            saved = os.dup(2)
+        except OSError:  # No stderr to redirect (closed): nothing to capture.
+            yield damage
+            return
         os.dup2(capture.fileno(), 2)
         try:
             yield damage

@@ -325,7 +325,8 @@ def data_source(name: str, split: str, data_dir: str) -> RecordSource:
     Raises:
       UnknownDatasetError: `name` is not built in a local `data_dir` (a user error).
     """
-    if "://" not in data_dir and not os.path.isdir(os.path.join(data_dir, name)):
+    built = os.path.join(data_dir, name.split(":")[0])  # Without a version suffix.
+    if "://" not in data_dir and not os.path.isdir(built):
         raise errors.UnknownDatasetError(
             f"data set {name!r} is not built in {data_dir}: expected one of "
             f"{', '.join(MINI_DATASETS)} (bundled), coco_person_keypoints/<train2017|val2017> "
