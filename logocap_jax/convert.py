@@ -152,10 +152,12 @@ def load_state_dict(path: str) -> dict:
 
     Raises:
       InputNotFoundError: the file does not exist.
-      InputFormatError: a .npz file that is not a readable NumPy archive.
+      InputFormatError: a folder, or a .npz file that is not a readable NumPy archive.
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise errors.InputNotFoundError(f"Checkpoint not found: {path}")
+    if not os.path.isfile(path):
+        raise errors.InputFormatError(f"{path} is a folder, expected a .npz or .pth state dict")
     if path.endswith(".npz"):
         try:
             with np.load(path) as data:

@@ -329,6 +329,34 @@ def test_convert_user_errors(capsys, tmp_path):
     assert_one_line(lines, cli._program(), "already exists")
 
 
+@pytest.mark.parametrize(
+    "content, fragments",
+    [
+        ("def get_config(:\n", ["broken.py fails: SyntaxError", "(line 1)"]),
+        (
+            "import ml_collections\n\n\ndef get_config():\n    return undefined\n",
+            ["NameError", "(line 5)"],
+        ),
+        ("CONFIG = 1\n", ["defines no get_config()"]),
+        ("def get_config():\n    return {}\n", ["returns a dict, expected an ml_collections"]),
+    ],
+)
+def test_broken_config_files_are_one_line(content, fragments, capsys, tmp_path):
+    config = tmp_path / "broken.py"
+    config.write_text(content)
+    argv = [IMAGE, "--config", str(config), "--output_dir", str(tmp_path)]
+    status, lines = run_in_process(predict.main, argv, capsys)
+    assert status == 2
+    assert_one_line(lines, cli._program(), str(config), *fragments)
+
+
+def test_a_state_dict_that_is_a_folder(capsys, tmp_path):
+    argv = predict_argv("--state_dict", str(tmp_path), output=tmp_path / "out")
+    status, lines = run_in_process(predict.main, argv, capsys)
+    assert status == 2
+    assert_one_line(lines, cli._program(), f"{tmp_path} is a folder")
+
+
 def test_usage_errors_are_one_line(capsys):
     for main, argv in (
         (predict.main, ["--config", CONFIG]),
@@ -351,15 +379,20 @@ def test_usage_errors_are_one_line(capsys):
             ["Checkpoint not found: x.npz"],
         ),
         (
-            ["train.py", "--config", CONFIG, "--workdir", "unused", "--config.train.stepz=1"],
+            ["train.py", "--config", CONFIG, "--workdir", "WORKDIR", "--config.train.stepz=1"],
             ["'train.stepz'", "train has:"],
         ),
-        (["train.py", "--config", "nowhere.py", "--workdir", "unused"], ["nowhere.py"]),
+        (["train.py", "--config", "nowhere.py", "--workdir", "WORKDIR"], ["nowhere.py"]),
+        (
+            ["train.py", "--config", CONFIG, "--workdir", "WORKDIR", "--config.data.dataset=cocoa"],
+            ["data set 'cocoa' is not built in", "coco_mini"],
+        ),
     ],
 )
-def test_entry_points_print_one_line(args, fragments):
+def test_entry_points_print_one_line(args, fragments, tmp_path):
     # `python -m package.module` names the module's file as the program.
     program = f"{args[1].rsplit('.', 1)[1]}.py" if args[0] == "-m" else args[0]
+    args = [str(tmp_path / "work") if arg == "WORKDIR" else arg for arg in args]
     proc = run_command(args)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert_one_line(proc.stderr.splitlines(), program, *fragments)
@@ -367,3 +400,20 @@ def test_entry_points_print_one_line(args, fragments):
     assert verbose.returncode == 2
     assert "Traceback (most recent call last)" in verbose.stderr
     assert verbose.stderr.splitlines()[-1] == proc.stderr.strip()
+
+
+def test_train_on_a_work_directory_of_another_config(mismatching_work_directory):
+    """Found before anything trains; --verbose shows where."""
+    args = ["train.py", "--config", CONFIG, "--workdir", str(mismatching_work_directory)]
+    proc = run_command(args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert_one_line(
+        proc.stderr.splitlines(),
+        "train.py",
+        str(mismatching_work_directory / "best"),
+        "variable batch_stats/transition_embedding/1/mean has shape (4,) where the model has (8,)",
+    )
+    verbose = run_command([*args, "--verbose"])
+    assert verbose.returncode == 2
+    assert "Traceback (most recent call last)" in verbose.stderr
+    assert "in check_fits" in verbose.stderr
