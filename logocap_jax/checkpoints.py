@@ -9,13 +9,17 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from flax import traverse_util
+
+from logocap_jax import errors
 
 
 def save_variables(directory: str, variables) -> None:
     """Writes `variables` ({'params', 'batch_stats'}) to `directory` (must not exist yet)."""
     path = os.path.abspath(directory)
     if os.path.exists(path):
-        raise FileExistsError(f"Checkpoint directory already exists: {path}")
+        raise errors.OutputExistsError(f"Checkpoint directory already exists: {path}")
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(path, jax.tree_util.tree_map(np.asarray, variables))
     checkpointer.wait_until_finished()
@@ -50,26 +54,84 @@ def restore_variables(directory: str, template=None):
         checkpoints/.
       template: optional variables or `jax.eval_shape` structs fixing tree, shapes and dtypes;
         a checkpoint that does not fit it raises an error naming the difference.
+
+    Raises:
+      InputNotFoundError: `directory` does not exist.
+      InputFormatError: `directory` holds no readable checkpoint.
+      CheckpointMismatchError: the checkpoint does not fit `template` (names the variable).
     """
-    if not os.path.isdir(os.path.abspath(directory)):
-        raise FileNotFoundError(f"Checkpoint directory not found: {os.path.abspath(directory)}")
-    path = _model_directory(os.path.abspath(directory))
+    path = _checked_model_directory(directory)
     # A training state also holds the step and optimiser state: keep the model's part.
-    restored = ocp.StandardCheckpointer().restore(path)
-    variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
-    if template is None:
-        return variables
-    expected = jax.tree_util.tree_structure(dict(template))
-    if jax.tree_util.tree_structure(variables) != expected:
-        raise ValueError(
-            f"Checkpoint {path} does not fit the model: its variable tree differs (another config?)"
-        )
-    for have, want in zip(
-        jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(dict(template))
-    ):
-        if tuple(have.shape) != tuple(want.shape):
-            raise ValueError(
-                f"Checkpoint {path} does not fit the model: an array of shape "
-                f"{tuple(have.shape)} where the model has {tuple(want.shape)}"
-            )
+    try:
+        restored = ocp.StandardCheckpointer().restore(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise errors.InputFormatError(f"{path} is not a readable checkpoint ({error})") from error
+    variables = _model_part(restored, path)
+    if template is not None:
+        _check_fits(path, variables, template)
     return variables
+
+
+def check_fits(directory: str, template, *, missing_ok: bool = False) -> None:
+    """Checks, from the metadata only, that the model variables `restore_variables` would read
+    from `directory` fit `template` (see there).
+
+    Args:
+      directory: as for `restore_variables`.
+      template: as for `restore_variables`.
+      missing_ok: a training work directory without checkpoints (or not created yet) passes.
+
+    Raises:
+      InputNotFoundError, InputFormatError, CheckpointMismatchError: as `restore_variables`.
+    """
+    if missing_ok and _model_directory(os.path.abspath(directory)) == os.path.abspath(directory):
+        return
+    path = _checked_model_directory(directory)
+    try:
+        metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(path))
+    except (FileNotFoundError, ValueError) as error:
+        raise errors.InputFormatError(f"{path} is not a readable checkpoint ({error})") from error
+    _check_fits(path, _model_part(metadata, path), template)
+
+
+def _checked_model_directory(directory: str) -> str:
+    if not os.path.isdir(os.path.abspath(directory)):
+        raise errors.InputNotFoundError(
+            f"Checkpoint directory not found: {os.path.abspath(directory)}"
+        )
+    return _model_directory(os.path.abspath(directory))
+
+
+def _model_part(tree, path: str) -> dict:
+    if not all(key in tree for key in ("params", "batch_stats")):
+        raise errors.InputFormatError(
+            f"{path} is not a model checkpoint: it holds {sorted(tree)}, not params and batch_stats"
+        )
+    return {"params": tree["params"], "batch_stats": tree["batch_stats"]}
+
+
+def _check_fits(path: str, variables, template) -> None:
+    """Raises CheckpointMismatchError naming the first variable `variables` lacks, has in
+    excess or holds in another shape than `template`."""
+    have = traverse_util.flatten_dict(dict(variables), sep="/")
+    want = traverse_util.flatten_dict(dict(template), sep="/")
+    problem = None
+    missing, unexpected = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+    if missing or unexpected:
+        problem = (
+            f"its variable tree differs: {len(missing)} missing (e.g. {missing[:1]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:1]})"
+        )
+    else:
+        for key, value in want.items():
+            if tuple(have[key].shape) != tuple(value.shape):
+                problem = (
+                    f"variable {key} has shape {tuple(have[key].shape)} where the model has "
+                    f"{tuple(value.shape)}"
+                )
+                break
+    if problem is not None:
+        raise errors.CheckpointMismatchError(
+            f"Checkpoint {path} does not fit the model of the config: {problem} "
+            "(a checkpoint of another config?)"
+        )

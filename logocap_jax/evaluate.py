@@ -2,15 +2,20 @@
 
 Data sets are COCO-format annotation files with an image folder; `DATASETS` names the standard
 layouts under a data root (the official repository's data/coco and data/OCHuman layouts).
+
+An image that cannot be read counts as having no detections, so AP is still over the whole set;
+it is named in a warning and listed in stats.json under `skipped_images`. A partially decoded
+image is evaluated, and listed under `partially_decoded_images`.
 """
 
 import dataclasses
 import json
 import os
+import warnings
 
 import tqdm
 
-from logocap_jax import coco_eval, postprocess, predict, speed
+from logocap_jax import coco_eval, errors, postprocess, predict, preprocess, speed
 from logocap_jax import upper_bound as upper_bound_lib
 from logocap_jax.data import coco_records
 
@@ -26,7 +31,7 @@ DATASETS = {
 def dataset_paths(name: str, data_root: str) -> tuple[str, str]:
     """(annotation file, image folder) of a named data set under `data_root`."""
     if name not in DATASETS:
-        raise ValueError(
+        raise errors.UnknownDatasetError(
             f"Unknown data set {name!r}; known: {sorted(DATASETS)} "
             "(or pass --annotations and --images)"
         )
@@ -37,12 +42,28 @@ def dataset_paths(name: str, data_root: str) -> tuple[str, str]:
 @dataclasses.dataclass
 class EvaluationResult:
     """Attributes: results (COCO results entries); stats (AP... or None for results-only
-    sets); speed (SpeedReport.summary()); people ({image_id: People}) when kept."""
+    sets); speed (SpeedReport.summary()); people ({image_id: People}) when kept; skipped and
+    partially_decoded (`predict.ImageProblem`s keyed by image id: images that could not be read
+    and count as having no detections, images evaluated on a partial decode); images (how many
+    the evaluated set holds)."""
 
     results: list
     stats: dict | None
     speed: dict
     people: dict
+    skipped: list = dataclasses.field(default_factory=list)
+    partially_decoded: list = dataclasses.field(default_factory=list)
+    images: int = 0
+
+
+def warn_about(problem: predict.ImageProblem) -> None:
+    """The default problem report of `run_evaluation`: a warning through the warnings module."""
+    if problem.skipped:
+        message = f"image {problem.key}: {problem.describe()}, counted as having no detections"
+        warnings.warn(message, predict.SkippedImageWarning, stacklevel=2)
+    else:
+        message = f"image {problem.key}: {problem.describe()}"
+        warnings.warn(message, preprocess.PartialImageWarning, stacklevel=2)
 
 
 def run_evaluation(
@@ -55,6 +76,7 @@ def run_evaluation(
     keep_people: bool = False,
     progress: bool = True,
     upper_bound: bool = False,
+    on_problem=None,
 ) -> EvaluationResult:
     """Predicts every image of a COCO-format set and scores the results with COCOeval.
 
@@ -69,11 +91,16 @@ def run_evaluation(
       keep_people: keep every image's `People` (with pipeline outputs) in the result.
       upper_bound: score the oracle local search of `logocap_jax.upper_bound` instead of the
         model's poses (the paper's Fig. 2 bound; needs ground truth).
+      on_problem: called with the `predict.ImageProblem` (key: image id) of each image that
+        cannot be read (skipped: no detections) or decodes only partially; default
+        `warn_about`.
 
     Raises:
-      FileNotFoundError: the annotation file or an image it lists is missing (named).
-      ValueError: the file is not in COCO person-keypoint format, lists no images, or lacks
-        one of image_ids.
+      InputNotFoundError: the annotation file or an image it lists is missing (named, with its
+        entry and id).
+      CocoFormatError: the file is not in COCO person-keypoint format.
+      InputFormatError: the file lists no images.
+      ConfigError: the file lacks one of image_ids.
     """
     gt = coco_eval.load_annotations(annotation_file, results_only=True)
     records = list(
@@ -85,16 +112,22 @@ def run_evaluation(
         )
     records = records[:max_images]
     if not records:
-        raise ValueError(f"{annotation_file} lists no images: nothing to evaluate")
+        raise errors.InputFormatError(f"{annotation_file} lists no images: nothing to evaluate")
     if upper_bound and not predictor.keep_outputs:
         raise ValueError("the upper bound needs the local meshes: a Predictor with keep_outputs")
     if upper_bound and not coco_eval.can_evaluate(gt):
-        raise ValueError(f"{annotation_file} has no annotations: the upper bound needs them")
+        raise errors.UsageError(f"{annotation_file} has no annotations: the upper bound needs them")
     by_id = {r["image_id"]: r for r in records}
-    results, people_by_image = [], {}
+    results, people_by_image, problems = [], {}, []
+    report = warn_about if on_problem is None else on_problem
+
+    def collect(problem):
+        problems.append(problem)
+        report(problem)
+
     items = ((r["image_id"], r["image_path"]) for r in records)
     for image_id, people in tqdm.tqdm(
-        predictor.predict_many(items),
+        predictor.predict_many(items, on_problem=collect),
         total=len(records),
         disable=not progress,
         desc="images",
@@ -108,7 +141,15 @@ def run_evaluation(
     stats = None
     if coco_eval.can_evaluate(gt):
         stats = coco_eval.evaluate_keypoints(gt, results, [r["image_id"] for r in records])
-    return EvaluationResult(results, stats, predictor.report.summary(), people_by_image)
+    return EvaluationResult(
+        results,
+        stats,
+        predictor.report.summary(),
+        people_by_image,
+        skipped=[p for p in problems if p.skipped],
+        partially_decoded=[p for p in problems if not p.skipped],
+        images=len(records),
+    )
 
 
 def _oracle_people(predictor, people, record):
@@ -125,14 +166,72 @@ def _oracle_people(predictor, people, record):
     return people._replace(keypoints=keypoints, scores=scores, slots=slots, outputs=outputs)
 
 
-def write_outputs(result: EvaluationResult, output_dir: str, name: str, report: speed.SpeedReport):
-    """Writes results.json, stats.json (Table 1 form), speed.json; returns the printed text."""
+def _image_entries(problems) -> list:
+    return [
+        {"image_id": p.key, "path": p.path, "problem": p.problem, "reason": p.reason}
+        for p in problems
+    ]
+
+
+def stats_json(result: EvaluationResult, annotation_file: str | None = None) -> dict:
+    """stats.json: the COCO stats (fractions), or `results_only` with the reason for a file
+    without annotations, and `skipped_images` / `partially_decoded_images` (image_id, path,
+    problem, reason)."""
+    if result.stats is not None:
+        payload = {name: float(value) for name, value in result.stats.items()}
+    else:
+        payload = {"results_only": True, "reason": results_only_note(annotation_file)}
+    payload["skipped_images"] = _image_entries(result.skipped)
+    payload["partially_decoded_images"] = _image_entries(result.partially_decoded)
+    return payload
+
+
+def results_only_note(annotation_file: str | None) -> str:
+    """What the report says of a file without annotations."""
+    return (
+        f"{annotation_file or 'the annotation file'} has no 'annotations' (an image-info file "
+        "such as COCO test-dev): results only, not evaluated; results.json holds the "
+        "predictions"
+    )
+
+
+def _problems_note(result: EvaluationResult) -> list:
+    lines = []
+    for problems, what in (
+        (result.skipped, "could not be read and count as having no detections"),
+        (result.partially_decoded, "were decoded only partially and evaluated as decoded"),
+    ):
+        if problems:
+            names = ", ".join(str(p.key) for p in problems[:10])
+            more = " ..." if len(problems) > 10 else ""
+            lines.append(
+                f"{len(problems)} of {result.images} images {what} (stats.json lists them): "
+                f"image ids {names}{more}"
+            )
+    return lines
+
+
+def write_outputs(
+    result: EvaluationResult,
+    output_dir: str,
+    name: str,
+    report: speed.SpeedReport,
+    annotation_file: str | None = None,
+):
+    """Writes results.json, stats.json (Table 1 form, see `stats_json`), speed.json and
+    report.md; returns the printed text."""
     os.makedirs(output_dir, exist_ok=True)
     coco_eval.save_results(os.path.join(output_dir, "results.json"), result.results)
+    with open(os.path.join(output_dir, "stats.json"), "w") as f:
+        json.dump(stats_json(result, annotation_file or name), f, indent=1)
     lines = []
     if result.stats is not None:
-        coco_eval.save_stats(os.path.join(output_dir, "stats.json"), result.stats)
         lines += [coco_eval.format_table(result.stats, name), ""]
+    else:
+        lines += [results_only_note(annotation_file or name), ""]
+    notes = _problems_note(result)
+    if notes:
+        lines += notes + [""]
     with open(os.path.join(output_dir, "speed.json"), "w") as f:
         json.dump(result.speed, f, indent=1)
     lines.append(report.table())

@@ -23,6 +23,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from logocap_jax import errors
+
 _STORAGE_DTYPES = {
     "DoubleStorage": "float64",
     "FloatStorage": "float32",
@@ -37,7 +39,7 @@ _STORAGE_DTYPES = {
 }
 
 
-class TorchCheckpointError(ValueError):
+class TorchCheckpointError(errors.InputFormatError):
     """A file that is not a `torch.save` zip archive, or holds objects this reader refuses."""
 
 

@@ -345,7 +345,7 @@ def test_one_compilation_per_size_and_batch_bucket(batch_runs):
 def test_missing_image_is_named(predictors, variables, config, tmp_path):
     missing = str(tmp_path / "nowhere.jpg")
     with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
-        list(predictors[True].predict_many([(0, missing)]))
+        list(predictors[True].predict_many([(0, missing)], fail_fast=True))
     with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
         predict.predict(variables, missing, config=config)
     with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
@@ -356,7 +356,10 @@ def test_corrupt_image_is_named(predictors, tmp_path):
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"this is not a JPEG file")
     with pytest.raises(ValueError, match="corrupt.jpg"):
-        list(predictors[True].predict_many([(0, str(corrupt))]))
+        list(predictors[True].predict_many([(0, str(corrupt))], fail_fast=True))
+    # Without fail_fast the image is skipped with a warning naming it.
+    with pytest.warns(predict.SkippedImageWarning, match="corrupt.jpg.*skipped"):
+        assert list(predictors[True].predict_many([(0, str(corrupt))])) == []
 
 
 def test_empty_folder_is_a_clear_error(tmp_path, capsys):

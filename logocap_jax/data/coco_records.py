@@ -22,10 +22,10 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from logocap_jax import errors, preprocess
 from logocap_jax.keypoints import NUM_JOINTS
 
 _IMAGE_KEYS = ("id", "file_name", "height", "width")
@@ -43,8 +43,9 @@ _ANNOTATION_KEYS = (
 )
 
 
-class CocoFormatError(ValueError):
-    """An annotation file is not in COCO person-keypoint format."""
+class CocoFormatError(errors.InputFormatError):
+    """An annotation file is not in COCO person-keypoint format (a user error, and a
+    ValueError)."""
 
 
 def load_annotations(annotation_file: str) -> dict[str, Any]:
@@ -60,28 +61,31 @@ def load_annotations(annotation_file: str) -> dict[str, Any]:
       The parsed JSON object.
 
     Raises:
-      FileNotFoundError: the file does not exist.
-      CocoFormatError: the file is not JSON, lacks a required key, repeats an image id, has an
-        annotation with other than 51 keypoint values or of an unknown image; the message names
-        the file and the entry (`images[i]`, `annotations[i]` and its id).
+      InputNotFoundError: the file does not exist (a FileNotFoundError).
+      CocoFormatError: the file is not JSON, lacks a required key, has a value of the wrong
+        type (ids, sizes, flags, area, bbox, keypoints not 51 finite numbers), repeats an image
+        id or has an annotation of an unknown image; the message names the file and the entry
+        (`images[i]`, `annotations[i]`) with its id.
     """
     dataset = _read_json(annotation_file)
     image_ids = set()
     for i, image in enumerate(dataset["images"]):
-        _require_keys(image, _IMAGE_KEYS, f"{annotation_file}: images[{i}]")
+        where = f"{annotation_file}: images[{i}]"
+        if isinstance(image, dict):
+            where += f": image {image.get('id')}"
+        problem = _image_entry_problem(image)
+        if problem is not None:
+            raise CocoFormatError(f"{where}: {problem[1]}")
         if image["id"] in image_ids:
-            raise CocoFormatError(f"{annotation_file}: images[{i}] repeats image id {image['id']}")
+            raise CocoFormatError(f"{where} repeats image id {image['id']}")
         image_ids.add(image["id"])
     for i, annotation in enumerate(dataset.get("annotations", [])):
         where = f"{annotation_file}: annotations[{i}]"
         if isinstance(annotation, dict):
             where += f": annotation {annotation.get('id')}"
-        _require_keys(annotation, _ANNOTATION_KEYS, where)
-        if len(annotation["keypoints"]) != 3 * NUM_JOINTS:
-            raise CocoFormatError(
-                f"{where}: 'keypoints' has {len(annotation['keypoints'])} values, "
-                f"expected {3 * NUM_JOINTS} (17 COCO joints)"
-            )
+        problem = _annotation_problem(annotation)
+        if problem is not None:
+            raise CocoFormatError(f"{where}: {problem[1]}")
         if annotation["image_id"] not in image_ids:
             raise CocoFormatError(
                 f"{where} refers to image id {annotation['image_id']}, which is not in 'images'"
@@ -92,7 +96,7 @@ def load_annotations(annotation_file: str) -> dict[str, Any]:
 def _read_json(annotation_file: str) -> dict[str, Any]:
     """The parsed file, checked only for an `images` list and an optional `annotations` list."""
     if not os.path.isfile(annotation_file):
-        raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}")
+        raise errors.InputNotFoundError(f"COCO annotation file not found: {annotation_file}")
     with open(annotation_file, "rb") as f:
         try:
             dataset = json.load(f)
@@ -105,16 +109,6 @@ def _read_json(annotation_file: str) -> dict[str, Any]:
     if not isinstance(dataset.get("annotations", []), list):
         raise CocoFormatError(f"{annotation_file}: 'annotations' is not a list")
     return dataset
-
-
-def _require_keys(entry: Any, keys: Iterable[str], where: str) -> None:
-    if not isinstance(entry, dict):
-        raise CocoFormatError(f"{where} is not a JSON object")
-    missing = [key for key in keys if key not in entry]
-    if missing:
-        raise CocoFormatError(
-            f"{where} lacks key(s) {missing}: not a COCO person-keypoint annotation file"
-        )
 
 
 def image_records(
@@ -149,7 +143,7 @@ def image_records(
         image for image in dataset["images"] if keep_images_without_people or by_image[image["id"]]
     ]
     image_dir = os.path.abspath(image_dir)
-    _check_images_exist(images, image_dir)
+    _check_images_exist(images, image_dir, annotation_file, dataset["images"])
     return (_record(image, by_image[image["id"]], image_dir, annotation_file) for image in images)
 
 
@@ -159,13 +153,13 @@ def select_images(
     """The records of `image_ids`, in that order.
 
     Raises:
-      ValueError: `missing_message` followed by the ids no record has.
+      ConfigError: `missing_message` followed by the ids no record has (a ValueError).
     """
     wanted = [int(i) for i in image_ids]
     by_id = {int(r["image_id"]): r for r in records if int(r["image_id"]) in wanted}
     missing = sorted(set(wanted) - set(by_id))
     if missing:
-        raise ValueError(f"{missing_message}: {missing}")
+        raise errors.ConfigError(f"{missing_message}: {missing}")
     return [by_id[i] for i in wanted]
 
 
@@ -176,16 +170,23 @@ def _annotations_by_image(dataset: dict[str, Any]) -> dict[int, list[dict[str, A
     return by_image
 
 
-def _check_images_exist(images: list[dict[str, Any]], image_dir: str) -> None:
+def _check_images_exist(
+    images: list[dict[str, Any]], image_dir: str, annotation_file: str, listed: list
+) -> None:
+    """Raises InputNotFoundError naming the first image file of `images` that is missing, with
+    its entry in `listed` (the file's `images`) and id, and how many are missing."""
     missing = [
-        image["file_name"]
-        for image in images
-        if not os.path.isfile(os.path.join(image_dir, image["file_name"]))
+        image for image in images if not os.path.isfile(os.path.join(image_dir, image["file_name"]))
     ]
     if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} image file(s) listed in the annotations are missing from "
-            f"{image_dir}, e.g. {os.path.join(image_dir, missing[0])}"
+        first = missing[0]
+        index = next(i for i, image in enumerate(listed) if image is first)
+        also = (
+            f" ({len(missing)} of {len(images)} listed images are missing)" if missing[1:] else ""
+        )
+        raise errors.InputNotFoundError(
+            f"{annotation_file}: images[{index}]: image {first['id']}: image file "
+            f"{os.path.join(image_dir, first['file_name'])} not found{also}"
         )
 
 
@@ -251,6 +252,12 @@ def _segmentation_rles(
     if isinstance(segmentation, list):
         # Polygons go through frPyObjects unchanged, as in the official get_mask, so its
         # quirks (a 4-value first polygon is read as a box) are reproduced too.
+        if not all(
+            isinstance(polygon, list) and all(map(_is_finite, polygon)) for polygon in segmentation
+        ):
+            raise CocoFormatError(
+                f"{where}: 'segmentation' polygons hold other values than finite numbers"
+            )
         return mask_utils.frPyObjects(segmentation, height, width) if segmentation else []
     if not isinstance(segmentation, dict) or "counts" not in segmentation:
         raise CocoFormatError(f"{where}: 'segmentation' is neither polygons nor RLE")
@@ -313,8 +320,7 @@ PROBLEMS = {
     "unreadable_image": "the image file cannot be opened or read",
     "empty_image": "the image file is empty",
     "not_an_image": "OpenCV cannot decode the file",
-    "truncated_image": "a JPEG that ends before its end-of-image marker",
-    "corrupt_image": "a JPEG whose marker structure is broken",
+    "damaged_image": "the file decodes only partially (truncated or corrupt data)",
     "image_size_mismatch": "the decoded image is not the height x width the annotation gives",
 }
 
@@ -334,11 +340,8 @@ class BadImageError(ValueError):
 
 
 def read_checked_image(path: str, height: int | None = None, width: int | None = None):
-    """Reads and decodes an image as `preprocess.read_image` does, refusing partial decodes.
-
-    cv2.imread fills the missing part of a truncated JPEG in and only prints a libjpeg warning,
-    so JPEG files are first checked to be complete (`_jpeg_problem`); the bytes are then decoded
-    with the same cv2 flags (EXIF orientation ignored, as the annotation sizes assume).
+    """Reads an image as `preprocess.read_image` does, refusing partial decodes and images of
+    another size than the annotation's.
 
     Args:
       path: image file.
@@ -349,93 +352,34 @@ def read_checked_image(path: str, height: int | None = None, width: int | None =
       [h, w, 3] uint8 RGB image.
 
     Raises:
-      BadImageError: the file is missing, unreadable, empty, not decodable, a truncated or
-        corrupt JPEG, or of another size than height x width.
+      BadImageError: the file is missing, unreadable, empty, not decodable, damaged
+        (`preprocess.decode_image_file`), or of another size than height x width.
     """
-    path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise BadImageError("missing_image", path, "image file not found") from None
-    except OSError as e:
-        raise BadImageError(
-            "unreadable_image", path, f"cannot read image file ({e.strerror or e})"
-        ) from None
-    if not data:
-        raise BadImageError("empty_image", path, "image file is empty")
-    if data.startswith(b"\xff\xd8"):
-        problem = _jpeg_problem(data)
-        if problem is not None:
-            raise BadImageError(problem[0], path, problem[1])
-    try:
-        bgr = cv2.imdecode(
-            np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-        )
-    except cv2.error:
-        bgr = None
-    if bgr is None:
-        raise BadImageError("not_an_image", path, "cannot decode image (corrupt or not an image)")
-    if height is not None and width is not None and bgr.shape[:2] != (height, width):
+        decoded = preprocess.decode_image_file(path)
+    except preprocess.ImageReadError as error:
+        raise BadImageError(_IMAGE_PROBLEM[error.problem], error.path, error.reason) from None
+    if decoded.damage is not None:
+        raise BadImageError("damaged_image", os.fspath(path), decoded.damage)
+    image = decoded.image
+    if height is not None and width is not None and image.shape[:2] != (height, width):
         raise BadImageError(
             "image_size_mismatch",
-            path,
-            f"image is {bgr.shape[0]}x{bgr.shape[1]} (height x width) but the annotation "
+            os.fspath(path),
+            f"image is {image.shape[0]}x{image.shape[1]} (height x width) but the annotation "
             f"says {height}x{width}",
         )
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return image
 
 
-def _jpeg_problem(data: bytes) -> tuple[str, str] | None:
-    """Walks a JPEG's markers (ITU-T T.81, Annex B) up to its end-of-image marker.
-
-    Segments (embedded thumbnails included) are skipped by their length; entropy-coded data
-    runs to the next marker that is neither a stuffed 0xFF00 nor a restart marker. Bytes after
-    the end-of-image marker (some cameras append data) are allowed.
-
-    Returns:
-      None for a complete file, else (problem, what is wrong).
-    """
-    truncated = ("truncated_image", "truncated JPEG: the file ends before its end-of-image marker")
-    size, pos = len(data), 2
-    while True:
-        if pos >= size:
-            return truncated
-        if data[pos] != 0xFF:
-            return "corrupt_image", f"corrupt JPEG: no marker at byte {pos}"
-        while pos < size and data[pos] == 0xFF:  # Fill bytes may precede a marker.
-            pos += 1
-        if pos >= size:
-            return truncated
-        marker = data[pos]
-        pos += 1
-        if marker == 0xD9:  # End of image.
-            return None
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # Restart and TEM: no length.
-            continue
-        if marker < 0xC0 or marker == 0xD8:
-            return (
-                "corrupt_image",
-                f"corrupt JPEG: invalid marker 0xFF{marker:02X} at byte {pos - 2}",
-            )
-        if pos + 2 > size:
-            return truncated
-        length = int.from_bytes(data[pos : pos + 2], "big")
-        if length < 2:
-            return "corrupt_image", f"corrupt JPEG: segment length {length} at byte {pos}"
-        pos += length
-        if marker == 0xDA:  # Start of scan: skip its entropy-coded data.
-            while True:
-                pos = data.find(b"\xff", pos)
-                if pos < 0 or pos + 1 >= size:
-                    return truncated
-                following = data[pos + 1]
-                if following == 0x00 or 0xD0 <= following <= 0xD7:
-                    pos += 2
-                elif following == 0xFF:
-                    pos += 1
-                else:
-                    break
+# preprocess's classes of unreadable image files -> the record problems of PROBLEMS.
+_IMAGE_PROBLEM = {
+    "missing": "missing_image",
+    "not_a_file": "unreadable_image",
+    "unreadable": "unreadable_image",
+    "empty": "empty_image",
+    "not_decodable": "not_an_image",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -638,6 +582,7 @@ def _annotation_problem(annotation: Any) -> tuple[str, str] | None:
         return "bad_keypoints", f"'keypoints' has visibility {bad!r}, expected 0, 1 or 2"
     checks = {
         "image_id": (_is_int(annotation["image_id"]), "an integer"),
+        "category_id": (_is_int(annotation["category_id"]), "an integer"),
         "iscrowd": (annotation["iscrowd"] in (0, 1), "0 or 1"),
         "num_keypoints": (
             _is_int(annotation["num_keypoints"]) and annotation["num_keypoints"] >= 0,
@@ -666,17 +611,6 @@ def _ignore_region_problem(
     image: dict[str, Any], annotations: list[dict[str, Any]], image_dir: str, annotation_file: str
 ) -> str | None:
     """Why the ignore region of an image cannot be built, or None."""
-    for annotation in annotations:
-        segmentation = annotation.get("segmentation")
-        if not labelled_people(annotation) and isinstance(segmentation, list):
-            if not all(
-                isinstance(polygon, list) and all(_is_finite(value) for value in polygon)
-                for polygon in segmentation
-            ):
-                return (
-                    f"annotation {annotation['id']}: 'segmentation' polygons hold other "
-                    "values than finite numbers"
-                )
     try:
         _record(image, annotations, image_dir, annotation_file)
     except CocoFormatError as e:

@@ -23,7 +23,6 @@ A user error (missing file or folder, file not in COCO format, bad records under
 unknown config) prints one line and exits with status 2; --verbose shows the traceback.
 """
 
-import argparse
 import collections
 import dataclasses
 import json
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from logocap_jax import cli, errors
 from logocap_jax.data import coco_records
 from logocap_jax.keypoints import NUM_JOINTS
 
@@ -56,9 +56,9 @@ _OCHUMAN_CITATION = """@inproceedings{zhang2019pose2seg, title={Pose2Seg: Detect
   Instance Segmentation}, author={Zhang, Song-Hai and others}, booktitle={CVPR}, year={2019}}"""
 
 
-class BuildError(ValueError):
+class BuildError(errors.InputFormatError):
     """A data set cannot be built as asked: an unknown config, a bad record in a strict build,
-    or a split whose records are all bad."""
+    or a split whose records are all bad (a user error)."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -397,7 +397,9 @@ def build_mini(
       The prepared `coco_format/<name>` builder.
     """
     if name not in MINI_DATASETS:
-        raise ValueError(f"unknown mini data set {name!r}; expected one of {MINI_DATASETS}")
+        raise errors.UnknownDatasetError(
+            f"unknown mini data set {name!r}; expected one of {MINI_DATASETS}"
+        )
     source_dir = source_dir or os.path.join(_REPO_DATA_DIR, name)
     return build_coco_format(
         name,
@@ -443,7 +445,7 @@ def build_named(
             f"unknown {builder_cls.name} config(s) {unknown}; expected some of {known}"
         )
     if not os.path.isdir(manual_dir):
-        raise FileNotFoundError(f"manual dir not found: {manual_dir}")
+        raise errors.InputNotFoundError(f"manual dir not found: {manual_dir}")
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     builders = []
     for config in names:
@@ -502,15 +504,19 @@ def data_source(name: str, split: str, data_dir: str) -> RecordSource:
 
     Returns:
       The split's records.
+
+    Raises:
+      UnknownDatasetError: `name` is not built in a local `data_dir` (a user error).
     """
+    built = os.path.join(data_dir, name.split(":")[0])  # Without a version suffix.
+    if "://" not in data_dir and not os.path.isdir(built):
+        raise errors.UnknownDatasetError(
+            f"data set {name!r} is not built in {data_dir}: expected one of "
+            f"{', '.join(MINI_DATASETS)} (bundled), coco_person_keypoints/<train2017|val2017> "
+            "(built from data.manual_dir), or a set built there with "
+            "python -m logocap_jax.data.tfds_builders"
+        )
     return RecordSource(tfds.data_source(name, split=split, data_dir=data_dir, download=False))
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """Reports a usage error in one line (exit status 2), without the usage text."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _summary(builder: tfds.core.DatasetBuilder) -> str:
@@ -524,11 +530,9 @@ def _summary(builder: tfds.core.DatasetBuilder) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point: builds one data set into --data_dir.
-
-    A user error (see the module docstring) exits with status 2 after one line on stderr.
-    """
-    parser = _ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Builds one data set into --data_dir (the command line: `cli.run_main` prints a user error
+    as one line and exits with status 2)."""
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=("coco", "ochuman") + MINI_DATASETS)
     parser.add_argument("--data_dir", required=True, help="TFDS data dir to write into")
     parser.add_argument(
@@ -547,26 +551,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.getLogger("absl").setLevel(logging.ERROR)
     if args.dataset not in MINI_DATASETS and not args.manual_dir:
         parser.error(f"--manual_dir is required for --dataset {args.dataset}")
-    try:
-        if args.dataset in MINI_DATASETS:
-            builders = [
-                build_mini(args.dataset, args.data_dir, args.manual_dir, strict=args.strict)
-            ]
-        else:
-            builders = build_named(
-                CocoPersonKeypoints if args.dataset == "coco" else OCHuman,
-                args.data_dir,
-                args.manual_dir,
-                args.configs.split(",") if args.configs else None,
-                strict=args.strict,
-            )
-    except (OSError, coco_records.CocoFormatError, BuildError) as e:
-        if args.verbose:
-            raise
-        parser.exit(2, f"{parser.prog}: error: {' '.join(str(e).split())}\n")
+    if args.dataset in MINI_DATASETS:
+        builders = [build_mini(args.dataset, args.data_dir, args.manual_dir, strict=args.strict)]
+    else:
+        builders = build_named(
+            CocoPersonKeypoints if args.dataset == "coco" else OCHuman,
+            args.data_dir,
+            args.manual_dir,
+            args.configs.split(",") if args.configs else None,
+            strict=args.strict,
+        )
     for builder in builders:
         print(_summary(builder))
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)
