@@ -26,6 +26,11 @@ flags.DEFINE_bool(
     False,
     "Keep the libraries' INFO logs (orbax logs every save) and show the traceback of an error.",
 )
+flags.DEFINE_string(
+    "compilation_cache",
+    None,
+    "Keep compiled XLA programs in this directory (JAX's persistent compilation cache).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -34,6 +39,8 @@ def main(argv, config):
         raise errors.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.verbose:
         logging.set_verbosity(logging.WARNING)
+    if FLAGS.compilation_cache:
+        cli.use_compilation_cache(FLAGS.compilation_cache)
     if FLAGS.distributed:
         jax.distributed.initialize()
     # A work directory of another config fails here in one line, not deep in the restore.

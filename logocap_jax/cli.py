@@ -31,6 +31,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
+import jax
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
@@ -149,6 +150,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "--config.<key>=<value>, e.g. --config.logo_ca.reweigh=false",
     )
     parser.add_argument(VERBOSE_FLAG, action="store_true", help="show the traceback of an error")
+    parser.add_argument(
+        "--compilation_cache",
+        metavar="DIR",
+        help="keep compiled XLA programs in DIR (JAX's persistent compilation cache), so that "
+        "later runs with the same model, input sizes and JAX version skip compiling",
+    )
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None):
@@ -168,7 +175,16 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     config, rest = config_from_argv(argv)
     args = parser.parse_args(rest)
     args.config_file, args.config = args.config, config
+    if getattr(args, "compilation_cache", None):
+        use_compilation_cache(args.compilation_cache)
     return args
+
+
+def use_compilation_cache(directory: str) -> None:
+    """Turns on JAX's persistent compilation cache in `directory`, for every program however
+    short its compilation (JAX's default keeps only programs compiling for over a second)."""
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def config_from_argv(argv: Sequence[str]):

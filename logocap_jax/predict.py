@@ -79,7 +79,7 @@ def warn_about(problem: ImageProblem) -> None:
     """The default problem report of `predict_many`: a warning through the warnings module."""
     category = SkippedImageWarning if problem.skipped else preprocess.PartialImageWarning
     # Attributed to the code that iterates over predict_many.
-    warnings.warn(problem.describe(), category, stacklevel=4)
+    warnings.warn(problem.describe(), category, stacklevel=3)
 
 
 class People(NamedTuple):
@@ -242,6 +242,8 @@ class Predictor:
         for key, prepared in self._prepared(items):
             if isinstance(prepared, preprocess.ImageReadError):
                 if fail_fast:
+                    if pending is not None:  # What was read before the failure is complete.
+                        yield from self._finish(*pending)
                     raise prepared
                 report(ImageProblem(key, prepared.path, prepared.problem, prepared.reason, True))
                 continue

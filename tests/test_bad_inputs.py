@@ -375,7 +375,7 @@ def mutate(data, case):
         return data, [where, "'keypoints' holds '12'"]
     if case == "keypoints null":
         annotation["keypoints"] = None
-        return data, [where, "'keypoints' has None"]
+        return data, [where, "'keypoints' is None"]
     if case == "keypoint NaN":
         annotation["keypoints"][0] = float("nan")
         return data, [where, "'keypoints' holds nan"]

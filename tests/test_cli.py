@@ -152,7 +152,9 @@ def test_eval_flags_and_overrides_reach_the_settings(eval_script, monkeypatch):
     """eval.py builds its Predictor from the overridden config; its own flags win over it."""
     built = []
 
-    def from_config(config, variables, *, batch_size=1, **overrides):
+    def from_config(
+        config, variables, *, batch_size=1, keep_outputs=False, time_stages=False, **overrides
+    ):
         built.append(config_utils.decode_settings(config, **overrides))
         raise SystemExit("stop before predicting")
 

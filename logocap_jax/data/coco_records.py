@@ -71,26 +71,29 @@ def load_annotations(annotation_file: str) -> dict[str, Any]:
     image_ids = set()
     for i, image in enumerate(dataset["images"]):
         where = f"{annotation_file}: images[{i}]"
-        if isinstance(image, dict):
-            where += f": image {image.get('id')}"
-        problem = _image_entry_problem(image)
-        if problem is not None:
-            raise CocoFormatError(f"{where}: {problem[1]}")
+        _raise_problem(_image_entry_problem(image), where, image, "image")
         if image["id"] in image_ids:
             raise CocoFormatError(f"{where} repeats image id {image['id']}")
         image_ids.add(image["id"])
     for i, annotation in enumerate(dataset.get("annotations", [])):
         where = f"{annotation_file}: annotations[{i}]"
-        if isinstance(annotation, dict):
-            where += f": annotation {annotation.get('id')}"
-        problem = _annotation_problem(annotation)
-        if problem is not None:
-            raise CocoFormatError(f"{where}: {problem[1]}")
+        _raise_problem(_annotation_problem(annotation), where, annotation, "annotation")
         if annotation["image_id"] not in image_ids:
             raise CocoFormatError(
-                f"{where} refers to image id {annotation['image_id']}, which is not in 'images'"
+                f"{where}: annotation {annotation['id']} refers to image id "
+                f"{annotation['image_id']}, which is not in 'images'"
             )
     return dataset
+
+
+def _raise_problem(problem: tuple[str, str] | None, where: str, entry: Any, kind: str) -> None:
+    """Raises a CocoFormatError naming the entry (and its id) for a problem of `PROBLEMS`."""
+    if problem is None:
+        return
+    if isinstance(entry, dict) and "id" in entry:
+        where += f": {kind} {entry['id']}"
+    separator = " " if problem[0] == "missing_key" else ": "
+    raise CocoFormatError(f"{where}{separator}{problem[1]}")
 
 
 def _read_json(annotation_file: str) -> dict[str, Any]:
@@ -571,8 +574,10 @@ def _annotation_problem(annotation: Any) -> tuple[str, str] | None:
         return "missing_key", f"lacks key(s) {missing}"
     keypoints = annotation["keypoints"]
     if not isinstance(keypoints, list) or len(keypoints) != 3 * NUM_JOINTS:
-        count = f"{len(keypoints)} values" if isinstance(keypoints, list) else repr(keypoints)
-        return "bad_keypoints", f"'keypoints' is {count}, expected {3 * NUM_JOINTS} numbers"
+        found = (
+            f"has {len(keypoints)} values" if isinstance(keypoints, list) else f"is {keypoints!r}"
+        )
+        return "bad_keypoints", f"'keypoints' {found}, expected {3 * NUM_JOINTS} numbers"
     if not all(_is_finite(value) for value in keypoints):
         bad = next(value for value in keypoints if not _is_finite(value))
         return "bad_keypoints", f"'keypoints' holds {bad!r}, expected finite numbers"

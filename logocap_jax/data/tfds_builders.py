@@ -529,9 +529,13 @@ def _summary(builder: tfds.core.DatasetBuilder) -> str:
     return f"{builder.info.full_name}: {splits}; report {report}"
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Builds one data set into --data_dir (the command line: `cli.run_main` prints a user error
-    as one line and exits with status 2)."""
+def main(argv: Sequence[str] | None = None):
+    """The command line: builds one data set into --data_dir; a user error is one line with
+    exit status 2 (`cli.run_main`)."""
+    cli.run_main(_build, argv)
+
+
+def _build(argv: Sequence[str]) -> None:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=("coco", "ochuman") + MINI_DATASETS)
     parser.add_argument("--data_dir", required=True, help="TFDS data dir to write into")
@@ -566,4 +570,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    main()
