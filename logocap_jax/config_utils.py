@@ -31,8 +31,10 @@ def load_config(path: str) -> ml_collections.ConfigDict:
 
 
 def build_model(config, **overrides) -> LogoCap:
-    """LogoCap(**config.model), e.g. build_model(config, dtype=jnp.bfloat16)."""
-    return LogoCap(**{**config.model.to_dict(), **overrides})
+    """LogoCap(**config.model) with the local window of config.logo_ca, e.g.
+    build_model(config, dtype=jnp.bfloat16)."""
+    window = dict(local_half_size=config.logo_ca.local_half_size)
+    return LogoCap(**{**config.model.to_dict(), **window, **overrides})
 
 
 def logo_ca_settings(config) -> LogoCaSettings:
