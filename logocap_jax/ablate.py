@@ -325,7 +325,8 @@ def _number(value, spec):
 
 
 def markdown(report: dict) -> str:
-    """ablation.md: the cost and final-loss table, then AP / AP50 at each evaluation."""
+    """ablation.md: the cost and final-loss table (CMP options that differ from the variant's
+    defaults), then AP / AP50 at each evaluation."""
     records = report["variants"]
     mode = (
         f"only the CMP trained, everything else frozen as loaded from {report['init_checkpoint']}"
@@ -354,7 +355,9 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
-        options = ", ".join(f"{k}={v}" for k, v in r["options_set"].items()) or "defaults"
+        defaults = cmp_variants.default_options(r["variant"])
+        changed = {k: v for k, v in r["options_set"].items() if v != defaults[k]}
+        options = ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"
         loss = r["final_loss"] or {}
         last = r["evaluations"][-1] if r["evaluations"] else None
         ap = f"{last['AP']:.1f} / {last['AP50']:.1f}" if last else "-"
