@@ -5,21 +5,30 @@
   python eval.py --config configs/tiny.py --state_dict tests/data/golden/tiny_state_dict.npz \
       --annotations data/coco_mini/annotations/person_keypoints_mini.json \
       --images data/coco_mini/images
+  python eval.py ... --config.logo_ca.reweigh=false --config.decode.adaptation=partial
 
 Writes results.json, stats.json, speed.json and report.md (AP table and speed) to --output_dir.
+Any config field can be overridden with --config.<key>=<value>, as for train.py.
 """
 
-import argparse
+import sys
 
 import jax
 
-from logocap_jax import config_utils, evaluate, pipeline, predict, speed
+from logocap_jax import cli, evaluate, pipeline, predict
+
+EPILOG = (
+    "Exit status: 0 done; 3 done, but some images could not be read (they count as having no "
+    "detections, are named on stderr and listed in stats.json under skipped_images); 2 a user "
+    "error (one line; --verbose for the traceback); 1 an internal error."
+)
 
 
 def parse_args(argv=None):
-    """The command line's arguments, checked; `scales` becomes a tuple of floats."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True)
+    """The command line's arguments, checked: `config` is the loaded config with its
+    overrides, `scales` a tuple of floats or None (the config's)."""
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EPILOG)
+    cli.add_config_arguments(parser)
     parser.add_argument("--checkpoint", help="orbax checkpoint directory")
     parser.add_argument("--state_dict", help="official .pth/.pth.tar or .npz state dict")
     parser.add_argument("--dataset", choices=sorted(evaluate.DATASETS))
@@ -30,16 +39,26 @@ def parse_args(argv=None):
     parser.add_argument(
         "--no_flip",
         action="store_true",
-        help="disable flip test (on unless the config turns it off)",
+        help="disable flip test (on unless the config turns it off; "
+        "same as --config.decode.flip_test=false)",
     )
-    parser.add_argument("--scales", default="1", help="comma-separated test scales, e.g. 0.5,1,2")
+    parser.add_argument(
+        "--scales",
+        help="comma-separated test scales, e.g. 0.5,1,2 (default: the config's decode.scales)",
+    )
     parser.add_argument(
         "--adaptation",
         choices=pipeline.ADAPTATION_LEVELS,
         help="refinement: none (center-offset poses), partial (KAM argmax), "
-        "full (LOGO-CA, the config's default)",
+        "full (LOGO-CA); default the config's decode.adaptation",
     )
     parser.add_argument("--batch_size", type=predict.positive_int, default=1)
+    parser.add_argument(
+        "--time_stages",
+        action="store_true",
+        help="time the four stages of the paper's Table 4 apart (separate, synchronised "
+        "programs; slower) instead of the one fused program",
+    )
     parser.add_argument("--max_images", type=predict.positive_int, help="only the first N images")
     parser.add_argument("--image_ids", help="only these comma-separated image ids")
     parser.add_argument(
@@ -54,13 +73,14 @@ def parse_args(argv=None):
         help="score the oracle 11x11 local search against the ground truth "
         "from the center-offset poses (the paper's Fig. 2) instead",
     )
-    args = parser.parse_args(argv)
+    args = cli.parse_args(parser, argv)
     if bool(args.dataset) == bool(args.annotations) or bool(args.annotations) != bool(args.images):
         parser.error("give either --dataset (with --data_root) or --annotations and --images")
-    try:
-        args.scales = tuple(float(s) for s in args.scales.split(","))
-    except ValueError:
-        parser.error(f"--scales must be comma-separated numbers, got {args.scales!r}")
+    if args.scales is not None:
+        try:
+            args.scales = tuple(float(s) for s in args.scales.split(","))
+        except ValueError:
+            parser.error(f"--scales must be comma-separated numbers, got {args.scales!r}")
     try:
         args.image_ids = tuple(int(i) for i in args.image_ids.split(",")) if args.image_ids else ()
     except ValueError:
@@ -69,7 +89,11 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> evaluate.EvaluationResult:
-    """Predicts and scores the chosen set; writes the outputs and returns the evaluation."""
+    """Predicts and scores the chosen set; writes the outputs and returns the evaluation.
+
+    Raises:
+      UserError: a bad input (`cli.run_main` prints it as one line).
+    """
     args = parse_args(argv)
     if args.distributed:
         jax.distributed.initialize()
@@ -78,18 +102,21 @@ def main(argv=None) -> evaluate.EvaluationResult:
         name = args.dataset
     else:
         annotations, images, name = args.annotations, args.images, args.annotations
-    config = config_utils.load_config(args.config)
+    config = args.config
     variables = predict.load_variables(config, args.checkpoint, args.state_dict)
-    adaptation = {"adaptation": args.adaptation} if args.adaptation else {}
+    decode = {"flip_test": config.decode.flip_test and not args.no_flip}
+    if args.scales is not None:
+        decode["scales"] = args.scales
+    if args.adaptation is not None:
+        decode["adaptation"] = args.adaptation
     predictor = predict.Predictor.from_config(
         config,
         variables,
         batch_size=args.batch_size,
-        flip_test=config.decode.flip_test and not args.no_flip,
-        scales=args.scales,
-        **adaptation,
+        keep_outputs=args.upper_bound,
+        time_stages=args.time_stages,
+        **decode,
     )
-    predictor.report = speed.SpeedReport()
     result = evaluate.run_evaluation(
         predictor,
         annotations,
@@ -97,12 +124,26 @@ def main(argv=None) -> evaluate.EvaluationResult:
         max_images=args.max_images,
         image_ids=args.image_ids,
         upper_bound=args.upper_bound,
+        on_problem=_print_problem,
     )
     if jax.process_index() == 0:
-        print(evaluate.write_outputs(result, args.output_dir, name, predictor.report))
+        report = evaluate.write_outputs(
+            result, args.output_dir, name, predictor.report, annotations
+        )
+        print(report)
         print(f"Outputs in {args.output_dir}/")
     return result
 
 
+def _print_problem(problem: predict.ImageProblem) -> None:
+    what = ", counted as having no detections" if problem.skipped else ""
+    print(f"warning: image {problem.key}: {problem.describe()}{what}", file=sys.stderr, flush=True)
+
+
+def exit_status(result: evaluate.EvaluationResult) -> int:
+    """cli.EXIT_SKIPPED when an image could not be read, else cli.EXIT_OK."""
+    return cli.EXIT_SKIPPED if result.skipped else cli.EXIT_OK
+
+
 if __name__ == "__main__":
-    main()
+    cli.run_main(lambda argv: exit_status(main(argv)))

@@ -50,10 +50,13 @@ def get_config():
         )
     )
 
-    # Test-time resize: short side input_size, long side rounded up to a multiple of 64.
+    # Test-time resize: short side input_size, long side rounded up to a multiple of 64;
+    # compute_dtype 'bfloat16' casts the parameters once and keeps statistics and decoding in
+    # float32.
     config.test = ml_collections.ConfigDict(
         dict(
             input_size=512,
+            compute_dtype="float32",
             max_people=30,
             nms_distance_ratio=0.05,
             nms_min_joints=8,
@@ -100,6 +103,13 @@ def get_config():
             seed=0,
             compute_dtype="float32",
             imagenet_checkpoint="",
+            # Start from these model variables (a converted checkpoint or a training work
+            # directory) instead of the initialisation, except the top-level modules of
+            # init_exclude, e.g. ("joints_mlp",) to put a fresh CMP variant on trained weights.
+            init_checkpoint="",
+            init_exclude=(),
+            # Top-level modules whose parameters train, e.g. ("joints_mlp",); empty: all.
+            trainable_modules=(),
             # Metrics are read from the devices every log_every_steps (and at checkpoints).
             log_every_steps=50,
             checkpoint_every_steps=2000,

@@ -35,20 +35,24 @@ def _quiet():
 def _check_categories(data, path, with_keypoints):
     categories = data.get("categories")
     if not isinstance(categories, list):
-        raise ValueError(f"{path}: missing key 'categories' (a list of category records)")
+        raise coco_records.CocoFormatError(
+            f"{path}: missing key 'categories' (a list of category records)"
+        )
     person = [c for c in categories if isinstance(c, dict) and c.get("id") == PERSON_CATEGORY_ID]
     if not person:
-        raise ValueError(f"{path}: no category with id {PERSON_CATEGORY_ID} (person)")
+        raise coco_records.CocoFormatError(
+            f"{path}: no category with id {PERSON_CATEGORY_ID} (person)"
+        )
     if not with_keypoints:
         return
     names = person[0].get("keypoints")
     if not isinstance(names, list):
-        raise ValueError(
+        raise coco_records.CocoFormatError(
             f"{path}: the person category has no 'keypoints' list, "
             "so this is not a COCO person-keypoint file"
         )
     if tuple(names) != JOINT_NAMES:
-        raise ValueError(
+        raise coco_records.CocoFormatError(
             f"{path}: the person category's keypoints {names} are not the "
             f"{NUM_JOINTS} COCO joints in COCO order"
         )
@@ -67,14 +71,14 @@ def load_annotations(path, *, results_only=False):
       A ``pycocotools.coco.COCO`` object with its index built.
 
     Raises:
-      FileNotFoundError: ``path`` is not a file.
-      ValueError: the file is not JSON or not in COCO person-keypoint format; the message
-        names the file and the offending key or entry.
+      InputNotFoundError: ``path`` is not a file (a FileNotFoundError).
+      CocoFormatError: the file is not JSON or not in COCO person-keypoint format; the message
+        names the file and the offending key or entry (a ValueError and a user error).
     """
     data = coco_records.load_annotations(str(path))
     has_annotations = "annotations" in data
     if not has_annotations and not results_only:
-        raise ValueError(
+        raise coco_records.CocoFormatError(
             f"{path}: missing key 'annotations' (an image-info file such as "
             "test-dev can only be loaded with results_only=True)"
         )

@@ -1,50 +1,153 @@
 """Loading `configs/*.py` files and building what they describe.
 
-Configs reach modules only as keyword arguments, so a misspelt key fails loudly as a TypeError.
+Configs reach modules only as keyword arguments; a key that is not one of them, or a value the
+settings reject, is a `ConfigError` naming the section and key.
 """
 
+import dataclasses
 import importlib.util
 import os
 import sys
+import traceback
 
+import jax.numpy as jnp
 import ml_collections
 
+from logocap_jax import errors
 from logocap_jax.logo_ca import LogoCaSettings
 from logocap_jax.models import LogoCap
 from logocap_jax.pipeline import DecodeSettings
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-    """Imports a config file and returns its `get_config()`."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Config file not found: {path}")
+    """Imports a config file and returns its `get_config()`.
+
+    Raises:
+      InputNotFoundError: the file does not exist.
+      ConfigError: the file fails to run (the message names the line), defines no
+        get_config(), or get_config() returns no ConfigDict.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise errors.InputNotFoundError(f"config file not found: {path}")
     root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     if root not in sys.path:
         # Config files import their base config as `configs.<name>`.
         sys.path.insert(0, root)
     spec = importlib.util.spec_from_file_location(f"_logocap_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise AttributeError(f"Config file {path} defines no get_config()")
-    return module.get_config()
+    try:
+        spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise errors.ConfigError(f"config file {path} defines no get_config()")
+        config = module.get_config()
+    except errors.UserError:
+        raise
+    except Exception as error:
+        # The config file is the user's code: where it fails is what to report.
+        raise errors.ConfigError(f"config file {path} fails: {_where(error, path)}") from error
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise errors.ConfigError(
+            f"config file {path}: get_config() returns a {type(config).__name__}, "
+            "expected an ml_collections.ConfigDict"
+        )
+    return config
+
+
+def _where(error: Exception, path: str) -> str:
+    """'<Type>: <message> (line N)', N the last line of `path` in the traceback."""
+    lines = [
+        frame.lineno
+        for frame in traceback.extract_tb(error.__traceback__)
+        if os.path.abspath(frame.filename) == os.path.abspath(path)
+    ]
+    if isinstance(error, SyntaxError) and error.lineno:
+        lines.append(error.lineno)
+    where = f" (line {lines[-1]})" if lines else ""
+    return f"{type(error).__name__}: {error}{where}"
+
+
+def checked_section(config, section: str, settings_class, *, exclude=()) -> dict:
+    """`config.<section>` as keyword arguments of `settings_class` (a dataclass).
+
+    Raises:
+      ConfigError: the config has no such section, or the section has a key that is not a
+        field of `settings_class`.
+    """
+    if section not in config:
+        raise errors.ConfigError(f"the config has no section {section!r}")
+    values = config[section].to_dict()
+    fields = {f.name for f in dataclasses.fields(settings_class) if f.init} - set(exclude)
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise errors.ConfigError(
+            f"config.{section}.{unknown[0]} is not a setting of {settings_class.__name__} "
+            f"(config.{section} takes: {', '.join(sorted(fields))})"
+        )
+    return values
+
+
+def _settings(settings_class, section: str, **kwargs):
+    """settings_class(**kwargs); a value it rejects is a ConfigError naming the section."""
+    try:
+        return settings_class(**kwargs)
+    except ValueError as error:
+        raise errors.ConfigError(f"config.{section}: {error}") from error
 
 
 def build_model(config, **overrides) -> LogoCap:
-    """LogoCap(**config.model), e.g. build_model(config, dtype=jnp.bfloat16)."""
-    return LogoCap(**{**config.model.to_dict(), **overrides})
+    """LogoCap(**config.model) with the local window of config.logo_ca, e.g.
+    build_model(config, dtype=jnp.bfloat16)."""
+    model = checked_section(config, "model", LogoCap, exclude=("parent", "name", "local_half_size"))
+    window = dict(local_half_size=config.logo_ca.local_half_size)
+    return LogoCap(**{**model, **window, **overrides})
 
 
 def logo_ca_settings(config) -> LogoCaSettings:
     """LogoCaSettings(**config.logo_ca), shared by the test-time and training settings."""
-    return LogoCaSettings(**config.logo_ca.to_dict())
+    return _settings(
+        LogoCaSettings, "logo_ca", **checked_section(config, "logo_ca", LogoCaSettings)
+    )
 
 
 def decode_settings(config, **overrides) -> DecodeSettings:
     """DecodeSettings(**config.decode) with config.logo_ca; `overrides` replace decode fields."""
-    return DecodeSettings(
-        **{**config.decode.to_dict(), **overrides}, logo_ca=logo_ca_settings(config)
+    decode = checked_section(config, "decode", DecodeSettings, exclude=("logo_ca",))
+    return _settings(
+        DecodeSettings,
+        "decode",
+        **{**decode, **overrides},
+        logo_ca=logo_ca_settings(config),
     )
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def dtype_named(name: str):
+    """The JAX dtype of a config's dtype name ('float32' or 'bfloat16')."""
+    if name not in DTYPES:
+        raise errors.ConfigError(
+            f"Unknown compute dtype {name!r}; expected one of {sorted(DTYPES)}"
+        )
+    return DTYPES[name]
+
+
+def inference_dtype(config):
+    """The compute dtype of inference, config.test.compute_dtype."""
+    return dtype_named(config.test.compute_dtype)
+
+
+def validate(config) -> None:
+    """Checks the sections every entry point builds (model, logo_ca, decode) without building
+    anything heavy, so that a bad key or value fails before weights or data are read.
+
+    Raises:
+      ConfigError: as `build_model` and `decode_settings`.
+    """
+    build_model(config)
+    decode_settings(config)
+    inference_dtype(config)
 
 
 def default_config_path(name: str) -> str:

@@ -6,16 +6,21 @@ Convolution kernels go from PyTorch OIHW to Flax HWIO.
 
   python -m logocap_jax.convert --config configs/w32.py --input logocap-w32.pth.tar \
       --output ckpt/w32
+
+A user error (missing or unreadable file, a state dict that does not fit the config's model, an
+existing output) prints one line and exits with status 2; --verbose shows the traceback.
 """
 
-import argparse
 import os
+import zipfile
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+
+from logocap_jax import errors, torch_checkpoint
 
 _LEAF_TO_TORCH = {
     ("params", "kernel"): "weight",
@@ -71,15 +76,15 @@ def variables_from_state_dict(state_dict: Mapping[str, np.ndarray], template) ->
       {'params': ..., 'batch_stats': ...} float32 numpy arrays in the template's tree.
 
     Raises:
-      KeyError: listing missing and unexpected keys.
-      ValueError: naming a key whose shape does not fit.
+      CheckpointKeysError: listing missing and unexpected keys (a KeyError).
+      CheckpointMismatchError: naming a key whose shape does not fit (a ValueError).
     """
     flat = traverse_util.flatten_dict(dict(template))
     wanted = {torch_key(path): path for path in flat}
     given = {k for k in state_dict if not is_buffer_counter(k)}
     missing, unexpected = sorted(wanted.keys() - given), sorted(given - wanted.keys())
     if missing or unexpected:
-        raise KeyError(
+        raise errors.CheckpointKeysError(
             f"State dict does not fit the model: missing keys {missing[:10]}"
             f"{' ...' if len(missing) > 10 else ''} ({len(missing)}), unexpected keys "
             f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} ({len(unexpected)})"
@@ -88,9 +93,10 @@ def variables_from_state_dict(state_dict: Mapping[str, np.ndarray], template) ->
     for key, path in wanted.items():
         array = _from_torch_layout(np.asarray(state_dict[key], dtype=np.float32))
         if array.shape != tuple(flat[path].shape):
-            raise ValueError(
-                f"State dict key {key!r} has shape {np.shape(state_dict[key])}, the model "
-                f"needs {_to_torch_layout(np.zeros(flat[path].shape)).shape}"
+            raise errors.CheckpointMismatchError(
+                f"State dict does not fit the model: key {key!r} has shape "
+                f"{np.shape(state_dict[key])}, the model needs "
+                f"{_to_torch_layout(np.zeros(flat[path].shape)).shape}"
             )
         converted[path] = array
     return traverse_util.unflatten_dict(converted)
@@ -118,7 +124,8 @@ def load_imagenet_backbone(variables, state_dict: Mapping[str, np.ndarray]):
       (variables with the backbone replaced, sorted loaded keys, sorted ignored keys).
 
     Raises:
-      ValueError: naming a key whose shape does not fit the backbone.
+      CheckpointMismatchError: naming a key whose shape does not fit the backbone (a
+        ValueError).
     """
     flat = traverse_util.flatten_dict(dict(variables))
     loaded = set()
@@ -130,7 +137,7 @@ def load_imagenet_backbone(variables, state_dict: Mapping[str, np.ndarray]):
             continue
         array = _from_torch_layout(np.asarray(state_dict[key], dtype=np.float32))
         if array.shape != tuple(value.shape):
-            raise ValueError(
+            raise errors.CheckpointMismatchError(
                 f"ImageNet checkpoint key {key!r} has shape {np.shape(state_dict[key])},"
                 f" the backbone needs {_to_torch_layout(np.zeros(value.shape)).shape}"
             )
@@ -140,24 +147,79 @@ def load_imagenet_backbone(variables, state_dict: Mapping[str, np.ndarray]):
     return traverse_util.unflatten_dict(flat), sorted(loaded), ignored
 
 
+def _state_dict_of(saved, path: str) -> Mapping:
+    """The state dict in a loaded checkpoint: itself, or a training checkpoint's 'state_dict'."""
+    if isinstance(saved, Mapping) and isinstance(saved.get("state_dict"), Mapping):
+        saved = saved["state_dict"]
+    if not isinstance(saved, Mapping):
+        raise errors.InputFormatError(f"{path} holds a {type(saved).__name__}, not a state dict")
+    return saved
+
+
+def _torch_to_numpy(tensor) -> np.ndarray:
+    import torch
+
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
 def load_state_dict(path: str) -> dict:
-    """Reads an official checkpoint: `.npz` (key -> array) or `.pth`/`.pth.tar` (needs torch)."""
+    """Reads an official checkpoint as {key: array in PyTorch layout}.
+
+    `.npz` files hold key -> array. `.pth` / `.pth.tar` files (written by `torch.save`) are read
+    with PyTorch when it is installed (`torch.load(weights_only=True)`, the reference reader, which
+    also reads the legacy format of torch < 1.6), else with `torch_checkpoint`, which reads the zip
+    format of torch >= 1.6 without PyTorch. Of a training checkpoint only its 'state_dict' is
+    kept (entries such as 'epoch' or 'optimizer' are ignored); DataParallel 'module.' prefixes
+    are removed.
+
+    Args:
+      path: the `.npz`, `.pth` or `.pth.tar` file.
+
+    Returns:
+      key -> numpy array, of the dtype it was saved with.
+
+    Raises:
+      InputNotFoundError: if `path` does not exist.
+      InputFormatError: a folder, or a .npz file that is not a readable NumPy archive.
+      torch_checkpoint.TorchCheckpointError: without PyTorch, for a legacy-format or otherwise
+        unreadable file (the message says to install PyTorch where that would help).
+      InputFormatError: if the file holds something other than a state dict.
+    """
     if not os.path.exists(path):
-        raise FileNotFoundError(f"Checkpoint not found: {path}")
+        raise errors.InputNotFoundError(f"Checkpoint not found: {path}")
+    if not os.path.isfile(path):
+        raise errors.InputFormatError(f"{path} is a folder, expected a .npz or .pth state dict")
     if path.endswith(".npz"):
-        with np.load(path) as data:
-            return {key: data[key] for key in data.files}
+        try:
+            with np.load(path) as data:
+                return {key: data[key] for key in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise errors.InputFormatError(
+                f"{path} is not a readable .npz state dict ({error})"
+            ) from error
     try:
         import torch
     except ImportError:
-        raise ImportError(
-            f"Reading {path} needs PyTorch: pip install 'logocap-jax[torch]', or "
-            "save the state dict as .npz"
-        ) from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    return {key.removeprefix("module."): value.numpy() for key, value in state.items()}
+        torch = None
+    if torch is None:
+        state_dict = _state_dict_of(torch_checkpoint.load(path), path)
+    else:
+        state_dict = _state_dict_of(torch.load(path, map_location="cpu", weights_only=True), path)
+        state_dict = {
+            key: _torch_to_numpy(value) if isinstance(value, torch.Tensor) else value
+            for key, value in state_dict.items()
+        }
+    others = sorted(str(k) for k, v in state_dict.items() if not isinstance(v, np.ndarray))
+    if others:
+        raise errors.InputFormatError(
+            f"{path} is not a state dict: entries {others[:10]}{' ...' if len(others) > 10 else ''}"
+            " are not tensors"
+        )
+    return {key.removeprefix("module."): value for key, value in state_dict.items()}
 
 
 def model_template(model, image_size: int = 64):
@@ -167,22 +229,31 @@ def model_template(model, image_size: int = 64):
 
 
 def main(argv=None):
-    from logocap_jax import checkpoints, config_utils
+    """Converts --input into an orbax checkpoint at --output (see the module docstring)."""
+    from logocap_jax import checkpoints, cli, config_utils
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="config file, e.g. configs/w32.py")
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cli.add_config_arguments(parser)
     parser.add_argument("--input", required=True, help="official .pth/.pth.tar or .npz state dict")
     parser.add_argument(
         "--output", required=True, help="directory of the orbax checkpoint to write"
     )
-    args = parser.parse_args(argv)
-    config = config_utils.load_config(args.config)
-    model = config_utils.build_model(config)
+    args = cli.parse_args(parser, argv)
+    if os.path.exists(args.output):
+        raise errors.OutputExistsError(f"Checkpoint directory already exists: {args.output}")
+    model = config_utils.build_model(args.config)
     variables = variables_from_state_dict(load_state_dict(args.input), model_template(model))
     checkpoints.save_variables(args.output, variables)
     count = sum(np.size(x) for x in jax.tree_util.tree_leaves(variables["params"]))
     print(f"Wrote {args.output}: {count:,} parameters")
 
 
+def entry_point():
+    """The `logocap-convert` command: `main` with one-line user errors."""
+    from logocap_jax import cli
+
+    cli.run_main(main)
+
+
 if __name__ == "__main__":
-    main()
+    entry_point()

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from logocap_jax.keypoints import COCO_SIGMAS, FLIP_INDEX, FLIP_INDEX_WITH_CENTER, STRIDE
+from logocap_jax.models.layers import upsample_bilinear
 
 
 def flip_merge(heatmaps, offsets):
@@ -32,8 +33,14 @@ def flip_merge(heatmaps, offsets):
 
 
 def upsample(maps, height: int, width: int):
-    """Bilinear resize, half-pixel centers (align_corners=False): [B, h, w, C] -> [B, H, W, C]."""
-    return jax.image.resize(maps, (maps.shape[0], height, width, maps.shape[3]), "bilinear")
+    """Bilinear resize, half-pixel centers (align_corners=False): [B, h, w, C] -> [B, H, W, C].
+
+    H / h = W / w must be the same integer (the network stride).
+    """
+    factor = height // maps.shape[1]
+    if (height, width) != (factor * maps.shape[1], factor * maps.shape[2]):
+        raise ValueError(f"Cannot upsample {maps.shape} to {(height, width)} by one integer factor")
+    return upsample_bilinear(maps, factor)
 
 
 def center_nms(center_maps, num_centers: int):

@@ -3,21 +3,26 @@
 Data sets are COCO-format annotation files with an image folder; `DATASETS` names the standard
 layouts under a data root (the official repository's data/coco and data/OCHuman layouts).
 
+An image that cannot be read counts as having no detections, so AP is still over the whole set;
+it is named in a warning and listed in stats.json under `skipped_images`. A partially decoded
+image is evaluated, and listed under `partially_decoded_images`.
+
 With several JAX processes (multi-host), every process runs `run_evaluation` on the same set:
-each predicts its share of the images on its own devices, the results are gathered, COCOeval
-runs on process 0 and every process gets its stats.
+each predicts its share of the images on its own devices, the results and image problems are
+gathered, COCOeval runs on process 0 and every process gets its stats.
 """
 
 import dataclasses
 import json
 import os
+import warnings
 
 import jax
 import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from logocap_jax import coco_eval, postprocess, predict, speed, training_io
+from logocap_jax import coco_eval, errors, postprocess, predict, preprocess, speed, training_io
 from logocap_jax import upper_bound as upper_bound_lib
 from logocap_jax.data import coco_records
 
@@ -33,7 +38,7 @@ DATASETS = {
 def dataset_paths(name: str, data_root: str) -> tuple[str, str]:
     """(annotation file, image folder) of a named data set under `data_root`."""
     if name not in DATASETS:
-        raise ValueError(
+        raise errors.UnknownDatasetError(
             f"Unknown data set {name!r}; known: {sorted(DATASETS)} "
             "(or pass --annotations and --images)"
         )
@@ -45,12 +50,28 @@ def dataset_paths(name: str, data_root: str) -> tuple[str, str]:
 class EvaluationResult:
     """Attributes: results (COCO results entries, in the order of the annotation file's images);
     stats (AP... or None for results-only sets); speed (SpeedReport.summary() of this
-    process's images); people ({image_id: People} of this process's images) when kept."""
+    process's images); people ({image_id: People} of this process's images) when kept; skipped
+    and partially_decoded (`predict.ImageProblem`s keyed by image id, of every process: images
+    that could not be read and count as having no detections, images evaluated on a partial
+    decode); images (how many the evaluated set holds)."""
 
     results: list
     stats: dict | None
     speed: dict
     people: dict
+    skipped: list = dataclasses.field(default_factory=list)
+    partially_decoded: list = dataclasses.field(default_factory=list)
+    images: int = 0
+
+
+def warn_about(problem: predict.ImageProblem) -> None:
+    """The default problem report of `run_evaluation`: a warning through the warnings module."""
+    if problem.skipped:
+        message = f"image {problem.key}: {problem.describe()}, counted as having no detections"
+        warnings.warn(message, predict.SkippedImageWarning, stacklevel=2)
+    else:
+        message = f"image {problem.key}: {problem.describe()}"
+        warnings.warn(message, preprocess.PartialImageWarning, stacklevel=2)
 
 
 def run_evaluation(
@@ -63,6 +84,7 @@ def run_evaluation(
     keep_people: bool = False,
     progress: bool = True,
     upper_bound: bool = False,
+    on_problem=None,
 ) -> EvaluationResult:
     """Predicts every image of a COCO-format set and scores the results with COCOeval.
 
@@ -70,7 +92,8 @@ def run_evaluation(
     predicts images p, p + P, ... and all processes return the same results and stats.
 
     Args:
-      predictor: a Predictor; its `report` collects the timings (one is attached if missing).
+      predictor: a Predictor; its `report` collects the timings; `upper_bound` needs it to keep
+        its inspection outputs (`keep_outputs`).
       annotation_file, image_dir: the set. Files without annotations (test-dev) give
         results only.
       max_images: evaluate only the first images of the file (and score on those).
@@ -79,11 +102,16 @@ def run_evaluation(
       keep_people: keep every image's `People` (with pipeline outputs) in the result.
       upper_bound: score the oracle local search of `logocap_jax.upper_bound` instead of the
         model's poses (the paper's Fig. 2 bound; needs ground truth).
+      on_problem: called with the `predict.ImageProblem` (key: image id) of each image that
+        cannot be read (skipped: no detections) or decodes only partially; default
+        `warn_about`.
 
     Raises:
-      FileNotFoundError: the annotation file or an image it lists is missing (named).
-      ValueError: the file is not in COCO person-keypoint format, lists no images, or lacks
-        one of image_ids.
+      InputNotFoundError: the annotation file or an image it lists is missing (named, with its
+        entry and id).
+      CocoFormatError: the file is not in COCO person-keypoint format.
+      InputFormatError: the file lists no images.
+      ConfigError: the file lacks one of image_ids.
     """
     gt = coco_eval.load_annotations(annotation_file, results_only=True)
     records = list(
@@ -95,37 +123,60 @@ def run_evaluation(
         )
     records = records[:max_images]
     if not records:
-        raise ValueError(f"{annotation_file} lists no images: nothing to evaluate")
-    if predictor.report is None:
-        predictor.report = speed.SpeedReport()
+        raise errors.InputFormatError(f"{annotation_file} lists no images: nothing to evaluate")
+    if upper_bound and not predictor.keep_outputs:
+        raise ValueError("the upper bound needs the local meshes: a Predictor with keep_outputs")
     if upper_bound and not coco_eval.can_evaluate(gt):
-        raise ValueError(f"{annotation_file} has no annotations: the upper bound needs them")
-    mine = list(enumerate(records))[jax.process_index() :: jax.process_count()]
-    by_position, people_by_image = [], {}
-    items = ((position, record["image_path"]) for position, record in mine)
-    for position, people in tqdm.tqdm(
-        predictor.predict_many(items),
+        raise errors.UsageError(f"{annotation_file} has no annotations: the upper bound needs them")
+    position = {r["image_id"]: i for i, r in enumerate(records)}
+    mine = records[jax.process_index() :: jax.process_count()]
+    entries, people_by_image, problems = [], {}, []
+    report = warn_about if on_problem is None else on_problem
+
+    def collect(problem):
+        problems.append(problem)
+        report(problem)
+
+    items = ((r["image_id"], r["image_path"]) for r in mine)
+    for image_id, people in tqdm.tqdm(
+        predictor.predict_many(items, on_problem=collect),
         total=len(mine),
         disable=not progress,
         desc="images",
         unit="img",
     ):
-        record = records[position]
         if upper_bound:
-            people = _oracle_people(predictor, people, record)
-        entries = postprocess.coco_results(record["image_id"], people.keypoints, people.scores)
-        by_position.append((position, entries))
+            people = _oracle_people(predictor, people, records[position[image_id]])
+        results = postprocess.coco_results(image_id, people.keypoints, people.scores)
+        entries.append((position[image_id], results))
         if keep_people:
-            people_by_image[record["image_id"]] = people
+            people_by_image[image_id] = people
     # The Predictor yields images grouped by size: back to the file's order.
-    by_position = sorted(sum(_from_every_process(by_position), []), key=lambda item: item[0])
-    results = [entry for _, entries in by_position for entry in entries]
+    entries, problems = _gathered_in_order((entries, problems), position)
+    results = [entry for _, image_results in entries for entry in image_results]
     stats = None
     if coco_eval.can_evaluate(gt):
         if jax.process_index() == 0:
             stats = coco_eval.evaluate_keypoints(gt, results, [r["image_id"] for r in records])
         stats = _from_every_process(stats)[0]
-    return EvaluationResult(results, stats, predictor.report.summary(), people_by_image)
+    return EvaluationResult(
+        results,
+        stats,
+        predictor.report.summary(),
+        people_by_image,
+        skipped=[p for p in problems if p.skipped],
+        partially_decoded=[p for p in problems if not p.skipped],
+        images=len(records),
+    )
+
+
+def _gathered_in_order(shares, position: dict):
+    """(entries, problems) of every process: (position, results) pairs and ImageProblems,
+    each sorted by the image's position in the evaluated set."""
+    gathered = _from_every_process(shares)
+    entries = sorted((tuple(e) for share in gathered for e in share[0]), key=lambda e: e[0])
+    problems = [predict.ImageProblem(*p) for share in gathered for p in share[1]]
+    return entries, sorted(problems, key=lambda p: position[p.key])
 
 
 def _from_every_process(value) -> list:
@@ -158,14 +209,72 @@ def _oracle_people(predictor, people, record):
     return people._replace(keypoints=keypoints, scores=scores, slots=slots, outputs=outputs)
 
 
-def write_outputs(result: EvaluationResult, output_dir: str, name: str, report: speed.SpeedReport):
-    """Writes results.json, stats.json (Table 1 form), speed.json; returns the printed text."""
+def _image_entries(problems) -> list:
+    return [
+        {"image_id": p.key, "path": p.path, "problem": p.problem, "reason": p.reason}
+        for p in problems
+    ]
+
+
+def stats_json(result: EvaluationResult, annotation_file: str | None = None) -> dict:
+    """stats.json: the COCO stats (fractions), or `results_only` with the reason for a file
+    without annotations, and `skipped_images` / `partially_decoded_images` (image_id, path,
+    problem, reason)."""
+    if result.stats is not None:
+        payload = {name: float(value) for name, value in result.stats.items()}
+    else:
+        payload = {"results_only": True, "reason": results_only_note(annotation_file)}
+    payload["skipped_images"] = _image_entries(result.skipped)
+    payload["partially_decoded_images"] = _image_entries(result.partially_decoded)
+    return payload
+
+
+def results_only_note(annotation_file: str | None) -> str:
+    """What the report says of a file without annotations."""
+    return (
+        f"{annotation_file or 'the annotation file'} has no 'annotations' (an image-info file "
+        "such as COCO test-dev): results only, not evaluated; results.json holds the "
+        "predictions"
+    )
+
+
+def _problems_note(result: EvaluationResult) -> list:
+    lines = []
+    for problems, what in (
+        (result.skipped, "could not be read and count as having no detections"),
+        (result.partially_decoded, "were decoded only partially and evaluated as decoded"),
+    ):
+        if problems:
+            names = ", ".join(str(p.key) for p in problems[:10])
+            more = " ..." if len(problems) > 10 else ""
+            lines.append(
+                f"{len(problems)} of {result.images} images {what} (stats.json lists them): "
+                f"image ids {names}{more}"
+            )
+    return lines
+
+
+def write_outputs(
+    result: EvaluationResult,
+    output_dir: str,
+    name: str,
+    report: speed.SpeedReport,
+    annotation_file: str | None = None,
+):
+    """Writes results.json, stats.json (Table 1 form, see `stats_json`), speed.json and
+    report.md; returns the printed text."""
     os.makedirs(output_dir, exist_ok=True)
     coco_eval.save_results(os.path.join(output_dir, "results.json"), result.results)
+    with open(os.path.join(output_dir, "stats.json"), "w") as f:
+        json.dump(stats_json(result, annotation_file or name), f, indent=1)
     lines = []
     if result.stats is not None:
-        coco_eval.save_stats(os.path.join(output_dir, "stats.json"), result.stats)
         lines += [coco_eval.format_table(result.stats, name), ""]
+    else:
+        lines += [results_only_note(annotation_file or name), ""]
+    notes = _problems_note(result)
+    if notes:
+        lines += notes + [""]
     with open(os.path.join(output_dir, "speed.json"), "w") as f:
         json.dump(result.speed, f, indent=1)
     lines.append(report.table())

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from logocap_jax import decode, logo_ca
+from logocap_jax import compile_options, decode, logo_ca
 from logocap_jax.keypoints import STRIDE
 from logocap_jax.logo_ca import LogoCaSettings
 from logocap_jax.models import LogoCap
@@ -199,12 +199,30 @@ def predict_poses(model: LogoCap, variables, images, settings: DecodeSettings) -
     return global_kams(network, candidates, kams, settings)
 
 
-def make_predict_fn(model: LogoCap, settings: DecodeSettings):
+# PoseOutputs fields beyond poses, scores and valid: what inspection (panels, the upper bound)
+# needs, about 20 MB per W32 image, mostly the refined maps.
+INSPECTION_FIELDS = ("centers", "initial_poses", "mesh", "kams", "refined")
+
+
+def make_predict_fn(model: LogoCap, settings: DecodeSettings, *, inspect: bool = True):
     """`predict_poses` jitted for one model and settings: fn(variables, images) -> PoseOutputs.
 
-    It compiles once per input shape.
+    It compiles once per input shape. Without `inspect` the INSPECTION_FIELDS are None, so only
+    poses, scores and validity flags leave the device.
     """
-    return jax.jit(functools.partial(predict_poses, model, settings=settings))
+
+    def predict(variables, images):
+        outputs = predict_poses(model, variables, images, settings)
+        return outputs if inspect else outputs._replace(**dict.fromkeys(INSPECTION_FIELDS))
+
+    return compile_options.jit(predict)
+
+
+def inference_variables(variables, dtype):
+    """Variables as inference runs them: parameters cast once to the compute `dtype`, BatchNorm
+    statistics kept in float32 (checkpoints hold float32)."""
+    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), variables["params"])
+    return {**variables, "params": params}
 
 
 STAGES = ("backbone", "local_kems", "local_kams", "global_kams")
@@ -218,16 +236,16 @@ def make_stage_fns(model: LogoCap, settings: DecodeSettings) -> dict:
     the same as `make_predict_fn`, a little slower since XLA cannot fuse across stages.
     """
     return {
-        "backbone": jax.jit(
+        "backbone": compile_options.jit(
             lambda variables, images: network_stage(model, variables, images, settings)
         ),
-        "local_kems": jax.jit(lambda network: local_kems(network, settings)),
-        "local_kams": jax.jit(
+        "local_kems": compile_options.jit(lambda network: local_kems(network, settings)),
+        "local_kams": compile_options.jit(
             lambda variables, network, candidates: local_kams(
                 model, variables, network, candidates, settings
             )
         ),
-        "global_kams": jax.jit(
+        "global_kams": compile_options.jit(
             lambda network, candidates, kams: global_kams(network, candidates, kams, settings)
         ),
     }

@@ -5,29 +5,81 @@ multiple of 64) and grouped by that size into fixed-size batches (the last batch
 padded by repeating an image), so XLA compiles once per distinct size and batching never changes
 the results.
 
+An image file that cannot be read or decoded is skipped, and one that decodes only partially is
+predicted on, both reported (`ImageProblem`); the CLI lists them in failures.json.
+
   python -m logocap_jax.predict --config configs/w32.py --checkpoint ckpt/w32 \
       photos/ --output_dir out
   python -m logocap_jax.predict ... --panel_joint left_wrist   # also one instance panel per image
+  python -m logocap_jax.predict ... --config.logo_ca.reweigh=false   # any config field
 """
 
 import argparse
 import collections
+import concurrent.futures
 import copy
 import dataclasses
 import json
 import operator
 import os
+import sys
 import time
-from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from logocap_jax import config_utils, pipeline, postprocess, preprocess, speed, visualize
+from logocap_jax import (
+    cli,
+    config_utils,
+    errors,
+    pipeline,
+    postprocess,
+    preprocess,
+    speed,
+    visualize,
+)
 from logocap_jax.keypoints import JOINT_NAMES
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class SkippedImageWarning(UserWarning):
+    """An image that `Predictor.predict_many` skipped because it cannot be read or decoded."""
+
+
+class ImageProblem(NamedTuple):
+    """An input image that could not be read, or only partially (see `Predictor.predict_many`).
+
+    Attributes:
+      key: the item's key.
+      path: the image file.
+      problem: its class of problem, a key of `preprocess.IMAGE_PROBLEMS`.
+      reason: what is wrong, without the file name.
+      skipped: True when the image was skipped (no result); False when it decoded partially
+        and was predicted on.
+    """
+
+    key: Any
+    path: str
+    problem: str
+    reason: str
+    skipped: bool
+
+    def describe(self) -> str:
+        """One line naming the file, what is wrong and what was done."""
+        action = "skipped" if self.skipped else "predicted on"
+        return f"{self.path}: {self.reason}; {action}"
+
+
+def warn_about(problem: ImageProblem) -> None:
+    """The default problem report of `predict_many`: a warning through the warnings module."""
+    category = SkippedImageWarning if problem.skipped else preprocess.PartialImageWarning
+    # Attributed to the code that iterates over predict_many.
+    warnings.warn(problem.describe(), category, stacklevel=3)
 
 
 class People(NamedTuple):
@@ -37,7 +89,9 @@ class People(NamedTuple):
       keypoints: [P, K, 3] (x, y, score) in original-image pixels.
       scores: [P] pose scores.
       slots: [P] candidate slot of each person in `outputs`.
-      outputs: this image's `pipeline.PoseOutputs` (network-input pixels), for inspection.
+      outputs: this image's `pipeline.PoseOutputs` (network-input pixels): poses, scores and
+        valid, plus the inspection fields (mesh, KAMs, refined maps, ...) when the Predictor
+        keeps them (`keep_outputs`), else None.
       resize: the `preprocess.ResizeInfo` of the network input.
     """
 
@@ -48,18 +102,39 @@ class People(NamedTuple):
     resize: preprocess.ResizeInfo
 
 
+class _Prepared(NamedTuple):
+    """A network input: the normalised image, its ResizeInfo, the file it was read from (or
+    None) and the damage of a partial decode (or None)."""
+
+    normalized: np.ndarray
+    resize: preprocess.ResizeInfo
+    path: str | None
+    damage: str | None
+
+
 @dataclasses.dataclass
 class Predictor:
     """Runs the whole test-time pipeline on RGB images of any size.
 
+    The variables are placed on the devices once (replicated), each batch is sharded over the
+    `data` axis of a mesh of this process's devices, and one fused program runs it; only poses,
+    scores and validity flags come back to the host unless `keep_outputs`. Images are read and
+    warped by background threads, and a batch's results are fetched while the next one runs.
+
     Attributes:
-      model, variables: the network and its variables.
+      model, variables: the network and its variables (float32, as checkpoints hold them;
+        parameters are cast once to the model's dtype).
       settings: static decode settings.
       input_size: test-time short side (512 for W32, 640 for W48).
       max_people, nms_distance_ratio, nms_min_joints: host-side post-processing.
-      batch_size: images per device call (>= 1).
-      report: when set, the four stages run as separate programs and are timed into it; the
-        first batch of each input shape runs twice, so its compilation is timed apart.
+      batch_size: images per device call (>= 1), rounded up to a multiple of the device count.
+      keep_outputs: also bring back the inspection outputs (meshes, KAMs, refined maps: about
+        20 MB per image for W32) into `People.outputs`.
+      time_stages: run the four stages of the paper's Table 4 as separate, synchronised programs
+        and time each (slower; the first batch of each shape runs once more, untimed).
+      devices: the devices to shard batches over; default all of this process's devices.
+      read_threads: threads reading and warping images ahead of the device.
+      report: timings, compilation and host transfers of the batches run so far.
     """
 
     model: object
@@ -70,21 +145,40 @@ class Predictor:
     nms_distance_ratio: float = 0.05
     nms_min_joints: int = 8
     batch_size: int = 1
-    report: speed.SpeedReport | None = None
+    keep_outputs: bool = False
+    time_stages: bool = False
+    devices: Sequence | None = None
+    read_threads: int = 2
+    report: speed.SpeedReport = dataclasses.field(default_factory=speed.SpeedReport)
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        self._predict_fn = pipeline.make_predict_fn(self.model, self.settings)
-        self._stage_fns = pipeline.make_stage_fns(self.model, self.settings)
-        self._seen_shapes = set()
+        mesh = Mesh(np.asarray(self.devices or jax.local_devices()), ("data",))
+        self._batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+        self._replicated = NamedSharding(mesh, PartitionSpec())
+        per_device = -(-self.batch_size // mesh.size)
+        self._call_batch = per_device * mesh.size
+        self._programs = {}  # (keep_outputs, images shape) -> compiled program
+        self._stage_fns = None
+        self._device_variables = self._place(self.variables)
 
     @classmethod
-    def from_config(cls, config, variables, *, batch_size: int = 1, **overrides):
-        """A Predictor for `config` (configs/*.py); overrides replace config.decode fields."""
+    def from_config(
+        cls,
+        config,
+        variables,
+        *,
+        batch_size: int = 1,
+        keep_outputs: bool = False,
+        time_stages: bool = False,
+        **overrides,
+    ):
+        """A Predictor for `config` (configs/*.py), computing in config.test.compute_dtype;
+        overrides replace config.decode fields."""
         test = config.test
         return cls(
-            config_utils.build_model(config),
+            config_utils.build_model(config, dtype=config_utils.inference_dtype(config)),
             variables,
             config_utils.decode_settings(config, **overrides),
             input_size=test.input_size,
@@ -92,56 +186,164 @@ class Predictor:
             nms_distance_ratio=test.nms_distance_ratio,
             nms_min_joints=test.nms_min_joints,
             batch_size=batch_size,
+            keep_outputs=keep_outputs,
+            time_stages=time_stages,
         )
+
+    def _place(self, variables):
+        if variables is None:
+            return None
+        cast = pipeline.inference_variables(variables, self.model.dtype)
+        return jax.device_put(cast, self._replicated)
 
     def with_variables(self, variables) -> "Predictor":
         """A copy that runs `variables` (same shapes) and shares this one's compiled programs.
 
-        The copy has its own timing state: a fresh `report` if this one has one.
+        The copy has its own, empty `report`.
         """
         other = copy.copy(self)
         other.variables = variables
-        other.report = None if self.report is None else speed.SpeedReport()
-        other._seen_shapes = set()
+        other.report = speed.SpeedReport()
+        other._device_variables = self._place(variables)
         return other
 
     def __call__(self, image_rgb: np.ndarray) -> People:
         """Poses of one uint8 RGB image [h, w, 3]."""
         return next(self.predict_many([(None, image_rgb)]))[1]
 
-    def predict_many(self, items: Iterable) -> Iterator:
+    def predict_many(
+        self,
+        items: Iterable,
+        *,
+        on_problem: Callable[[ImageProblem], None] | None = None,
+        fail_fast: bool = False,
+    ) -> Iterator:
         """Runs (key, image or image path) items; yields (key, People) as batches complete.
 
-        Results come grouped by network input size, not in input order.
+        Results come grouped by network input size, not in input order. An image file that
+        cannot be read or decoded (missing, not a file, unreadable, empty, not an image,
+        corrupt) is skipped: nothing is yielded for its key. One that decodes only partially
+        (truncated or corrupt data filled in by the decoder) is predicted on. Both are reported,
+        as they are met, as an `ImageProblem` to `on_problem`; collect them with
+        `on_problem=problems.append`.
+
+        Args:
+          items: (key, image) pairs; an image is a uint8 RGB array [h, w, 3] or a file path.
+          on_problem: called with each problem; default `warn_about` (a SkippedImageWarning or
+            PartialImageWarning through the warnings module).
+          fail_fast: raise the first image file that cannot be read instead of skipping it.
+
+        Raises:
+          preprocess.ImageReadError: with fail_fast, the first image that cannot be read.
         """
+        report = warn_about if on_problem is None else on_problem
         queues = collections.defaultdict(list)
-        for key, image in items:
-            if isinstance(image, (str, os.PathLike)):
-                image = preprocess.read_image(image)
-            normalized, resize = preprocess.prepare_test_image(image, self.input_size)
+        pending = None
+        for key, prepared in self._prepared(items):
+            if isinstance(prepared, preprocess.ImageReadError):
+                if fail_fast:
+                    if pending is not None:  # What was read before the failure is complete.
+                        yield from self._finish(*pending)
+                    raise prepared
+                report(ImageProblem(key, prepared.path, prepared.problem, prepared.reason, True))
+                continue
+            normalized, resize, path, damage = prepared
+            if damage is not None:
+                report(ImageProblem(key, path, preprocess.PARTIALLY_DECODED, damage, False))
             queue = queues[normalized.shape]
             queue.append((key, normalized, resize))
-            if len(queue) == self.batch_size:
-                yield from self._run_batch(queue)
-                queue.clear()
+            if len(queue) == self._call_batch:
+                running = self._dispatch(queue)
+                queues[normalized.shape] = []
+                if pending is not None:
+                    yield from self._finish(*pending)
+                pending = running
         for queue in queues.values():
             if queue:
-                yield from self._run_batch(queue)
+                running = self._dispatch(queue)
+                if pending is not None:
+                    yield from self._finish(*pending)
+                pending = running
+        if pending is not None:
+            yield from self._finish(*pending)
 
-    def _run_batch(self, entries):
-        """Runs one size bucket of (key, normalised image, ResizeInfo), padded to batch_size."""
+    def _prepared(self, items: Iterable) -> Iterator:
+        """(key, `_Prepared` or the ImageReadError of an unreadable file) of each item, in
+        order, read and warped ahead by threads.
+
+        At most a few batches are in flight, so memory stays flat over long runs.
+        """
+        ahead = 2 * self._call_batch + self.read_threads
+        with concurrent.futures.ThreadPoolExecutor(self.read_threads) as pool:
+            queue = collections.deque()
+            for key, image in items:
+                queue.append((key, pool.submit(self._prepare_one, image)))
+                if len(queue) > ahead:
+                    key, future = queue.popleft()
+                    yield key, future.result()
+            while queue:
+                key, future = queue.popleft()
+                yield key, future.result()
+
+    def _prepare_one(self, image):
+        path, damage = None, None
+        if isinstance(image, (str, os.PathLike)):
+            path = os.fspath(image)
+            try:
+                image, damage = preprocess.decode_image_file(path)
+            except preprocess.ImageReadError as error:
+                return error
+        return _Prepared(*preprocess.prepare_test_image(image, self.input_size), path, damage)
+
+    def _dispatch(self, entries):
+        """Starts one size bucket of (key, normalised image, ResizeInfo), padded to the call
+        batch; returns what `_finish` needs. The device works on it asynchronously."""
         images = np.stack([e[1] for e in entries])
-        if len(entries) < self.batch_size:
-            padding = np.repeat(images[:1], self.batch_size - len(entries), axis=0)
+        if len(entries) < self._call_batch:
+            padding = np.repeat(images[:1], self._call_batch - len(entries), axis=0)
             images = np.concatenate([images, padding])
-        if self.report is not None and images.shape not in self._seen_shapes:
-            self._compile_stages(images)
-        start = time.perf_counter()
-        if self.report is None:
-            outputs = self._predict_fn(self.variables, images)
+        device_images = jax.device_put(images, self._batch_sharding)
+        self.report.add_transfer(to_device=images.nbytes)
+        if self.time_stages:
+            start = time.perf_counter()
+            outputs, stage_times = self._run_stages(device_images)
         else:
-            outputs, stage_times = speed.run_timed(self._stage_fns, self.variables, images)
+            program = self._program(device_images)
+            start = time.perf_counter()
+            outputs, stage_times = program(self._device_variables, device_images), None
+        return entries, outputs, stage_times, start
+
+    def _program(self, images):
+        """The fused program for this input shape, compiled on first use (timed apart)."""
+        key = (self.keep_outputs, images.shape)
+        if key not in self._programs:
+            start = time.perf_counter()
+            jitted = pipeline.make_predict_fn(self.model, self.settings, inspect=self.keep_outputs)
+            self._programs[key] = jitted.lower(self._device_variables, images).compile()
+            self.report.add_compile(time.perf_counter() - start)
+        return self._programs[key]
+
+    def _run_stages(self, images):
+        """The four stage programs, each timed; a shape's first run is compilation (timed
+        apart, so the batch runs twice)."""
+        if self._stage_fns is None:
+            self._stage_fns = pipeline.make_stage_fns(self.model, self.settings)
+        key = ("stages", images.shape)
+        if key not in self._programs:
+            start = time.perf_counter()
+            speed.run_timed(self._stage_fns, self._device_variables, images)
+            self._programs[key] = None
+            self.report.add_compile(time.perf_counter() - start)
+        outputs, stage_times = speed.run_timed(self._stage_fns, self._device_variables, images)
+        if not self.keep_outputs:
+            outputs = outputs._replace(**dict.fromkeys(pipeline.INSPECTION_FIELDS))
+        return outputs, stage_times
+
+    def _finish(self, entries, outputs, stage_times, start):
+        """Fetches a dispatched batch (the only device-to-host copy) and post-processes it."""
         outputs = jax.device_get(outputs)
+        ready = time.perf_counter()
+        self.report.add_transfer(to_host=sum(x.nbytes for x in jax.tree_util.tree_leaves(outputs)))
         results = []
         for index, (key, _, resize) in enumerate(entries):
             image_outputs = jax.tree_util.tree_map(operator.itemgetter(index), outputs)
@@ -155,25 +357,8 @@ class Predictor:
                 nms_min_joints=self.nms_min_joints,
             )
             results.append((key, People(keypoints, scores, slots, image_outputs, resize)))
-        if self.report is not None:
-            self.report.add(
-                stage_times,
-                time.perf_counter() - start,
-                [len(p.scores) for _, p in results],
-                compiled=False,
-            )
+        self.report.add(ready - start, [len(p.scores) for _, p in results], stage_times)
         return results
-
-    def _compile_stages(self, images):
-        """First run of the stage programs on a new shape, timed as compilation only.
-
-        Without it, sets whose images all differ in size (small sets, OCHuman) would leave no
-        batch in the speed averages.
-        """
-        start = time.perf_counter()
-        speed.run_timed(self._stage_fns, self.variables, images)
-        self.report.add({}, time.perf_counter() - start, [], compiled=True)
-        self._seen_shapes.add(images.shape)
 
 
 # Predictors without variables, most recently used last, so that repeated predict() calls reuse
@@ -261,12 +446,15 @@ def best_person_panel(image_rgb: np.ndarray, people: People, joint: int) -> np.n
 def image_files(inputs) -> list:
     """Image paths from files and folders (folders: their IMAGE_EXTENSIONS files, sorted).
 
+    An input that does not exist is kept as a file, to be skipped and reported when it is read,
+    unless no input exists at all.
+
     Raises:
-      FileNotFoundError: an input does not exist.
-      ValueError: a folder holds no image file, or there are no inputs.
+      InputNotFoundError: no input exists.
+      InputFormatError: a folder holds no image file, or there are no inputs.
     """
     if not inputs:
-        raise ValueError("No input images or folders given")
+        raise errors.InputFormatError("No input images or folders given")
     paths = []
     for entry in inputs:
         if os.path.isdir(entry):
@@ -276,14 +464,14 @@ def image_files(inputs) -> list:
                 if name.lower().endswith(IMAGE_EXTENSIONS)
             )
             if not found:
-                raise ValueError(
+                raise errors.InputFormatError(
                     f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {entry}"
                 )
             paths += found
-        elif os.path.exists(entry):
-            paths.append(entry)
         else:
-            raise FileNotFoundError(f"No such image or folder: {entry}")
+            paths.append(entry)
+    if not any(os.path.lexists(entry) for entry in inputs):
+        raise errors.InputNotFoundError(f"No such image or folder: {', '.join(inputs)}")
     return paths
 
 
@@ -298,11 +486,20 @@ def image_ids(paths) -> list:
 
 
 def load_variables(config, checkpoint: str = None, state_dict: str = None):
-    """Model variables from an orbax checkpoint directory or an official state dict."""
+    """Model variables from an orbax checkpoint directory or an official state dict.
+
+    Raises:
+      UsageError: not exactly one of checkpoint and state_dict is given.
+      InputNotFoundError, InputFormatError: the checkpoint or state dict is missing or
+        unreadable.
+      CheckpointMismatchError: its variables do not fit the config's model.
+    """
     from logocap_jax import checkpoints, convert
 
     if (checkpoint is None) == (state_dict is None):
-        raise ValueError("Give exactly one of --checkpoint (orbax directory) and --state_dict")
+        raise errors.UsageError(
+            "give exactly one of --checkpoint (orbax directory) and --state_dict"
+        )
     template = convert.model_template(config_utils.build_model(config))
     if checkpoint is not None:
         return checkpoints.restore_variables(checkpoint, template)
@@ -329,12 +526,17 @@ def positive_int(value: str) -> int:
 
 
 def parse_args(argv=None):
-    """The CLI's arguments; `paths` holds the input images (an input error exits with usage)."""
-    parser = argparse.ArgumentParser(
-        description="LOGO-CAP poses for images: COCO JSON and overlays."
+    """The CLI's arguments; `paths` holds the input images, `config` the loaded config with its
+    `--config.<key>=<value>` overrides (an input error exits with one line, status 2)."""
+    parser = cli.ArgumentParser(
+        description="LOGO-CAP poses for images: COCO JSON and overlays.",
+        epilog="Exit status: 0 every image predicted; 3 some images skipped (named on stderr "
+        "and in failures.json, results.json holds the others); 2 a user error (one line; "
+        "--verbose for the traceback), or with --fail_fast the first image that cannot be "
+        "read; 1 an internal error.",
     )
     parser.add_argument("inputs", nargs="+", help="image files or folders")
-    parser.add_argument("--config", required=True)
+    cli.add_config_arguments(parser)
     parser.add_argument("--checkpoint", help="orbax checkpoint directory (from convert or train)")
     parser.add_argument("--state_dict", help="official .pth/.pth.tar or .npz state dict")
     parser.add_argument("--output_dir", required=True)
@@ -364,10 +566,16 @@ def parse_args(argv=None):
         help="also write <name>_panel.png: local window, KAM and refined heatmap "
         "of this joint (name or index) of the best-scoring person",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--fail_fast",
+        action="store_true",
+        help="stop at the first image that cannot be read (exit status 2, no results.json) "
+        "instead of skipping it",
+    )
+    args = cli.parse_args(parser, argv)
     try:
         args.paths = image_files(args.inputs)
-    except (FileNotFoundError, ValueError) as err:
+    except errors.UserError as err:
         parser.error(str(err))
     # Outputs are named after the file (and numeric names give the COCO id): no silent overwrite.
     stems = collections.Counter(os.path.splitext(os.path.basename(p))[0] for p in args.paths)
@@ -384,7 +592,7 @@ def _write_images(args, path: str, people: People) -> None:
     """The overlay and instance panel PNGs of one image, as the CLI options ask."""
     if args.no_draw and args.panel_joint is None:
         return
-    image = preprocess.read_image(path)
+    image = preprocess.decode_image_file(path).image
     stem = os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0])
     if not args.no_draw:
         visualize.save_png(
@@ -397,31 +605,116 @@ def _write_images(args, path: str, people: People) -> None:
             visualize.save_png(f"{stem}_panel.png", panel)
 
 
-def main(argv=None):
-    """Predicts every input image; writes results.json, image_ids.json and the PNGs asked for."""
+class ResultsFile:
+    """A COCO results JSON list written entry by entry, so that a long run keeps no results in
+    memory. It appears under its name only when complete: an exception inside the `with` block
+    leaves no file."""
+
+    def __init__(self, path: str):
+        self.path, self._partial = path, f"{path}.partial"
+        self.count = 0
+
+    def __enter__(self):
+        self._file = open(self._partial, "w")
+        self._file.write("[")
+        return self
+
+    def write(self, entries: Iterable[dict]) -> None:
+        for entry in entries:
+            self._file.write((", " if self.count else "") + json.dumps(entry))
+            self.count += 1
+
+    def __exit__(self, kind, value, trace):
+        self._file.write("]")
+        self._file.close()
+        if kind is None:
+            os.replace(self._partial, self.path)
+        else:
+            os.remove(self._partial)
+
+
+def failures_report(paths, ids: dict, problems: list, predicted: int) -> dict:
+    """failures.json: counts and one entry per image that was skipped or partially decoded."""
+    return {
+        "images": len(paths),
+        "predicted": predicted,
+        "skipped": sum(p.skipped for p in problems),
+        "partially_decoded": sum(not p.skipped for p in problems),
+        "failures": [
+            {
+                "path": p.path,
+                "image_id": ids[paths[p.key]],
+                "problem": p.problem,
+                "reason": p.reason,
+                "skipped": p.skipped,
+            }
+            for p in problems
+        ],
+    }
+
+
+def main(argv=None) -> int:
+    """Predicts every input image; writes results.json, failures.json, image_ids.json and the
+    PNGs asked for.
+
+    Returns:
+      The exit status: cli.EXIT_OK, or cli.EXIT_SKIPPED when an image was skipped.
+
+    Raises:
+      UserError: a bad input (`cli.run_main` prints it as one line), and with fail_fast the
+        first image that cannot be read.
+    """
     args = parse_args(argv)
-    config = config_utils.load_config(args.config)
+    config = args.config
     variables = load_variables(config, args.checkpoint, args.state_dict)
     predictor = Predictor.from_config(
         config,
         variables,
         batch_size=args.batch_size,
+        keep_outputs=args.panel_joint is not None,
         flip_test=config.decode.flip_test and not args.no_flip,
     )
     os.makedirs(args.output_dir, exist_ok=True)
-    paths, results = args.paths, []
+    paths, problems, predicted = args.paths, [], 0
     ids = dict(zip(paths, image_ids(paths)))
-    for index, people in predictor.predict_many(enumerate(paths)):
-        path = paths[index]
-        results += postprocess.coco_results(ids[path], people.keypoints, people.scores)
-        _write_images(args, path, people)
-        print(f"{path}: {len(people.scores)} people")
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump(results, f)
+
+    def report(problem: ImageProblem) -> None:
+        problems.append(problem)
+        print(f"warning: {problem.describe()}", file=sys.stderr, flush=True)
+
+    results_path = os.path.join(args.output_dir, "results.json")
+    with ResultsFile(results_path) as results:
+        items = predictor.predict_many(
+            enumerate(paths), on_problem=report, fail_fast=args.fail_fast
+        )
+        for index, people in items:
+            path = paths[index]
+            results.write(postprocess.coco_results(ids[path], people.keypoints, people.scores))
+            _write_images(args, path, people)
+            predicted += 1
+            print(f"{path}: {len(people.scores)} people", flush=True)
     with open(os.path.join(args.output_dir, "image_ids.json"), "w") as f:
         json.dump(ids, f, indent=1)
-    print(f"Wrote {len(results)} poses of {len(paths)} images to {args.output_dir}/results.json")
+    failures_path = os.path.join(args.output_dir, "failures.json")
+    report_json = failures_report(paths, ids, problems, predicted)
+    with open(failures_path, "w") as f:
+        json.dump(report_json, f, indent=1)
+    summary = (
+        f"Predicted {predicted} of {len(paths)} images: {results.count} poses in {results_path}"
+    )
+    if problems:
+        summary += (
+            f"; {report_json['skipped']} skipped, {report_json['partially_decoded']} partially "
+            f"decoded (see {failures_path})"
+        )
+    print(summary)
+    return cli.EXIT_SKIPPED if report_json["skipped"] else cli.EXIT_OK
+
+
+def entry_point():
+    """The `logocap-predict` command: `main` with one-line user errors and its exit status."""
+    cli.run_main(main)
 
 
 if __name__ == "__main__":
-    main()
+    entry_point()

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import tqdm
+from flax import traverse_util
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -24,10 +25,10 @@ from logocap_jax import (
     checkpoints,
     config_utils,
     convert,
+    errors,
     evaluate,
     losses,
     predict,
-    speed,
     train_forward,
     training_io,
 )
@@ -50,14 +51,41 @@ def learning_rate_schedule(train_config, steps_per_epoch: int):
 
 
 def create_optimizer(train_config, steps_per_epoch: int):
-    """train_config.optimizer: 'adam' (0.9, 0.999, eps 1e-8, no weight decay: the official
-    training) or 'sgd' (with train_config.momentum), on the learning-rate schedule."""
+    """train_config.optimizer on the learning-rate schedule: 'adam' (0.9, 0.999, eps 1e-8, no
+    weight decay: the official training) or 'sgd' (with train_config.momentum).
+
+    With train_config.trainable_modules, only those top-level modules' parameters train; the
+    others stay as they are (`optax.multi_transform`: zero updates, no optimiser state).
+
+    Raises:
+      ConfigError: train.optimizer is neither 'adam' nor 'sgd'.
+    """
     schedule = learning_rate_schedule(train_config, steps_per_epoch)
     if train_config.optimizer == "adam":
-        return optax.adam(schedule)
-    if train_config.optimizer == "sgd":
-        return optax.sgd(schedule, momentum=train_config.momentum or None)
-    raise ValueError(f"train.optimizer must be 'adam' or 'sgd', got {train_config.optimizer!r}")
+        optimizer = optax.adam(schedule)
+    elif train_config.optimizer == "sgd":
+        optimizer = optax.sgd(schedule, momentum=train_config.momentum or None)
+    else:
+        raise errors.ConfigError(
+            f"train.optimizer must be 'adam' or 'sgd', got {train_config.optimizer!r}"
+        )
+    modules = tuple(train_config.trainable_modules)
+    if not modules:
+        return optimizer
+    labels = functools.partial(trainable_labels, modules=modules)
+    return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
+
+
+def trainable_labels(params, modules) -> dict:
+    """'train' for every parameter of the top-level `modules`, 'frozen' for the others."""
+    unknown = sorted(set(modules) - set(params))
+    if unknown:
+        raise ValueError(
+            f"train.trainable_modules {unknown} are not modules with parameters: {sorted(params)}"
+        )
+    return traverse_util.path_aware_map(
+        lambda path, _: "train" if path[0] in modules else "frozen", params
+    )
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -184,7 +212,7 @@ def train_settings_from(config) -> train_forward.TrainSettings:
 
 
 def compute_dtype(config):
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.train.compute_dtype]
+    return config_utils.dtype_named(config.train.compute_dtype)
 
 
 def open_train_source(data_config):
@@ -269,13 +297,26 @@ def _load_imagenet(state: TrainState, path: str) -> TrainState:
     return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
 
+def _load_init_checkpoint(state: TrainState, train_config) -> TrainState:
+    variables = checkpoints.restore_modules(
+        train_config.init_checkpoint,
+        host_copy(model_variables(state)),
+        exclude=tuple(train_config.init_exclude),
+    )
+    print(
+        f"Initial weights from {train_config.init_checkpoint}, except {train_config.init_exclude}"
+    )
+    variables = jax.device_put(
+        variables, jax.tree_util.tree_map(lambda x: x.sharding, model_variables(state))
+    )
+    return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+
+
 def _evaluate(config, predictor, state: TrainState) -> dict | None:
     # Every process predicts its share of the images (evaluate.run_evaluation) and gets the
     # same stats, so the best-checkpoint save, which is collective, is decided the same way.
-    predictor.variables = host_copy(model_variables(state))
-    predictor.report = speed.SpeedReport()
     result = evaluate.run_evaluation(
-        predictor,
+        predictor.with_variables(host_copy(model_variables(state))),
         config.eval.annotations,
         config.eval.images,
         max_images=config.eval.max_images,
@@ -327,7 +368,9 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
         state = create_train_state(
             model, tx, jax.random.key(config.train.seed), config.data.input_size, mesh
         )
-        if config.train.imagenet_checkpoint:
+        if config.train.init_checkpoint:
+            state = _load_init_checkpoint(state, config.train)
+        elif config.train.imagenet_checkpoint:
             state = _load_imagenet(state, config.train.imagenet_checkpoint)
     step_fn = make_train_step(
         model,
@@ -369,6 +412,7 @@ class _Loop:
         self.image_ids = training_io.ImageIdLog(workdir, config.train.log_image_ids)
         self.metrics = training_io.StepMetrics(workdir)
         self.last_saved = None
+        self.replaced = 0  # Unusable records the pipeline replaced (this process) since the log.
 
     def run(self, state: TrainState, step_fn, num_steps: int) -> TrainState:
         train = self.config.train
@@ -383,6 +427,7 @@ class _Loop:
             for step in range(first + 1, num_steps + 1):
                 local = next(self.iterator)
                 self.image_ids.write(step, local.pop("image_id", ()))
+                self.replaced += int(np.sum(local.pop("replaced", 0)))
                 batch = shard_batch(local, self.mesh)
                 if step == first + 1:
                     step_fn = training_io.compile_together(step_fn, state, batch)
@@ -404,7 +449,8 @@ class _Loop:
                     self.metrics.fetch(self.last_saved)
                 if log:
                     values = self.metrics.mean()
-                    self.writer.write(step, "train", values)
+                    self.writer.write(step, "train", dict(values, replaced_records=self.replaced))
+                    self.replaced = 0
                     progress.set_postfix(loss=f"{values['total']:.4g}")
                 if save:
                     training_io.save_checkpoint(

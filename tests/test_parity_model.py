@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from logocap_jax import config_utils, convert
-from logocap_jax.models import LogoCap
+from logocap_jax.models import LogoCap, hrnet
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "data" / "golden"
@@ -123,10 +123,10 @@ def test_backbone_stage_outputs(network, golden, tiny, stage):
 
 
 def test_features(network, golden):
+    """The official feature map: the four branches upsampled and concatenated."""
     _, inter = network
-    assert_close(
-        "features", inter["backbone"]["__call__"][0], nhwc(golden["features"]), NET_ATOL, NET_RTOL
-    )
+    features = hrnet.concatenate_branches(inter["backbone"]["__call__"][0])
+    assert_close("features", features, nhwc(golden["features"]), NET_ATOL, NET_RTOL)
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from jax import monitoring
 
-from logocap_jax import config_utils, postprocess, predict, preprocess, speed, visualize
+from logocap_jax import config_utils, postprocess, predict, preprocess, visualize
 from logocap_jax.keypoints import JOINT_NAMES
 
 GOLDEN = "tests/data/golden"
@@ -41,6 +41,9 @@ SCORE_ATOL = 1e-4
 # The 1x1 convolutions are matrix products whose blocking depends on the batch size: float32
 # results differ in the last bits (measured 6e-5 px on 300 px coordinates, 1.6e-6 relative).
 BATCH_RTOL, BATCH_ATOL = 1e-5, 1e-5
+# Coordinates near 0 come from center - offset, a cancellation of values up to the image size:
+# their error is a few float32 ulps of 256 px (3e-5), measured 1.5e-5 px.
+BATCH_ATOL_PX = 1e-4
 # Two size buckets at short side 128: 128 x 256 (two images: a padded batch of 3) and
 # 128 x 192 (three images: a full batch). Given interleaved, so bucketing reorders them.
 BATCH_IDS = (197388, 129648, 229358, 196141, 211325)
@@ -62,7 +65,7 @@ def variables(config):
 def predictors(config, variables):
     """Batch-1 Predictors, flip on and off, shared so each input shape compiles once."""
     return {
-        flip: predict.Predictor.from_config(config, variables, flip_test=flip)
+        flip: predict.Predictor.from_config(config, variables, keep_outputs=True, flip_test=flip)
         for flip in (True, False)
     }
 
@@ -143,16 +146,11 @@ def test_shared_predictors_are_bounded(config, monkeypatch):
     assert len(predict._SHARED_PREDICTORS) == 2
 
 
-def test_with_variables_copies_have_their_own_state(predictors, variables):
+def test_with_variables_copies_have_their_own_state(predictors, golden_people, variables):
     original = predictors[False]
-    original.report = speed.SpeedReport()
-    try:
-        copy = original.with_variables(variables)
-        assert copy._predict_fn is original._predict_fn  # the compiled programs are shared
-        assert copy.report is not original.report
-        assert copy._seen_shapes is not original._seen_shapes
-    finally:
-        original.report = None
+    copy = original.with_variables(variables)
+    assert copy._programs is original._programs  # the compiled programs are shared
+    assert copy.report is not original.report and copy.report.summary()["images"] == 0
 
 
 @pytest.mark.parametrize("flip", [True, False])
@@ -279,7 +277,7 @@ def test_best_person_panel_needs_people(golden_people):
 def batch_runs(config, variables, predictors):
     """{batch size: {image id: People}} over BATCH_IDS, and the compile events of batch 3."""
     items = [(i, f"{IMAGES}/{i:012d}.jpg") for i in BATCH_IDS]
-    batch3 = predict.Predictor.from_config(config, variables, batch_size=3)
+    batch3 = predict.Predictor.from_config(config, variables, batch_size=3, keep_outputs=True)
     events = []
 
     def listener(name, duration, **kwargs):
@@ -314,7 +312,9 @@ def test_batch_size_and_buckets_change_nothing(batch_runs):
     for image_id in BATCH_IDS:
         one, three = runs[1][image_id], runs[3][image_id]
         np.testing.assert_array_equal(one.slots, three.slots)
-        np.testing.assert_allclose(three.keypoints, one.keypoints, rtol=BATCH_RTOL, atol=BATCH_ATOL)
+        np.testing.assert_allclose(
+            three.keypoints, one.keypoints, rtol=BATCH_RTOL, atol=BATCH_ATOL_PX
+        )
         np.testing.assert_allclose(three.scores, one.scores, rtol=BATCH_RTOL, atol=BATCH_ATOL)
         np.testing.assert_array_equal(three.outputs.valid, one.outputs.valid)
         for name in ("poses", "scores", "centers", "mesh", "kams", "refined"):
@@ -322,7 +322,7 @@ def test_batch_size_and_buckets_change_nothing(batch_runs):
                 getattr(three.outputs, name),
                 getattr(one.outputs, name),
                 rtol=BATCH_RTOL,
-                atol=BATCH_ATOL,
+                atol=BATCH_ATOL_PX if name in ("poses", "centers", "mesh") else BATCH_ATOL,
                 err_msg=f"{image_id} {name}",
             )
         np.testing.assert_array_equal(three.resize.size_wh, one.resize.size_wh)
@@ -334,7 +334,8 @@ def test_one_compilation_per_size_and_batch_bucket(batch_runs):
     assert len(shapes) == 2
     for batch_size, predictor in predictors.items():
         # The batch-1 Predictor also ran the golden image, whose size is among `shapes`.
-        assert predictor._predict_fn._cache_size() == len(shapes), batch_size
+        fused = {key for key in predictor._programs if key[0] is True}
+        assert len(fused) == len(shapes), batch_size
     assert len(events) == len(shapes)
 
 
@@ -344,7 +345,7 @@ def test_one_compilation_per_size_and_batch_bucket(batch_runs):
 def test_missing_image_is_named(predictors, variables, config, tmp_path):
     missing = str(tmp_path / "nowhere.jpg")
     with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
-        list(predictors[True].predict_many([(0, missing)]))
+        list(predictors[True].predict_many([(0, missing)], fail_fast=True))
     with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
         predict.predict(variables, missing, config=config)
     with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
@@ -355,7 +356,10 @@ def test_corrupt_image_is_named(predictors, tmp_path):
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"this is not a JPEG file")
     with pytest.raises(ValueError, match="corrupt.jpg"):
-        list(predictors[True].predict_many([(0, str(corrupt))]))
+        list(predictors[True].predict_many([(0, str(corrupt))], fail_fast=True))
+    # Without fail_fast the image is skipped with a warning naming it.
+    with pytest.warns(predict.SkippedImageWarning, match="corrupt.jpg.*skipped"):
+        assert list(predictors[True].predict_many([(0, str(corrupt))])) == []
 
 
 def test_empty_folder_is_a_clear_error(tmp_path, capsys):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from logocap_jax import config_utils, train_lib
+from logocap_jax import config_utils, errors, train_lib
 from logocap_jax.logo_ca import LogoCaSettings
 from logocap_jax.pipeline import DecodeSettings
 
@@ -57,5 +57,5 @@ def test_settings_are_hashable_and_compare_by_value():
 def test_unknown_config_field_fails_loudly(config):
     config.logo_ca.unlock()
     config.logo_ca.window = 11
-    with pytest.raises(TypeError, match="window"):
+    with pytest.raises(errors.ConfigError, match=r"config\.logo_ca\.window is not a setting"):
         config_utils.logo_ca_settings(config)

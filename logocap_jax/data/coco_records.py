@@ -1,4 +1,4 @@
-"""Per-image records from a COCO person-keypoint annotation file (pure Python + numpy).
+"""Per-image records from a COCO person-keypoint annotation file (numpy and pycocotools).
 
 The TFDS builders store these records and evaluation reads them, so both see the same persons
 and the same ignore region. What is kept follows the official `CocoKeypoints` dataset
@@ -9,8 +9,14 @@ and the same ignore region. What is kept follows the official `CocoKeypoints` da
   annotations without keypoints, stored as pycocotools compressed RLE counts.
 
 P below is the number of kept persons of an image; it may be 0.
+
+`image_records` fails on the first problem of a file. `screen_records`, for the data set
+builders, instead checks every record, image files decoded (OpenCV), and lists the bad ones by
+class of problem (`PROBLEMS`) so that they can be skipped.
 """
 
+import concurrent.futures
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -19,6 +25,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from logocap_jax import errors, preprocess
 from logocap_jax.keypoints import NUM_JOINTS
 
 _IMAGE_KEYS = ("id", "file_name", "height", "width")
@@ -36,8 +43,9 @@ _ANNOTATION_KEYS = (
 )
 
 
-class CocoFormatError(ValueError):
-    """An annotation file is not in COCO person-keypoint format."""
+class CocoFormatError(errors.InputFormatError):
+    """An annotation file is not in COCO person-keypoint format (a user error, and a
+    ValueError)."""
 
 
 def load_annotations(annotation_file: str) -> dict[str, Any]:
@@ -53,13 +61,45 @@ def load_annotations(annotation_file: str) -> dict[str, Any]:
       The parsed JSON object.
 
     Raises:
-      FileNotFoundError: the file does not exist.
-      CocoFormatError: the file is not JSON, lacks a required key, repeats an image id, has an
-        annotation with other than 51 keypoint values or of an unknown image; the message names
-        the file and the entry (`images[i]`, `annotations[i]` and its id).
+      InputNotFoundError: the file does not exist (a FileNotFoundError).
+      CocoFormatError: the file is not JSON, lacks a required key, has a value of the wrong
+        type (ids, sizes, flags, area, bbox, keypoints not 51 finite numbers), repeats an image
+        id or has an annotation of an unknown image; the message names the file and the entry
+        (`images[i]`, `annotations[i]`) with its id.
     """
+    dataset = _read_json(annotation_file)
+    image_ids = set()
+    for i, image in enumerate(dataset["images"]):
+        where = f"{annotation_file}: images[{i}]"
+        _raise_problem(_image_entry_problem(image), where, image, "image")
+        if image["id"] in image_ids:
+            raise CocoFormatError(f"{where} repeats image id {image['id']}")
+        image_ids.add(image["id"])
+    for i, annotation in enumerate(dataset.get("annotations", [])):
+        where = f"{annotation_file}: annotations[{i}]"
+        _raise_problem(_annotation_problem(annotation), where, annotation, "annotation")
+        if annotation["image_id"] not in image_ids:
+            raise CocoFormatError(
+                f"{where}: annotation {annotation['id']} refers to image id "
+                f"{annotation['image_id']}, which is not in 'images'"
+            )
+    return dataset
+
+
+def _raise_problem(problem: tuple[str, str] | None, where: str, entry: Any, kind: str) -> None:
+    """Raises a CocoFormatError naming the entry (and its id) for a problem of `PROBLEMS`."""
+    if problem is None:
+        return
+    if isinstance(entry, dict) and "id" in entry:
+        where += f": {kind} {entry['id']}"
+    separator = " " if problem[0] == "missing_key" else ": "
+    raise CocoFormatError(f"{where}{separator}{problem[1]}")
+
+
+def _read_json(annotation_file: str) -> dict[str, Any]:
+    """The parsed file, checked only for an `images` list and an optional `annotations` list."""
     if not os.path.isfile(annotation_file):
-        raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}")
+        raise errors.InputNotFoundError(f"COCO annotation file not found: {annotation_file}")
     with open(annotation_file, "rb") as f:
         try:
             dataset = json.load(f)
@@ -69,39 +109,9 @@ def load_annotations(annotation_file: str) -> dict[str, Any]:
         raise CocoFormatError(
             f"{annotation_file} is not a COCO annotation file: no top-level 'images' list"
         )
-    image_ids = set()
-    for i, image in enumerate(dataset["images"]):
-        _require_keys(image, _IMAGE_KEYS, f"{annotation_file}: images[{i}]")
-        if image["id"] in image_ids:
-            raise CocoFormatError(f"{annotation_file}: images[{i}] repeats image id {image['id']}")
-        image_ids.add(image["id"])
     if not isinstance(dataset.get("annotations", []), list):
         raise CocoFormatError(f"{annotation_file}: 'annotations' is not a list")
-    for i, annotation in enumerate(dataset.get("annotations", [])):
-        where = f"{annotation_file}: annotations[{i}]"
-        if isinstance(annotation, dict):
-            where += f": annotation {annotation.get('id')}"
-        _require_keys(annotation, _ANNOTATION_KEYS, where)
-        if len(annotation["keypoints"]) != 3 * NUM_JOINTS:
-            raise CocoFormatError(
-                f"{where}: 'keypoints' has {len(annotation['keypoints'])} values, "
-                f"expected {3 * NUM_JOINTS} (17 COCO joints)"
-            )
-        if annotation["image_id"] not in image_ids:
-            raise CocoFormatError(
-                f"{where} refers to image id {annotation['image_id']}, which is not in 'images'"
-            )
     return dataset
-
-
-def _require_keys(entry: Any, keys: Iterable[str], where: str) -> None:
-    if not isinstance(entry, dict):
-        raise CocoFormatError(f"{where} is not a JSON object")
-    missing = [key for key in keys if key not in entry]
-    if missing:
-        raise CocoFormatError(
-            f"{where} lacks key(s) {missing}: not a COCO person-keypoint annotation file"
-        )
 
 
 def image_records(
@@ -136,7 +146,7 @@ def image_records(
         image for image in dataset["images"] if keep_images_without_people or by_image[image["id"]]
     ]
     image_dir = os.path.abspath(image_dir)
-    _check_images_exist(images, image_dir)
+    _check_images_exist(images, image_dir, annotation_file, dataset["images"])
     return (_record(image, by_image[image["id"]], image_dir, annotation_file) for image in images)
 
 
@@ -146,13 +156,13 @@ def select_images(
     """The records of `image_ids`, in that order.
 
     Raises:
-      ValueError: `missing_message` followed by the ids no record has.
+      ConfigError: `missing_message` followed by the ids no record has (a ValueError).
     """
     wanted = [int(i) for i in image_ids]
     by_id = {int(r["image_id"]): r for r in records if int(r["image_id"]) in wanted}
     missing = sorted(set(wanted) - set(by_id))
     if missing:
-        raise ValueError(f"{missing_message}: {missing}")
+        raise errors.ConfigError(f"{missing_message}: {missing}")
     return [by_id[i] for i in wanted]
 
 
@@ -163,16 +173,23 @@ def _annotations_by_image(dataset: dict[str, Any]) -> dict[int, list[dict[str, A
     return by_image
 
 
-def _check_images_exist(images: list[dict[str, Any]], image_dir: str) -> None:
+def _check_images_exist(
+    images: list[dict[str, Any]], image_dir: str, annotation_file: str, listed: list
+) -> None:
+    """Raises InputNotFoundError naming the first image file of `images` that is missing, with
+    its entry in `listed` (the file's `images`) and id, and how many are missing."""
     missing = [
-        image["file_name"]
-        for image in images
-        if not os.path.isfile(os.path.join(image_dir, image["file_name"]))
+        image for image in images if not os.path.isfile(os.path.join(image_dir, image["file_name"]))
     ]
     if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} image file(s) listed in the annotations are missing from "
-            f"{image_dir}, e.g. {os.path.join(image_dir, missing[0])}"
+        first = missing[0]
+        index = next(i for i, image in enumerate(listed) if image is first)
+        also = (
+            f" ({len(missing)} of {len(images)} listed images are missing)" if missing[1:] else ""
+        )
+        raise errors.InputNotFoundError(
+            f"{annotation_file}: images[{index}]: image {first['id']}: image file "
+            f"{os.path.join(image_dir, first['file_name'])} not found{also}"
         )
 
 
@@ -238,6 +255,12 @@ def _segmentation_rles(
     if isinstance(segmentation, list):
         # Polygons go through frPyObjects unchanged, as in the official get_mask, so its
         # quirks (a 4-value first polygon is read as a box) are reproduced too.
+        if not all(
+            isinstance(polygon, list) and all(map(_is_finite, polygon)) for polygon in segmentation
+        ):
+            raise CocoFormatError(
+                f"{where}: 'segmentation' polygons hold other values than finite numbers"
+            )
         return mask_utils.frPyObjects(segmentation, height, width) if segmentation else []
     if not isinstance(segmentation, dict) or "counts" not in segmentation:
         raise CocoFormatError(f"{where}: 'segmentation' is neither polygons nor RLE")
@@ -280,3 +303,327 @@ def valid_mask(record: dict[str, Any]) -> np.ndarray:
     """
     rle = {"size": [record["height"], record["width"]], "counts": record["ignore_rle"]}
     return mask_utils.decode(rle) == 0
+
+
+# Screening for the data set builders: every record is checked before anything is written, and
+# a bad one is skipped with its reason instead of failing the build. What counts as bad, by
+# class of problem (the keys are the `problem` of a `BadEntry`):
+PROBLEMS = {
+    "missing_key": "an images entry or annotation is not an object or lacks a required key",
+    "bad_value": "an image id, file name, height or width, or an annotation's image_id, "
+    "iscrowd (0/1), num_keypoints (>= 0), area (finite, >= 0) or bbox (4 finite numbers, "
+    "w, h >= 0) of the wrong type or range",
+    "bad_keypoints": "keypoints are not 51 finite numbers with visibility 0, 1 or 2",
+    "bad_segmentation": "the segmentation needed for the ignore region is neither polygons of "
+    "finite numbers nor an RLE of the image's size, or pycocotools rejects it",
+    "repeated_image_id": "several images entries share an id (all of them are skipped)",
+    "unknown_image_id": "an annotation names an image id no images entry has (no record is "
+    "skipped; the annotation is listed)",
+    "missing_image": "the image file does not exist",
+    "unreadable_image": "the image file cannot be opened or read",
+    "empty_image": "the image file is empty",
+    "not_an_image": "OpenCV cannot decode the file",
+    "damaged_image": "the file decodes only partially (truncated or corrupt data)",
+    "image_size_mismatch": "the decoded image is not the height x width the annotation gives",
+}
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be used; the message names the file.
+
+    Attributes:
+      problem: the class of problem, a key of `PROBLEMS`.
+      path: the image file.
+    """
+
+    def __init__(self, problem: str, path: str, message: str):
+        super().__init__(f"{message}: {path}")
+        self.problem = problem
+        self.path = path
+
+
+def read_checked_image(path: str, height: int | None = None, width: int | None = None):
+    """Reads an image as `preprocess.read_image` does, refusing partial decodes and images of
+    another size than the annotation's.
+
+    Args:
+      path: image file.
+      height: the height the annotation gives, checked if not None.
+      width: the width the annotation gives, checked if not None.
+
+    Returns:
+      [h, w, 3] uint8 RGB image.
+
+    Raises:
+      BadImageError: the file is missing, unreadable, empty, not decodable, damaged
+        (`preprocess.decode_image_file`), or of another size than height x width.
+    """
+    try:
+        decoded = preprocess.decode_image_file(path)
+    except preprocess.ImageReadError as error:
+        raise BadImageError(_IMAGE_PROBLEM[error.problem], error.path, error.reason) from None
+    if decoded.damage is not None:
+        raise BadImageError("damaged_image", os.fspath(path), decoded.damage)
+    image = decoded.image
+    if height is not None and width is not None and image.shape[:2] != (height, width):
+        raise BadImageError(
+            "image_size_mismatch",
+            os.fspath(path),
+            f"image is {image.shape[0]}x{image.shape[1]} (height x width) but the annotation "
+            f"says {height}x{width}",
+        )
+    return image
+
+
+# preprocess's classes of unreadable image files -> the record problems of PROBLEMS.
+_IMAGE_PROBLEM = {
+    "missing": "missing_image",
+    "not_a_file": "unreadable_image",
+    "unreadable": "unreadable_image",
+    "empty": "empty_image",
+    "not_decodable": "not_an_image",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BadEntry:
+    """A record the builders skip, or an annotation that belongs to no record.
+
+    Attributes:
+      entry: where it is in the annotation file, e.g. "images[3]" or "annotations[17]".
+      problem: the class of problem, a key of `PROBLEMS`.
+      reason: what is wrong, naming the key, value or file and what was expected.
+      image_id: the image id, where the entry has one.
+      file_name: the image file name, where the entry has one.
+    """
+
+    entry: str
+    problem: str
+    reason: str
+    image_id: Any = None
+    file_name: Any = None
+
+    def describe(self) -> str:
+        """One line naming the record and what is wrong with it."""
+        names = [f"image id {self.image_id}"] if self.image_id is not None else []
+        names += [str(self.file_name)] if self.file_name is not None else []
+        return f"{self.entry}" + (f" ({', '.join(names)})" if names else "") + f": {self.reason}"
+
+
+@dataclasses.dataclass
+class ScreenedRecords:
+    """A COCO person-keypoint file checked record by record (see `screen_records`).
+
+    Attributes:
+      annotation_file: the JSON file.
+      image_dir: absolute image folder.
+      images: the file's `images` entries.
+      annotations: per images entry, its annotations (those of its id).
+      bad: images entry index -> why its record is skipped.
+      ignored_annotations: annotations of no listed image, or without a usable image_id.
+    """
+
+    annotation_file: str
+    image_dir: str
+    images: list[Any]
+    annotations: list[list[dict[str, Any]]]
+    bad: dict[int, BadEntry]
+    ignored_annotations: list[BadEntry]
+
+    def candidates(self, keep_images_without_people: bool) -> list[int]:
+        """Indices of the images entries a split keeps, bad ones included, in file order."""
+        return [
+            i for i in range(len(self.images)) if keep_images_without_people or self.annotations[i]
+        ]
+
+    def image_problem(self, index: int) -> tuple[str, str] | None:
+        """(problem, reason) if the image file of images entry `index` cannot be used."""
+        image = self.images[index]
+        path = os.path.join(self.image_dir, image["file_name"])
+        try:
+            read_checked_image(path, int(image["height"]), int(image["width"]))
+        except BadImageError as e:
+            return e.problem, str(e)
+        return None
+
+    def records(self, indices: Iterable[int]) -> Iterator[dict[str, Any]]:
+        """The `image_records` records of good images entries, lazily."""
+        for i in indices:
+            yield _record(self.images[i], self.annotations[i], self.image_dir, self.annotation_file)
+
+
+def screen_records(
+    annotation_file: str,
+    image_dir: str,
+    *,
+    keep_images_without_people: Iterable[bool],
+    num_threads: int | None = None,
+) -> ScreenedRecords:
+    """Reads a COCO person-keypoint file leniently and checks every record a split would keep.
+
+    A record is bad when its images entry, one of its annotations, the ignore region built from
+    them, or its image file has a problem of `PROBLEMS` (the first one found is kept). Image
+    files are fully decoded, in a thread pool, only for records without other problems.
+
+    Args:
+      annotation_file: COCO-format JSON.
+      image_dir: folder holding the images under their `file_name`.
+      keep_images_without_people: the settings of the splits to be built; the records kept
+        by any of them are checked.
+      num_threads: threads decoding images; default the CPU count.
+
+    Returns:
+      The screened file; `records(indices)` makes the records of good entries.
+
+    Raises:
+      FileNotFoundError: the annotation file is missing.
+      CocoFormatError: it is not JSON, or has no `images` list, or a non-list `annotations`.
+    """
+    dataset = _read_json(annotation_file)
+    images = dataset["images"]
+    bad: dict[int, BadEntry] = {}
+    indices_by_id: dict[Any, list[int]] = {}
+    for i, image in enumerate(images):
+        problem = _image_entry_problem(image)
+        if problem is not None:
+            bad[i] = _bad_image(i, image, *problem)
+        if isinstance(image, dict) and _is_int(image.get("id")):
+            indices_by_id.setdefault(image["id"], []).append(i)
+    for image_id, indices in indices_by_id.items():
+        if len(indices) > 1:
+            reason = f"image id {image_id} is repeated in images{indices}"
+            for i in indices:
+                bad.setdefault(i, _bad_image(i, images[i], "repeated_image_id", reason))
+    annotations: list[list[dict[str, Any]]] = [[] for _ in images]
+    ignored = []
+    for j, annotation in enumerate(dataset.get("annotations", [])):
+        where = f"annotations[{j}]"
+        if isinstance(annotation, dict) and "id" in annotation:
+            where += f" (annotation {annotation['id']})"
+        image_id = annotation.get("image_id") if isinstance(annotation, dict) else None
+        indices = indices_by_id.get(image_id, []) if _is_int(image_id) else []
+        problem = _annotation_problem(annotation)
+        if not indices:
+            if problem is None:
+                problem = ("unknown_image_id", f"image id {image_id!r} is not in 'images'")
+            ignored.append(BadEntry(where, problem[0], problem[1], image_id=image_id))
+            continue
+        for i in indices:
+            annotations[i].append(annotation)
+            if problem is not None and i not in bad:
+                bad[i] = _bad_image(i, images[i], problem[0], f"{where}: {problem[1]}")
+    screened = ScreenedRecords(
+        annotation_file, os.path.abspath(image_dir), images, annotations, bad, ignored
+    )
+    to_check = sorted(
+        {i for keep in set(keep_images_without_people) for i in screened.candidates(keep)}
+    )
+    for i in to_check:
+        if i not in bad:
+            reason = _ignore_region_problem(
+                images[i], annotations[i], screened.image_dir, annotation_file
+            )
+            if reason is not None:
+                bad[i] = _bad_image(i, images[i], "bad_segmentation", reason)
+    to_decode = [i for i in to_check if i not in bad]
+    with concurrent.futures.ThreadPoolExecutor(num_threads or os.cpu_count()) as pool:
+        for i, problem in zip(to_decode, pool.map(screened.image_problem, to_decode)):
+            if problem is not None:
+                bad[i] = _bad_image(i, images[i], *problem)
+    return screened
+
+
+def _bad_image(index: int, image: Any, problem: str, reason: str) -> BadEntry:
+    known = image if isinstance(image, dict) else {}
+    return BadEntry(f"images[{index}]", problem, reason, known.get("id"), known.get("file_name"))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return _is_number(value) and float(value).is_integer()
+
+
+def _is_finite(value: Any) -> bool:
+    return _is_number(value) and bool(np.isfinite(value))
+
+
+def _image_entry_problem(image: Any) -> tuple[str, str] | None:
+    if not isinstance(image, dict):
+        return "missing_key", "is not a JSON object"
+    missing = [key for key in _IMAGE_KEYS if key not in image]
+    if missing:
+        return "missing_key", f"lacks key(s) {missing}"
+    if not _is_int(image["id"]):
+        return "bad_value", f"'id' is {image['id']!r}, expected an integer"
+    if not isinstance(image["file_name"], str) or not image["file_name"]:
+        return "bad_value", f"'file_name' is {image['file_name']!r}, expected a file name"
+    for key in ("height", "width"):
+        if not _is_int(image[key]) or image[key] <= 0:
+            return "bad_value", f"'{key}' is {image[key]!r}, expected a positive integer"
+    return None
+
+
+def _annotation_problem(annotation: Any) -> tuple[str, str] | None:
+    if not isinstance(annotation, dict):
+        return "missing_key", "is not a JSON object"
+    missing = [key for key in _ANNOTATION_KEYS if key not in annotation]
+    if missing:
+        return "missing_key", f"lacks key(s) {missing}"
+    keypoints = annotation["keypoints"]
+    if not isinstance(keypoints, list) or len(keypoints) != 3 * NUM_JOINTS:
+        found = (
+            f"has {len(keypoints)} values" if isinstance(keypoints, list) else f"is {keypoints!r}"
+        )
+        return "bad_keypoints", f"'keypoints' {found}, expected {3 * NUM_JOINTS} numbers"
+    if not all(_is_finite(value) for value in keypoints):
+        bad = next(value for value in keypoints if not _is_finite(value))
+        return "bad_keypoints", f"'keypoints' holds {bad!r}, expected finite numbers"
+    visibility = keypoints[2::3]
+    if any(v not in (0, 1, 2) for v in visibility):
+        bad = next(v for v in visibility if v not in (0, 1, 2))
+        return "bad_keypoints", f"'keypoints' has visibility {bad!r}, expected 0, 1 or 2"
+    checks = {
+        "image_id": (_is_int(annotation["image_id"]), "an integer"),
+        "category_id": (_is_int(annotation["category_id"]), "an integer"),
+        "iscrowd": (annotation["iscrowd"] in (0, 1), "0 or 1"),
+        "num_keypoints": (
+            _is_int(annotation["num_keypoints"]) and annotation["num_keypoints"] >= 0,
+            "a non-negative integer",
+        ),
+        "area": (_is_finite(annotation["area"]) and annotation["area"] >= 0, "a number >= 0"),
+        "bbox": (_is_box(annotation["bbox"]), "[x, y, w, h], finite, w and h >= 0"),
+    }
+    for key, (ok, expected) in checks.items():
+        if not ok:
+            return "bad_value", f"'{key}' is {annotation[key]!r}, expected {expected}"
+    return None
+
+
+def _is_box(box: Any) -> bool:
+    return (
+        isinstance(box, list)
+        and len(box) == 4
+        and all(_is_finite(value) for value in box)
+        and box[2] >= 0
+        and box[3] >= 0
+    )
+
+
+def _ignore_region_problem(
+    image: dict[str, Any], annotations: list[dict[str, Any]], image_dir: str, annotation_file: str
+) -> str | None:
+    """Why the ignore region of an image cannot be built, or None."""
+    try:
+        _record(image, annotations, image_dir, annotation_file)
+    except CocoFormatError as e:
+        return str(e)
+    except Exception as e:
+        # pycocotools rejects malformed polygons with a bare Exception (or a TypeError or
+        # ValueError); anything else is a bug and propagates.
+        if type(e) not in (Exception, TypeError, ValueError):
+            raise
+        return f"annotation segmentation rejected by pycocotools: {e}"
+    return None

@@ -1,6 +1,6 @@
 """Training input pipeline: image records -> augmented, batched training examples (design §1.2).
 
-    record --read_image, joints_with_center, random affine + flip--> warped image, mask, joints
+    record --read_checked_image, joints_with_center, random affine + flip--> image, mask, joints
       --heatmap / offset targets, padded OKS ground truth, ImageNet normalisation--> example
     records --shuffle per epoch, repeat, map(example), take this process's 1/P, batch--> batches
 
@@ -8,6 +8,15 @@
 runs eagerly and inside grain workers. The pipeline seeds that generator from (seed, i), i being
 the example's position in the global (shuffled, repeated) stream, so an example does not depend
 on the worker count, the process count or on when the iterator was restored.
+
+One bad record never stops training. When the image of the record at stream position i cannot
+be used (missing, unreadable, undecodable, truncated, or of another size than the record says:
+`coco_records.read_checked_image`), position i takes the record of the first position i + k
+whose image can, still with the generator of position i, and its `replaced` is k. Being a
+function of (seed, i) and the data alone, the replacement is the same on every rerun and for
+any worker or process count. Each bad record is logged once per process as a warning naming
+its image and the reason; MAX_CONSECUTIVE_BAD_RECORDS bad records in a row stop the pipeline
+with an error, as the data set rather than a record is then broken.
 
 Example keys are the names `train_forward.training_outputs` and `losses.training_losses` read,
 so a batch feeds both directly. R = input_size, r = output_size, G = max_people below:
@@ -17,7 +26,7 @@ so a batch feeds both directly. R = input_size, r = output_size, G = max_people 
   offsets float32 [r, r, 34], offset_weights float32 [r, r, 34];
   keypoints float32 [G, 17, 3] (original-image px), areas float32 [G], valid bool [G],
   transform float32 [3, 3] (original -> input), transform_inv float32 [3, 3], flip bool [];
-  image_id int64 [].
+  image_id int64 []; replaced int32 [] (records skipped for this example, set by the pipeline).
 
 A batch has the same keys with a leading per-process batch axis.
 """
@@ -34,13 +43,22 @@ from absl import flags
 
 from logocap_jax.data import augment as augment_lib
 from logocap_jax.data import targets
-from logocap_jax.data.coco_records import labelled_people, valid_mask
+from logocap_jax.data.coco_records import (
+    BadImageError,
+    labelled_people,
+    read_checked_image,
+    valid_mask,
+)
 from logocap_jax.keypoints import STRIDE
-from logocap_jax.preprocess import normalize, read_image
+from logocap_jax.preprocess import normalize
 
 _LOG = logging.getLogger(__name__)
 # Set once this process has warned that an image has more GT persons than max_people.
 _warned_truncation = False
+# Image paths of the bad records this process has warned about.
+_warned_records: set[str] = set()
+# This many unusable records in a row stop the pipeline (fewer if the source is smaller).
+MAX_CONSECUTIVE_BAD_RECORDS = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,13 +106,37 @@ def train_example(
       augmentation: ranges of the random affine augmentation.
 
     Returns:
-      The example dict described in the module docstring.
+      The example dict described in the module docstring, without `replaced`.
 
     Raises:
-      FileNotFoundError: the image file is missing (the message names it).
-      ValueError: the image file cannot be decoded (the message names it).
+      coco_records.BadImageError: the image file cannot be used (the message names it and
+        says why).
     """
-    image = read_image(record["image_path"])
+    return _example_from_image(
+        record,
+        _read_image(record),
+        rng,
+        input_size=input_size,
+        output_size=output_size,
+        max_people=max_people,
+        augmentation=augmentation,
+    )
+
+
+def _read_image(record: Mapping[str, Any]) -> np.ndarray:
+    return read_checked_image(record["image_path"], int(record["height"]), int(record["width"]))
+
+
+def _example_from_image(
+    record: Mapping[str, Any],
+    image: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    input_size: int,
+    output_size: int,
+    max_people: int,
+    augmentation: Augmentation,
+) -> dict[str, np.ndarray]:
     params = augment_lib.sample_augmentation(
         rng, image_hw=image.shape[:2], **dataclasses.asdict(augmentation)
     )
@@ -178,7 +220,9 @@ def make_train_dataset(
 
     The global stream is the records shuffled anew each epoch (grain's index shuffle, seeded
     with seed + epoch) and repeated forever; example i of it is
-    `train_example(record, example_rng(seed, i), ...)`. Global batch t is stream positions
+    `train_example(record, example_rng(seed, i), ...)`, plus `replaced` = 0, or, if that
+    record's image cannot be used, the same for the next usable record of the stream with
+    `replaced` counting the records skipped (module docstring). Global batch t is stream positions
     [t * batch_size, (t + 1) * batch_size); shard p of P keeps positions i = p (mod P) of it,
     so every process gets batch_size / P examples of every global batch and the shards'
     union is the single-process batch. Batches are formed before the worker split, so the
@@ -213,27 +257,29 @@ def make_train_dataset(
       An infinite `grain.IterDataset` of batches with leading axis batch_size / shard_count.
 
     Raises:
-      ValueError: inconsistent sizes, or an empty source.
+      ValueError: inconsistent sizes, or an empty source. When a batch is read: the images
+        of MAX_CONSECUTIVE_BAD_RECORDS (or all, if fewer) records in a row cannot be used.
     """
     shard = shard_options or grain.sharding.ShardByJaxProcess()
     _check_sizes(len(source), batch_size, shard.shard_count, input_size, output_size)
     if start_index < 0:
         raise ValueError(f"start_index={start_index} must not be negative")
+    # The shuffled, repeated source indices: position i of the stream reads order[i].
+    order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
     transform = functools.partial(
         _indexed_example,
+        order=order,
+        source=source,
         seed=seed,
         input_size=input_size,
         output_size=output_size,
         max_people=max_people,
         augmentation=augmentation,
     )
-    dataset = (
-        grain.MapDataset.source(source)
-        .shuffle(seed=seed)
-        .repeat()
-        .map_with_index(transform)[start_index + shard.shard_index :: shard.shard_count]
-        .batch(batch_size // shard.shard_count, drop_remainder=True)
-    )
+    positions = order.map_with_index(transform)[
+        start_index + shard.shard_index :: shard.shard_count
+    ]
+    dataset = positions.batch(batch_size // shard.shard_count, drop_remainder=True)
     dataset = dataset.to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
     )
@@ -244,9 +290,43 @@ def make_train_dataset(
 
 
 def _indexed_example(
-    index: int, record: Mapping[str, Any], *, seed: int, **kwargs
+    index: int,
+    record_index: int,
+    *,
+    order: grain.MapDataset,
+    source: Sequence[Mapping[str, Any]],
+    seed: int,
+    **kwargs,
 ) -> dict[str, np.ndarray]:
-    return train_example(record, example_rng(seed, index), **kwargs)
+    """Example `index` of the stream, from the first usable record at or after it."""
+    tries = min(len(source), MAX_CONSECUTIVE_BAD_RECORDS)
+    last_error = None
+    for skipped in range(tries):
+        if skipped:
+            record_index = order[index + skipped]
+        record = source[record_index]
+        try:
+            image = _read_image(record)
+        except BadImageError as error:
+            _warn_bad_record(record, error)
+            last_error = error
+            continue
+        example = _example_from_image(record, image, example_rng(seed, index), **kwargs)
+        example["replaced"] = np.asarray(skipped, np.int32)
+        return example
+    raise ValueError(
+        f"the images of {tries} training records in a row, from stream position {index}, "
+        f"cannot be used; the last: {last_error}"
+    )
+
+
+def _warn_bad_record(record: Mapping[str, Any], error: BadImageError) -> None:
+    if record["image_path"] in _warned_records:
+        return
+    _warned_records.add(record["image_path"])
+    _LOG.warning(
+        "training image id %s is replaced by the next usable record: %s", record["image_id"], error
+    )
 
 
 def _allow_unparsed_absl_flags() -> None:

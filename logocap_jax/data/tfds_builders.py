@@ -4,6 +4,13 @@ Each example is one `coco_records.image_records` record: images stay as absolute
 (nothing is re-encoded) and the P persons of an image are ragged tensors. Splits are written
 as ArrayRecord and read back with random access through `data_source`, ready for grain.
 
+Every record is checked before anything is written (`coco_records.screen_records`: annotation
+values, ignore region, image file fully decoded and of the annotated size). A bad record is
+skipped, logged, and listed with its class of problem and reason in `build_report.json` next to
+the data set's files; the counts go to the data set's metadata (`builder.info.metadata`,
+metadata.json). With `strict=True` (`--strict`) any bad record is an error naming it; a split
+whose records are all bad is an error either way.
+
 Only `GeneratorBasedBuilder.download_and_prepare` and `as_data_source` / `tfds.data_source`
 are used, and they run without TensorFlow (tests check it is never imported); `tfds.load`,
 the `tfds` CLI, `tfds.testing` and `tfds.list_builders` need it.
@@ -11,21 +18,33 @@ the `tfds` CLI, `tfds.testing` and `tfds.list_builders` need it.
 Command line:
 
   python -m logocap_jax.data.tfds_builders --dataset coco --data_dir DIR --manual_dir COCO
+
+A user error (missing file or folder, file not in COCO format, bad records under --strict,
+unknown config) prints one line and exits with status 2; --verbose shows the traceback.
 """
 
-import argparse
+import collections
 import dataclasses
+import json
+import logging
 import os
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from logocap_jax.data.coco_records import image_records
+from logocap_jax import cli, errors
+from logocap_jax.data import coco_records
 from logocap_jax.keypoints import NUM_JOINTS
 
+_LOG = logging.getLogger(__name__)
 FILE_FORMAT = "array_record"
+# Written next to the data set's files: every skipped record with its problem and reason.
+REPORT_FILE = "build_report.json"
+# Bad records named one by one in the build log; the report lists all of them.
+_LOGGED_BAD_RECORDS = 20
 MINI_DATASETS = ("coco_mini", "ochuman_mini")
 # Where the bundled mini sets live in a source checkout.
 _REPO_DATA_DIR = os.path.normpath(
@@ -36,6 +55,11 @@ _COCO_CITATION = """@inproceedings{lin2014coco, title={Microsoft {COCO}: Common 
   Context}, author={Lin, Tsung-Yi and others}, booktitle={ECCV}, year={2014}}"""
 _OCHUMAN_CITATION = """@inproceedings{zhang2019pose2seg, title={Pose2Seg: Detection Free Human
   Instance Segmentation}, author={Zhang, Song-Hai and others}, booktitle={CVPR}, year={2019}}"""
+
+
+class BuildError(errors.InputFormatError):
+    """A data set cannot be built as asked: an unknown config, a bad record in a strict build,
+    or a split whose records are all bad (a user error)."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -81,14 +105,24 @@ def _features() -> tfds.features.FeaturesDict:
 class _CocoFormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Writes the splits of a `CocoFormatConfig`, one example per image in file order."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Image records with paths, ragged persons and ignore RLE."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Image records with paths, ragged persons and ignore RLE.",
+        "1.1.0": "Records checked at build time; bad ones skipped and listed in "
+        "build_report.json, counted in metadata.json.",
+    }
     HOMEPAGE = "https://cocodataset.org/#keypoints-2017"
     CITATION = _COCO_CITATION
     # Nothing is downloaded, so there are no URL checksums. Looking for the checksums file
     # imports importlib_resources, which tfds 4.9.10 uses but does not declare
     # (tensorflow/datasets#11212), and fails where it is not installed.
     url_infos = None
+
+    def __init__(self, *, strict: bool = False, **kwargs):
+        """See `tfds.core.GeneratorBasedBuilder`; strict makes any bad record an error."""
+        super().__init__(**kwargs)
+        self.strict = strict
+        self._original_state["strict"] = strict  # Pickled builders keep it.
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -99,7 +133,30 @@ class _CocoFormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
             citation=self.CITATION,
             # Keys are positions in the annotation file, so splits keep the file order.
             disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(),
         )
+
+    def download_and_prepare(self, **kwargs) -> None:
+        """Builds the data set unless it exists; a strict call also fails on an existing one
+        that was built with bad records skipped.
+
+        Raises:
+          BuildError: a strict build met a bad record, or all records of a split are bad.
+        """
+        super().download_and_prepare(**kwargs)
+        metadata = self.info.metadata
+        if self.strict and (
+            sum(metadata.get("skipped_records", {}).values()) or metadata.get("ignored_annotations")
+        ):
+            report_file = os.path.join(self.data_dir, REPORT_FILE)
+            with open(report_file) as f:
+                report = json.load(f)
+            entries = [e for s in report["splits"].values() for e in s["skipped_records"]]
+            first = coco_records.BadEntry(**[*entries, *report["ignored_annotations"]][0])
+            raise BuildError(
+                f"{self.info.full_name} was built with bad records skipped ({report_file}), "
+                f"e.g. {first.describe()}"
+            )
 
     def _source_paths(self, dl_manager: tfds.download.DownloadManager) -> tuple[str, str]:
         """(annotation file, image folder) of the config, under the manual dir."""
@@ -111,13 +168,33 @@ class _CocoFormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         annotation_file, image_dir = self._source_paths(dl_manager)
-        # image_records validates eagerly, so bad input fails before anything is written.
-        return {
-            split: self._generate_examples(
-                image_records(annotation_file, image_dir, keep_images_without_people=keep)
+        splits = self.builder_config.splits
+        # Every record is checked first, so a strict build fails before anything is written.
+        screened = coco_records.screen_records(
+            annotation_file, image_dir, keep_images_without_people=splits.values()
+        )
+        good, report = _build_report(self.info.full_name, screened, splits)
+        problems = [*_bad_entries(screened, splits), *screened.ignored_annotations]
+        if self.strict and problems:
+            raise BuildError(
+                f"{self.info.full_name}: {len(problems)} bad record(s) or annotation(s) in "
+                f"{annotation_file}, e.g. {problems[0].describe()}; build without strict "
+                "to skip them"
             )
-            for split, keep in self.builder_config.splits.items()
-        }
+        for split, entry in report["splits"].items():
+            if entry["skipped"] and not entry["records"]:
+                first = coco_records.BadEntry(**entry["skipped_records"][0])
+                raise BuildError(
+                    f"{self.info.full_name} {split}: all {entry['skipped']} records are bad, "
+                    f"e.g. {first.describe()}"
+                )
+        with open(os.path.join(self.data_dir, REPORT_FILE), "w") as f:
+            json.dump(report, f, indent=1)
+        self.info.metadata.update(_report_counts(report))
+        # Records hold absolute image paths: a build from another folder is stale.
+        self.info.metadata["image_dir"] = os.path.abspath(image_dir)
+        _log_problems(self.info.full_name, problems, report)
+        return {split: self._generate_examples(screened.records(good[split])) for split in splits}
 
     def _generate_examples(self, records: Iterator[dict[str, Any]]):
         yield from enumerate(records)
@@ -195,8 +272,86 @@ class CocoFormat(_CocoFormatBuilder):
         return self.builder_config.annotation_file, self.builder_config.image_dir
 
 
+def _bad_entries(
+    screened: coco_records.ScreenedRecords, splits: Mapping[str, bool]
+) -> list[coco_records.BadEntry]:
+    """The bad records any of `splits` would keep, each once, in file order."""
+    kept = {i for keep in set(splits.values()) for i in screened.candidates(keep)}
+    return [screened.bad[i] for i in sorted(kept & set(screened.bad))]
+
+
+def _build_report(
+    dataset: str, screened: coco_records.ScreenedRecords, splits: Mapping[str, bool]
+) -> tuple[dict[str, list[int]], dict[str, Any]]:
+    """(split -> images entries written, the JSON build report)."""
+    good, per_split = {}, {}
+    for split, keep in splits.items():
+        candidates = screened.candidates(keep)
+        good[split] = [i for i in candidates if i not in screened.bad]
+        skipped = [screened.bad[i] for i in candidates if i in screened.bad]
+        per_split[split] = {
+            "records": len(good[split]),
+            "skipped": len(skipped),
+            "skipped_by_problem": dict(collections.Counter(e.problem for e in skipped)),
+            "skipped_records": [dataclasses.asdict(e) for e in skipped],
+        }
+    report = {
+        "dataset": dataset,
+        "annotation_file": os.path.abspath(screened.annotation_file),
+        "image_dir": screened.image_dir,
+        "splits": per_split,
+        "ignored_annotations": [dataclasses.asdict(e) for e in screened.ignored_annotations],
+        "problems": coco_records.PROBLEMS,
+    }
+    return good, report
+
+
+def _report_counts(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The counts of a build report, for the data set's metadata."""
+    return {
+        "build_report": REPORT_FILE,
+        "records": {split: entry["records"] for split, entry in report["splits"].items()},
+        "skipped_records": {split: entry["skipped"] for split, entry in report["splits"].items()},
+        "skipped_by_problem": {
+            split: entry["skipped_by_problem"] for split, entry in report["splits"].items()
+        },
+        "ignored_annotations": len(report["ignored_annotations"]),
+    }
+
+
+def _log_problems(
+    dataset: str, problems: Sequence[coco_records.BadEntry], report: Mapping[str, Any]
+) -> None:
+    for entry in problems[:_LOGGED_BAD_RECORDS]:
+        _LOG.warning("%s: skipped %s", dataset, entry.describe())
+    if len(problems) > _LOGGED_BAD_RECORDS:
+        _LOG.warning(
+            "%s: %d more bad records or annotations, listed in %s",
+            dataset,
+            len(problems) - _LOGGED_BAD_RECORDS,
+            REPORT_FILE,
+        )
+    for split, entry in report["splits"].items():
+        if entry["skipped"]:
+            _LOG.warning(
+                "%s %s: %d of %d records skipped (%s), listed in %s",
+                dataset,
+                split,
+                entry["skipped"],
+                entry["skipped"] + entry["records"],
+                ", ".join(f"{n} {p}" for p, n in entry["skipped_by_problem"].items()),
+                REPORT_FILE,
+            )
+
+
 def build_coco_format(
-    name: str, annotation_file: str, image_dir: str, data_dir: str, *, splits: Mapping[str, bool]
+    name: str,
+    annotation_file: str,
+    image_dir: str,
+    data_dir: str,
+    *,
+    splits: Mapping[str, bool],
+    strict: bool = False,
 ) -> tfds.core.DatasetBuilder:
     """Builds `coco_format/<name>` from any COCO-format file; a no-op if already built.
 
@@ -206,9 +361,16 @@ def build_coco_format(
       image_dir: folder holding the images.
       data_dir: TFDS data dir to write into.
       splits: split name -> keep_images_without_people.
+      strict: make a bad record an error instead of skipping it.
 
     Returns:
-      The prepared builder; `builder.as_data_source(split)` reads a split back.
+      The prepared builder; `builder.as_data_source(split)` reads a split back, and
+      `builder.info.metadata` holds the counts of skipped records.
+
+    Raises:
+      FileNotFoundError: the annotation file is missing.
+      coco_records.CocoFormatError: it is not a COCO annotation file.
+      BuildError: strict and a record is bad, or all records of a split are bad.
     """
     config = CocoFormatConfig(
         name=name,
@@ -217,12 +379,17 @@ def build_coco_format(
         image_dir=os.path.abspath(image_dir),
         splits=dict(splits),
     )
-    builder = CocoFormat(config=config, data_dir=data_dir, file_format=FILE_FORMAT)
+    make = lambda: CocoFormat(
+        config=config, data_dir=data_dir, file_format=FILE_FORMAT, strict=strict
+    )
+    builder = _fresh(make, config.image_dir)
     builder.download_and_prepare()
     return builder
 
 
-def build_mini(name: str, data_dir: str, source_dir: str | None = None) -> tfds.core.DatasetBuilder:
+def build_mini(
+    name: str, data_dir: str, source_dir: str | None = None, *, strict: bool = False
+) -> tfds.core.DatasetBuilder:
     """Builds a bundled mini set with a "train" and a "val" split.
 
     Args:
@@ -230,12 +397,15 @@ def build_mini(name: str, data_dir: str, source_dir: str | None = None) -> tfds.
       data_dir: TFDS data dir to write into.
       source_dir: the mini set's folder (annotations/, images/); default: the checkout's
         data/<name>.
+      strict: make a bad record an error instead of skipping it.
 
     Returns:
       The prepared `coco_format/<name>` builder.
     """
     if name not in MINI_DATASETS:
-        raise ValueError(f"unknown mini data set {name!r}; expected one of {MINI_DATASETS}")
+        raise errors.UnknownDatasetError(
+            f"unknown mini data set {name!r}; expected one of {MINI_DATASETS}"
+        )
     source_dir = source_dir or os.path.join(_REPO_DATA_DIR, name)
     return build_coco_format(
         name,
@@ -243,6 +413,7 @@ def build_mini(name: str, data_dir: str, source_dir: str | None = None) -> tfds.
         os.path.join(source_dir, "images"),
         data_dir,
         splits={"train": False, "val": True},
+        strict=strict,
     )
 
 
@@ -251,6 +422,8 @@ def build_named(
     data_dir: str,
     manual_dir: str,
     configs: Sequence[str] | None = None,
+    *,
+    strict: bool = False,
 ) -> list[tfds.core.DatasetBuilder]:
     """Builds configs of `CocoPersonKeypoints` or `OCHuman` from a manual dir.
 
@@ -259,18 +432,54 @@ def build_named(
       data_dir: TFDS data dir to write into.
       manual_dir: folder laid out as the class's MANUAL_DOWNLOAD_INSTRUCTIONS say.
       configs: config names to build; default all.
+      strict: make a bad record an error instead of skipping it.
 
     Returns:
       The prepared builders, one per config.
+
+    Raises:
+      FileNotFoundError: manual_dir or a file of a config is missing.
+      coco_records.CocoFormatError: an annotation file is not in COCO format.
+      BuildError: a config name the class does not have, or strict and a record is bad, or
+        all records of a split are bad.
     """
-    names = configs or [config.name for config in builder_cls.BUILDER_CONFIGS]
+    known = [config.name for config in builder_cls.BUILDER_CONFIGS]
+    names = configs or known
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise BuildError(
+            f"unknown {builder_cls.name} config(s) {unknown}; expected some of {known}"
+        )
+    if not os.path.isdir(manual_dir):
+        raise errors.InputNotFoundError(f"manual dir not found: {manual_dir}")
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     builders = []
     for config in names:
-        builder = builder_cls(config=config, data_dir=data_dir, file_format=FILE_FORMAT)
+        make = lambda config=config: builder_cls(
+            config=config, data_dir=data_dir, file_format=FILE_FORMAT, strict=strict
+        )
+        image_dir = os.path.join(manual_dir, make().builder_config.image_dir)
+        builder = _fresh(make, image_dir)
         builder.download_and_prepare(download_config=download_config)
         builders.append(builder)
     return builders
+
+
+def _fresh(make, image_dir: str) -> tfds.core.DatasetBuilder:
+    """make(), with its prepared data removed first when it was built from images elsewhere
+    (its records would point there): a moved checkout or data folder rebuilds once."""
+    builder = make()
+    built_from = builder.info.metadata.get("image_dir")
+    if builder.is_prepared() and built_from != os.path.abspath(image_dir):
+        _LOG.warning(
+            "%s was built from images in %s; rebuilding it from %s",
+            builder.info.full_name,
+            built_from,
+            os.path.abspath(image_dir),
+        )
+        shutil.rmtree(builder.data_dir)
+        builder = make()
+    return builder
 
 
 def example_to_record(example: Mapping[str, Any]) -> dict[str, Any]:
@@ -320,13 +529,39 @@ def data_source(name: str, split: str, data_dir: str) -> RecordSource:
 
     Returns:
       The split's records.
+
+    Raises:
+      UnknownDatasetError: `name` is not built in a local `data_dir` (a user error).
     """
+    built = os.path.join(data_dir, name.split(":")[0])  # Without a version suffix.
+    if "://" not in data_dir and not os.path.isdir(built):
+        raise errors.UnknownDatasetError(
+            f"data set {name!r} is not built in {data_dir}: expected one of "
+            f"{', '.join(MINI_DATASETS)} (bundled), coco_person_keypoints/<train2017|val2017> "
+            "(built from data.manual_dir), or a set built there with "
+            "python -m logocap_jax.data.tfds_builders"
+        )
     return RecordSource(tfds.data_source(name, split=split, data_dir=data_dir, download=False))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point: builds one data set into --data_dir."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _summary(builder: tfds.core.DatasetBuilder) -> str:
+    skipped = builder.info.metadata.get("skipped_records", {})
+    splits = ", ".join(
+        f"{split} {info.num_examples} records ({skipped.get(split, 0)} skipped)"
+        for split, info in builder.info.splits.items()
+    )
+    report = os.path.join(builder.data_dir, REPORT_FILE)
+    return f"{builder.info.full_name}: {splits}; report {report}"
+
+
+def main(argv: Sequence[str] | None = None):
+    """The command line: builds one data set into --data_dir; a user error is one line with
+    exit status 2 (`cli.run_main`)."""
+    cli.run_main(_build, argv)
+
+
+def _build(argv: Sequence[str]) -> None:
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=("coco", "ochuman") + MINI_DATASETS)
     parser.add_argument("--data_dir", required=True, help="TFDS data dir to write into")
     parser.add_argument(
@@ -335,15 +570,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         "set: its folder, default the checkout's data/<name>)",
     )
     parser.add_argument("--configs", help="comma-separated configs (default: all)")
+    parser.add_argument(
+        "--strict", action="store_true", help="fail on a bad record instead of skipping it"
+    )
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    if args.dataset in MINI_DATASETS:
-        build_mini(args.dataset, args.data_dir, source_dir=args.manual_dir)
-        return
-    if not args.manual_dir:
+    if not args.verbose:
+        # TFDS warns through absl that a config object was passed, which the mini sets do.
+        logging.getLogger("absl").setLevel(logging.ERROR)
+    if args.dataset not in MINI_DATASETS and not args.manual_dir:
         parser.error(f"--manual_dir is required for --dataset {args.dataset}")
-    builder_cls = CocoPersonKeypoints if args.dataset == "coco" else OCHuman
-    configs = args.configs.split(",") if args.configs else None
-    build_named(builder_cls, args.data_dir, args.manual_dir, configs)
+    if args.dataset in MINI_DATASETS:
+        builders = [build_mini(args.dataset, args.data_dir, args.manual_dir, strict=args.strict)]
+    else:
+        builders = build_named(
+            CocoPersonKeypoints if args.dataset == "coco" else OCHuman,
+            args.data_dir,
+            args.manual_dir,
+            args.configs.split(",") if args.configs else None,
+            strict=args.strict,
+        )
+    for builder in builders:
+        print(_summary(builder))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
 """Convolutional message passing (CMP): local KEM features in, keypoint attraction maps out.
 
-A CMP variant is any Linen module with the interface of `ConvMessagePassing`:
+`ConvMessagePassing` is the CMP variant `conv`; other variants have its interface,
 `__call__(features [N, S, S, K*C], *, train, mask=None) -> [N, S, S, K]`, where `mask` [N]
-marks the instances that count towards batch statistics. Register new variants in
-`logocap_jax.models.logocap.CMP_VARIANTS`.
+marks the instances that count towards batch statistics (see `logocap_jax.models.cmp_variants`).
 """
 
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ import jax.numpy as jnp
 from logocap_jax.models.layers import (
     BN_EPSILON,
     BN_MOMENTUM,
+    BatchNorm,
     Dtype,
     conv,
     torch_default_bias_init,
@@ -26,7 +26,7 @@ def _broadcast_mask(mask, x):
     return None if mask is None else jnp.broadcast_to(mask[:, None, None, None], x.shape)
 
 
-class AttentiveNorm(nn.BatchNorm):
+class AttentiveNorm(BatchNorm):
     """Attentive normalisation (design §3.4): affine-free BatchNorm, then a per-instance mixture
     of `num_affine` affine transforms weighted by a hard-sigmoid attention.
 
@@ -115,7 +115,7 @@ class ConvMessagePassing(nn.Module):
                 dtype=self.dtype,
                 name=str(3 * layer),
             )(x)
-            norm_cls = AttentiveNorm if attentive else nn.BatchNorm
+            norm_cls = AttentiveNorm if attentive else BatchNorm
             norm_kwargs = (
                 dict(num_affine=self.num_affine)
                 if attentive

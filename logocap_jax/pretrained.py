@@ -1,0 +1,605 @@
+"""The official LOGO-CAP weights in one call: downloaded, converted once and cached.
+
+  config, variables = pretrained.load("w32")       # COCO-trained LOGO-CAP, HRNet-W32
+  predict.predict(variables, "photo.jpg", config=config)
+  config.train.imagenet_checkpoint = pretrained.imagenet_checkpoint("w32")  # for training
+  python -m logocap_jax.pretrained w32             # prints the cached checkpoint's path
+
+The weights are the release assets of the official LOGO-CAP implementation (CVPR 2022):
+`logocap.tar.gz` holds the COCO-trained models, `imagenet.tar.gz` the ImageNet-pretrained HRNet
+backbones used to initialise training. On first use the archive is downloaded (with a progress
+bar) into a temporary file that is renamed only once complete, the one member needed is
+extracted (archives with absolute paths, `..` or links in member names are refused) and
+converted, and the result is renamed into the cache as a whole, so an interrupted run never
+leaves anything that looks finished. Later calls read the cache without network access.
+Concurrent first uses wait on a lock file, so each archive is downloaded and converted once.
+
+Cache layout (`$LOGOCAP_JAX_CACHE_DIR`, else `$XDG_CACHE_HOME/logocap_jax`, else
+`~/.cache/logocap_jax`; or the `cache_dir` argument):
+
+  downloads/logocap.tar.gz      release archives, kept for their other members (may be deleted);
+                                one found here (e.g. copied by hand) is used without network,
+                                and downloaded again if it fails verification
+  w32/checkpoint/               orbax checkpoint of the converted variables
+  w32/source.json               archive URL, member, archive size and sha256, config
+  imagenet-w32/state_dict.npz   ImageNet backbone state dict, for `train.imagenet_checkpoint`
+  imagenet-w32/source.json
+  .lock                         held while something is downloaded or converted
+
+Mirrors and air-gapped copies: pass `url=` (the archive's URL, `file://` URL or local path) or
+set `$LOGOCAP_JAX_RELEASE_URL` to a folder (URL or path) that holds the official archives under
+their release names. A `sha256=` given is checked against the archive, also on later cache hits.
+
+`.pth` files are read with PyTorch if it is installed, else with `logocap_jax.torch_checkpoint`
+(see `convert.load_state_dict`), so neither download nor conversion needs PyTorch.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import gzip
+import hashlib
+import http.client
+import json
+import lzma
+import os
+import pathlib
+import posixpath
+import re
+import shutil
+import sys
+import tarfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+import zlib
+
+import numpy as np
+import tqdm
+
+from logocap_jax import checkpoints, config_utils, convert
+
+try:
+    import fcntl
+except ImportError:  # Windows: concurrent first uses rely on the atomic rename alone.
+    fcntl = None
+
+RELEASE_URL = "https://github.com/cherubicXN/logocap/releases/download/checkpoints"
+CACHE_DIR_ENV = "LOGOCAP_JAX_CACHE_DIR"
+RELEASE_URL_ENV = "LOGOCAP_JAX_RELEASE_URL"
+_TIMEOUT_S = 60
+_CHUNK = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+    """A checkpoint file inside a release archive.
+
+    Attributes:
+      name: name of its cache entry (letters, digits, '.', '_', '-').
+      url: URL of the archive (a `.tar.gz`).
+      member: path of the checkpoint (a `torch.save` file or `.npz`) inside the archive.
+      config: for LOGO-CAP models, the config whose model the weights fit (a name under configs/
+        or a config file path); empty for ImageNet backbones, which are cached as state dicts.
+      sha256: the archive's sha256 if known; checked like a `sha256` argument.
+    """
+
+    name: str
+    url: str
+    member: str
+    config: str = ""
+    sha256: str | None = None
+
+
+MODELS = {
+    "w32": Release(
+        "w32", f"{RELEASE_URL}/logocap.tar.gz", "logocap/logocap-hrnet-w32-coco.pth.tar", "w32"
+    ),
+    "w48": Release(
+        "w48", f"{RELEASE_URL}/logocap.tar.gz", "logocap/logocap-hrnet-w48-coco.pth.tar", "w48"
+    ),
+}
+IMAGENET = {
+    "w32": Release(
+        "imagenet-w32", f"{RELEASE_URL}/imagenet.tar.gz", "imagenet/hrnet_w32-36af842e.pth"
+    ),
+    "w48": Release(
+        "imagenet-w48",
+        f"{RELEASE_URL}/imagenet.tar.gz",
+        "imagenet/hrnetv2_w48_imagenet_pretrained.pth",
+    ),
+}
+
+
+class PretrainedError(RuntimeError):
+    """Base of the errors of this module."""
+
+
+class DownloadError(PretrainedError):
+    """The archive could not be downloaded (offline, HTTP error, interrupted transfer)."""
+
+
+class ArchiveError(PretrainedError):
+    """The archive is damaged, unsafe, lacks the member or does not match its sha256."""
+
+
+def cache_root(cache_dir: str | None = None) -> str:
+    """The cache directory: `cache_dir`, else $LOGOCAP_JAX_CACHE_DIR, else the user cache."""
+    if not cache_dir:
+        cache_dir = os.environ.get(CACHE_DIR_ENV)
+    if not cache_dir:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+        cache_dir = os.path.join(base, "logocap_jax")
+    return os.path.abspath(os.path.expanduser(cache_dir))
+
+
+def _as_url(location: str) -> str:
+    """A URL for `location`, which may also be a local path."""
+    if urllib.parse.urlparse(location).scheme in ("http", "https", "file", "ftp"):
+        return location
+    return pathlib.Path(os.path.expanduser(location)).resolve().as_uri()
+
+
+def archive_url(release: Release, url: str | None = None) -> str:
+    """The archive URL in effect: `url`, else the release's.
+
+    $LOGOCAP_JAX_RELEASE_URL, when set, replaces the official release folder (`RELEASE_URL`) in
+    the URLs of the official archives; other releases keep theirs.
+    """
+    if url:
+        return _as_url(url)
+    folder = os.environ.get(RELEASE_URL_ENV)
+    if folder and release.url.startswith(RELEASE_URL + "/"):
+        return _as_url(folder).rstrip("/") + "/" + _archive_name(release.url)
+    return release.url
+
+
+def _archive_name(url: str) -> str:
+    name = posixpath.basename(urllib.parse.urlparse(url).path)
+    if not name:
+        raise ValueError(f"The archive URL {url!r} names no file")
+    return name
+
+
+def _release(name, registry: dict, what: str) -> Release:
+    release = registry.get(name) if isinstance(name, str) else name
+    if not isinstance(release, Release):
+        raise ValueError(f"Unknown {what} {name!r}; known: {', '.join(registry)}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", release.name):
+        raise ValueError(f"Release name {release.name!r} is not a plain file name")
+    return release
+
+
+def _resolve_config(config):
+    """A ConfigDict from a ConfigDict, a config name under configs/ or a config file path."""
+    if not isinstance(config, str):
+        return config
+    if config.endswith(".py") or os.sep in config:
+        return config_utils.load_config(config)
+    return config_utils.load_config(config_utils.default_config_path(config))
+
+
+def _config_label(config) -> str:
+    if not isinstance(config, str):
+        return "the given ConfigDict"
+    return config if config.endswith(".py") or os.sep in config else f"configs/{config}.py"
+
+
+def _manual_hint(release: Release, url: str, root: str, config) -> str:
+    archive = _archive_name(url)
+    member = release.member
+    steps = [
+        f"To install it by hand, download {url} on a machine with network access, then either "
+        f"copy it to {os.path.join(root, 'downloads', archive)} (it is used from there), or pass "
+        f"url= (or set {RELEASE_URL_ENV} to its folder) with a mirror, a file:// URL or a path",
+    ]
+    if config:
+        steps.append(
+            f"or extract and convert it yourself: tar -xzf {archive} {member} && python -m "
+            f"logocap_jax.convert --config {_config_label(config)} --input {member} "
+            "--output <checkpoint directory>, then use that directory as the checkpoint"
+        )
+    else:
+        steps.append(
+            f"or extract it (tar -xzf {archive} {member}) and pass {member} as "
+            "train.imagenet_checkpoint"
+        )
+    return "; ".join(steps) + "."
+
+
+@contextlib.contextmanager
+def _locked(root: str, progress: bool):
+    """Holds the cache's lock file (other processes' first uses wait)."""
+    with open(os.path.join(root, ".lock"), "a") as lock:
+        if fcntl is None:
+            yield
+            return
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                print(f"Waiting for another process using {root} ...", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _download(url: str, path: str, hint: str, progress: bool) -> None:
+    """Downloads `url` to `path` through a temporary file renamed only when complete."""
+    try:
+        response = urllib.request.urlopen(url, timeout=_TIMEOUT_S)
+    except urllib.error.HTTPError as error:
+        raise DownloadError(
+            f"Could not download {url}: HTTP {error.code} {error.reason}. {hint}"
+        ) from error
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+        reason = getattr(error, "reason", error)
+        raise DownloadError(f"Could not download {url}: {reason}. {hint}") from error
+    part = _temporary_path(path, ".part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with response, os.fdopen(fd, "wb") as file:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            received = 0
+            with tqdm.tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=os.path.basename(path),
+                disable=not progress,
+            ) as bar:
+                while chunk := response.read(_CHUNK):
+                    file.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+        if total is not None and received != total:
+            raise DownloadError(
+                f"Download of {url} was interrupted after {received} of {total} bytes. {hint}"
+            )
+        os.replace(part, path)
+    except (OSError, http.client.HTTPException) as error:
+        raise DownloadError(f"Download of {url} failed: {error!r}. {hint}") from error
+    finally:
+        if os.path.exists(part):
+            os.remove(part)
+
+
+def _temporary_path(path: str, suffix: str) -> str:
+    """A unique hidden sibling of `path` that does not look finished (permissions per umask)."""
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}.{uuid.uuid4().hex}{suffix}")
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _refuse(archive: str, url: str, problem: str) -> ArchiveError:
+    """Deletes a downloaded archive that failed verification; the error to raise."""
+    os.remove(archive)
+    return ArchiveError(f"{problem} (archive {archive}, from {url}). The archive was deleted.")
+
+
+def _member_problem(info: tarfile.TarInfo) -> str | None:
+    """Why an archive member is refused, or None."""
+    parts = pathlib.PurePosixPath(info.name).parts
+    if info.name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", info.name):
+        return "has an absolute path"
+    if ".." in parts:
+        return "has '..' in its path"
+    if info.issym() or info.islnk():
+        return "is a link"
+    if not (info.isfile() or info.isdir()):
+        return "is not a regular file or directory"
+    return None
+
+
+def _extract(archive: str, url: str, member: str, directory: str) -> str:
+    """Extracts `member` from a .tar.gz into `directory`, checking every member on the way."""
+    target = os.path.join(directory, posixpath.basename(member))
+    found, problem = False, None
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for info in tar:
+                why = _member_problem(info)
+                if why:
+                    problem = f"Refused: archive member {info.name!r} {why}"
+                    break
+                if info.isfile() and posixpath.normpath(info.name) == member:
+                    with tar.extractfile(info) as source, open(target, "wb") as file:
+                        shutil.copyfileobj(source, file, _CHUNK)
+                    found = True
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as error:
+        problem = f"Not a readable .tar.gz archive ({error})"
+    if problem is None and not found:
+        problem = f"The archive holds no file {member}"
+    if problem:
+        raise _refuse(archive, url, problem)
+    return target
+
+
+def _read_source(entry: str) -> dict:
+    with open(os.path.join(entry, "source.json")) as file:
+        return json.load(file)
+
+
+def _cached(
+    release: Release,
+    product: str,
+    build,
+    *,
+    cache_dir: str | None,
+    url: str | None,
+    sha256: str | None,
+    config,
+    progress: bool,
+) -> str:
+    """The cache entry of `release` holding `product`, made by `build(member, entry)` if absent."""
+    root = cache_root(cache_dir)
+    entry = os.path.join(root, release.name)
+    expected_sha = (sha256 or release.sha256 or "").lower() or None
+    if not os.path.exists(os.path.join(entry, product)):
+        os.makedirs(os.path.join(root, "downloads"), exist_ok=True)
+        with _locked(root, progress):
+            if not os.path.exists(os.path.join(entry, product)):
+                if os.path.exists(entry):
+                    raise PretrainedError(
+                        f"{entry} is not a complete cache entry (it holds no {product}); "
+                        "delete it to convert again"
+                    )
+                _create(release, entry, build, url, expected_sha, config, progress)
+    recorded = _read_source(entry)["archive"]["sha256"] if expected_sha else None
+    if recorded != expected_sha:
+        raise ArchiveError(
+            f"The cache entry {entry} was converted from an archive with sha256 {recorded}, "
+            f"not {expected_sha}; delete it (and its archive in downloads/) to download again"
+        )
+    return entry
+
+
+def _create(release, entry, build, url, expected_sha, config, progress) -> None:
+    """Makes the cache entry from the kept archive if it passes, else from a fresh download."""
+    root = os.path.dirname(entry)
+    url = archive_url(release, url)
+    archive = os.path.join(root, "downloads", _archive_name(url))
+    if os.path.exists(archive):
+        try:
+            _convert_archive(release, entry, build, archive, url, expected_sha, config, progress)
+            return
+        except ArchiveError as error:
+            if progress:
+                print(f"{error} Downloading it again.", file=sys.stderr)
+    _download(url, archive, _manual_hint(release, url, root, config), progress)
+    _convert_archive(release, entry, build, archive, url, expected_sha, config, progress)
+
+
+def _convert_archive(release, entry, build, archive, url, expected_sha, config, progress):
+    """Verifies the archive, extracts and converts its member, renames the result into place."""
+    sha = _file_sha256(archive)
+    if expected_sha and sha != expected_sha:
+        raise _refuse(
+            archive, url, f"sha256 mismatch: the archive has {sha}, expected {expected_sha}"
+        )
+    size = os.path.getsize(archive)
+    work = _temporary_path(entry, ".partial")
+    os.mkdir(work)
+    try:
+        member = _extract(archive, url, release.member, work)
+        if progress:
+            print(f"Converting {release.member} ...", file=sys.stderr)
+        build(member, work)
+        os.remove(member)
+        source = {
+            "name": release.name,
+            "url": url,
+            "member": release.member,
+            "archive": {"file": os.path.basename(archive), "size": size, "sha256": sha},
+            "config": config if isinstance(config, str) else None,
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        with open(os.path.join(work, "source.json"), "w") as file:
+            json.dump(source, file, indent=2)
+        try:
+            os.rename(work, entry)
+        except OSError:
+            if not os.path.isdir(entry):  # else another process (without the lock) was first
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def checkpoint_path(
+    name,
+    *,
+    cache_dir: str | None = None,
+    url: str | None = None,
+    sha256: str | None = None,
+    config=None,
+    progress: bool = True,
+) -> str:
+    """The orbax checkpoint of official LOGO-CAP weights, downloaded and converted on first use.
+
+    Args:
+      name: "w32" or "w48" (see `MODELS`), or a `Release` (e.g. a mirror's own archive layout).
+      cache_dir: the cache directory; default $LOGOCAP_JAX_CACHE_DIR, else ~/.cache/logocap_jax.
+      url: the archive's URL (or local path), e.g. a mirror; default $LOGOCAP_JAX_RELEASE_URL's
+        archive, else the official release.
+      sha256: the archive's expected sha256, checked when given.
+      config: the config whose model converts the weights (a ConfigDict, name or path); default
+        the release's. Only used on first use.
+      progress: show a download progress bar and status lines on stderr.
+
+    Returns:
+      A directory for `checkpoints.restore_variables` (or `--checkpoint` of the CLIs).
+
+    Raises:
+      DownloadError: offline, on an HTTP error or an interrupted download; the message names the
+        URL and how to download and convert by hand.
+      ArchiveError: for a damaged or unsafe archive, a missing member or a sha256 mismatch.
+    """
+    release = _release(name, MODELS, "model")
+    config = release.config if config is None else config
+    if not config:
+        raise ValueError(f"Release {release.name!r} names no config; pass config=")
+
+    def build(member, work):
+        resolved = _resolve_config(config)
+        template = convert.model_template(config_utils.build_model(resolved))
+        try:
+            variables = convert.variables_from_state_dict(convert.load_state_dict(member), template)
+        except (KeyError, ValueError) as error:
+            raise PretrainedError(
+                f"{release.member} does not fit the model of {_config_label(config)}: "
+                f"{error.args[0] if error.args else error}"
+            ) from error
+        checkpoints.save_variables(os.path.join(work, "checkpoint"), variables)
+
+    entry = _cached(
+        release,
+        "checkpoint",
+        build,
+        cache_dir=cache_dir,
+        url=url,
+        sha256=sha256,
+        config=config,
+        progress=progress,
+    )
+    return os.path.join(entry, "checkpoint")
+
+
+def load(
+    name,
+    *,
+    cache_dir: str | None = None,
+    url: str | None = None,
+    sha256: str | None = None,
+    config=None,
+    progress: bool = True,
+):
+    """Official LOGO-CAP weights and their config, downloaded and converted on first use.
+
+    Args:
+      name: "w32" or "w48" (see `MODELS`), or a `Release`.
+      cache_dir: the cache directory; default $LOGOCAP_JAX_CACHE_DIR, else ~/.cache/logocap_jax.
+      url: the archive's URL (or local path); default $LOGOCAP_JAX_RELEASE_URL's archive, else
+        the official release.
+      sha256: the archive's expected sha256, checked when given.
+      config: the config to return and build the model with (a ConfigDict, a name under
+        configs/ or a file path), e.g. a variant with other test settings; its model must fit
+        the weights. Default the release's config.
+      progress: show a download progress bar and status lines on stderr.
+
+    Returns:
+      (config, variables), ready for `predict.predict(variables, image, config=config)`,
+      `predict.Predictor.from_config(config, variables)` and evaluation.
+
+    Raises:
+      DownloadError: offline, on an HTTP error or an interrupted download.
+      ArchiveError: for a damaged or unsafe archive, a missing member or a sha256 mismatch.
+      PretrainedError: if the weights do not fit the config's model.
+    """
+    release = _release(name, MODELS, "model")
+    config = release.config if config is None else config
+    path = checkpoint_path(
+        release, cache_dir=cache_dir, url=url, sha256=sha256, config=config, progress=progress
+    )
+    resolved = _resolve_config(config)
+    template = convert.model_template(config_utils.build_model(resolved))
+    try:
+        variables = checkpoints.restore_variables(path, template)
+    except ValueError as error:
+        raise PretrainedError(
+            f"{error}. The cache entry {os.path.dirname(path)} holds the weights of "
+            f"{_read_source(os.path.dirname(path))['url']}; delete it to convert again"
+        ) from error
+    return resolved, variables
+
+
+def imagenet_checkpoint(
+    name,
+    *,
+    cache_dir: str | None = None,
+    url: str | None = None,
+    sha256: str | None = None,
+    progress: bool = True,
+) -> str:
+    """ImageNet-pretrained HRNet backbone weights for training, downloaded on first use.
+
+    Args:
+      name: "w32" or "w48" (see `IMAGENET`), or a `Release`.
+      cache_dir: the cache directory; default $LOGOCAP_JAX_CACHE_DIR, else ~/.cache/logocap_jax.
+      url: the archive's URL (or local path); default $LOGOCAP_JAX_RELEASE_URL's archive, else
+        the official release.
+      sha256: the archive's expected sha256, checked when given.
+      progress: show a download progress bar and status lines on stderr.
+
+    Returns:
+      Path of the backbone's state dict (`.npz`), for `config.train.imagenet_checkpoint`.
+
+    Raises:
+      DownloadError: offline, on an HTTP error or an interrupted download.
+      ArchiveError: for a damaged or unsafe archive, a missing member or a sha256 mismatch.
+    """
+    release = _release(name, IMAGENET, "ImageNet backbone")
+
+    def build(member, work):
+        np.savez(os.path.join(work, "state_dict.npz"), **convert.load_state_dict(member))
+
+    entry = _cached(
+        release,
+        "state_dict.npz",
+        build,
+        cache_dir=cache_dir,
+        url=url,
+        sha256=sha256,
+        config="",
+        progress=progress,
+    )
+    return os.path.join(entry, "state_dict.npz")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Prints the path of cached official weights, downloading and converting "
+        "them on first use."
+    )
+    parser.add_argument("name", choices=sorted(MODELS), help="the model (its HRNet width)")
+    parser.add_argument(
+        "--imagenet",
+        action="store_true",
+        help="the ImageNet-pretrained backbone for training instead of the COCO-trained model",
+    )
+    parser.add_argument(
+        "--cache_dir", help=f"cache directory (default ${CACHE_DIR_ENV} or ~/.cache/logocap_jax)"
+    )
+    parser.add_argument(
+        "--url", help=f"archive URL or path (default ${RELEASE_URL_ENV} or the release)"
+    )
+    parser.add_argument("--sha256", help="expected sha256 of the archive")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    options = dict(
+        cache_dir=args.cache_dir, url=args.url, sha256=args.sha256, progress=not args.quiet
+    )
+    try:
+        if args.imagenet:
+            path = imagenet_checkpoint(args.name, **options)
+        else:
+            path = checkpoint_path(args.name, **options)
+    except PretrainedError as error:
+        parser.exit(1, f"error: {error}\n")
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
