@@ -55,13 +55,25 @@ def best_manager(workdir: str) -> ocp.CheckpointManager:
     )
 
 
+def _this_process_only() -> ocp.options.MultiprocessingOptions:
+    """Orbax options for reading in this process alone (no barrier with the others), so that
+    any process may read a checkpoint at any time, also in a multi-process job."""
+    return ocp.options.MultiprocessingOptions(
+        primary_host=jax.process_index(), active_processes={jax.process_index()}
+    )
+
+
 def _reader(directory: str, item_handlers, **options) -> ocp.CheckpointManager:
-    """A read-only manager that reads pytree items with their metadata."""
+    """A read-only manager of this process that reads pytree items with their metadata."""
     return ocp.CheckpointManager(
         directory,
         item_handlers=item_handlers,
         options=ocp.CheckpointManagerOptions(
-            read_only=True, create=False, save_interval_steps=0, **options
+            read_only=True,
+            create=False,
+            save_interval_steps=0,
+            multiprocessing_options=_this_process_only(),
+            **options,
         ),
     )
 
@@ -161,7 +173,9 @@ def _workdir_model(path: str) -> _ModelCheckpoint | None:
 
 def _variables_checkpoint(path: str) -> _ModelCheckpoint:
     """A checkpoint written by `save_variables`."""
-    checkpointer = ocp.PyTreeCheckpointer()
+    checkpointer = ocp.Checkpointer(
+        ocp.PyTreeCheckpointHandler(), multiprocessing_options=_this_process_only()
+    )
     try:
         metadata = checkpointer.metadata(path).item_metadata
     except (FileNotFoundError, ValueError) as error:
