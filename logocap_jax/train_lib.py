@@ -88,6 +88,18 @@ def trainable_labels(params, modules) -> dict:
     )
 
 
+def check_batch_layout(global_batch_size: int) -> None:
+    """Raises ConfigError unless every device of this run gets an equal slice of the global
+    batch (also when a run resumes on another number of processes or devices)."""
+    devices, processes = jax.device_count(), jax.process_count()
+    if global_batch_size % devices:
+        raise errors.ConfigError(
+            f"train.global_batch_size={global_batch_size} is not a multiple of the {devices} "
+            f"devices of this run ({processes} processes): each device takes an equal slice; "
+            "choose a multiple, or run on a device count that divides it"
+        )
+
+
 def make_mesh(devices=None) -> Mesh:
     """A one-axis ('data') mesh over all devices of all processes."""
     return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
@@ -338,9 +350,12 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     after the same step and return; the signal handlers are restored on return.
 
     Raises:
+      ConfigError: the global batch does not split over this run's devices, or the work
+        directory's checkpoint has another global batch size.
       FloatingPointError: a loss became NaN or infinite (the message names the steps and the
         last good checkpoint).
     """
+    check_batch_layout(config.train.global_batch_size)
     os.makedirs(workdir, exist_ok=True)
     mesh = make_mesh()
     print(

@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from logocap_jax import checkpoints
+from logocap_jax import checkpoints, errors
 
 
 class MetricsWriter:
@@ -230,7 +230,7 @@ def restore_checkpoint(manager, target, global_batch_size: int):
       (state, next_example): the restored state and the stream position of the next example.
 
     Raises:
-      ValueError: the checkpoint was written with another global batch size (the step count,
+      ConfigError: the checkpoint was written with another global batch size (the step count,
         the learning-rate schedule and the data position would no longer agree).
     """
     step = manager.latest_step()
@@ -246,7 +246,7 @@ def restore_checkpoint(manager, target, global_batch_size: int):
     )
     position = restored[checkpoints.DATA_ITEM]
     if position["global_batch_size"] != global_batch_size:
-        raise ValueError(
+        raise errors.ConfigError(
             f"the checkpoint of step {step} in {manager.directory} was written with "
             f"train.global_batch_size={position['global_batch_size']}, this run has "
             f"{global_batch_size}: resuming would change what a step is (schedule, data "
