@@ -13,7 +13,9 @@ time and waits for every process before its first collective (`training_io.compi
 
 Every job has a deadline; a job that misses it, or a process that fails, has all its processes
 killed (each runs in its own process group, so grain workers go too) and the error carries the
-end of every process's log.
+end of every process's log. A process fails when it exits with a non-zero status or prints a
+traceback: after an error, a JAX process waits up to 5 minutes at exit for the others
+(`jax.distributed`'s shutdown barrier), so its exit status comes too late to tell.
 """
 
 import os
@@ -104,6 +106,13 @@ class Job:
         for process in self.processes:
             process.wait()
 
+    def failed(self) -> bool:
+        """Whether a process exited with a non-zero status or printed a traceback."""
+        return any(p.poll() not in (None, 0) for p in self.processes) or any(
+            "Traceback (most recent call last)" in path.read_text(errors="replace")
+            for path in self.log_paths
+        )
+
     def send(self, index: int, signum: int):
         self.processes[index].send_signal(signum)
 
@@ -111,18 +120,18 @@ class Job:
         """Waits for every process; returns their exit codes.
 
         Raises:
-          JobFailed: the deadline passed (every process is killed first), or with `check`
-            a process exited with a non-zero status.
+          JobFailed: the deadline passed, or with `check` a process failed (`failed`); every
+            process is killed first.
         """
         deadline = time.monotonic() + timeout
         while any(p.poll() is None for p in self.processes):
             if time.monotonic() > deadline:
                 self.kill()
                 raise JobFailed(f"job not done within {timeout:.0f} s\n{self.logs_tail()}")
-            if check and any(p.poll() not in (None, 0) for p in self.processes):
+            if check and self.failed():
                 self.kill()
                 raise JobFailed(f"a process failed\n{self.logs_tail()}")
-            time.sleep(0.1)
+            time.sleep(0.2)
         codes = [p.returncode for p in self.processes]
         if check and any(codes):
             raise JobFailed(f"exit codes {codes}\n{self.logs_tail()}")
@@ -132,7 +141,7 @@ class Job:
         """Polls `condition()` until true; kills the job when it fails or the deadline passes."""
         deadline = time.monotonic() + timeout
         while not condition():
-            if any(p.poll() is not None for p in self.processes):
+            if any(p.poll() is not None for p in self.processes) or self.failed():
                 self.kill()
                 raise JobFailed(f"a process ended before {what}\n{self.logs_tail()}")
             if time.monotonic() > deadline:
