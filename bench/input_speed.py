@@ -17,6 +17,7 @@ import statistics
 import time
 
 import cv2
+import machine
 import numpy as np
 
 from logocap_jax import preprocess
@@ -35,6 +36,7 @@ def main():
     )
     args = parser.parse_args()
     cv2.setNumThreads(1)
+    print(machine.describe())
 
     records = list(
         coco_records.image_records(

@@ -128,6 +128,7 @@ def _stream(args, config, source, mesh, step, state):
         batch = next(iterator)
         waiting += time.perf_counter() - before
         batch.pop("image_id")
+        batch.pop("replaced", None)
         state, metrics = step(state, train_lib.shard_batch(batch, mesh))
     jax.block_until_ready(metrics)
     seconds = time.perf_counter() - start
