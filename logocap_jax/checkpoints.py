@@ -64,14 +64,14 @@ def _this_process_only() -> ocp.options.MultiprocessingOptions:
 
 
 def _reader(directory: str, item_handlers, **options) -> ocp.CheckpointManager:
-    """A read-only manager of this process that reads pytree items with their metadata."""
+    """A manager of this process that reads pytree items with their metadata and writes
+    nothing (orbax's read_only option would log a warning on every command line)."""
     return ocp.CheckpointManager(
         directory,
         item_handlers=item_handlers,
         options=ocp.CheckpointManagerOptions(
-            read_only=True,
             create=False,
-            save_interval_steps=0,
+            save_root_metadata=False,
             multiprocessing_options=_this_process_only(),
             **options,
         ),
@@ -146,7 +146,8 @@ def _workdir_model(path: str) -> _ModelCheckpoint | None:
     neither manager's complete checkpoints."""
     best_dir = os.path.join(path, BEST_DIR)
     best = _reader(best_dir, ocp.PyTreeCheckpointHandler(), best_fn=_ap, best_mode="max")
-    step = best.best_step()
+    # A best model saved without metrics (by hand) counts too.
+    step = best.best_step() or best.latest_step()
     if step is not None:
         return _ModelCheckpoint(
             best.item_metadata(step),
