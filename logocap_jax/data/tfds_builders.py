@@ -212,26 +212,29 @@ class CocoPersonKeypoints(_CocoFormatBuilder):
     """
     BUILDER_CONFIGS = [
         CocoFormatConfig(
-            name="train2017",
-            description="train2017, images with any annotation",
-            annotation_file="annotations/person_keypoints_train2017.json",
-            image_dir="images/train2017",
-            splits={"train2017": False},
-        ),
-        CocoFormatConfig(
-            name="val2017",
-            description="val2017, all 5000 images",
-            annotation_file="annotations/person_keypoints_val2017.json",
-            image_dir="images/val2017",
-            splits={"val2017": True},
-        ),
-        CocoFormatConfig(
-            name="test_dev2017",
-            description="test-dev 2017 images, no annotations",
-            annotation_file="annotations/image_info_test-dev2017.json",
-            image_dir="images/test2017",
-            splits={"test_dev2017": True},
-        ),
+            name=name,
+            description=description,
+            annotation_file=f"annotations/{annotations}.json",
+            image_dir=f"images/{images}",
+            splits={name: keep_empty},
+        )
+        for name, description, annotations, images, keep_empty in (
+            (
+                "train2017",
+                "train2017, images with any annotation",
+                "person_keypoints_train2017",
+                "train2017",
+                False,
+            ),
+            ("val2017", "val2017, all 5000 images", "person_keypoints_val2017", "val2017", True),
+            (
+                "test_dev2017",
+                "test-dev 2017 images, no annotations",
+                "image_info_test-dev2017",
+                "test2017",
+                True,
+            ),
+        )
     ]
 
 
