@@ -41,9 +41,19 @@ def write_checkpoint(config, directory: str) -> None:
 
 def run_predict(config_path: str, checkpoint: str, output_dir: str, extra=()) -> float:
     command = [
-        sys.executable, "-m", "logocap_jax.predict", "--config", config_path,
-        "--checkpoint", checkpoint, PHOTO, "--output_dir", output_dir, "--no_draw", *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "logocap_jax.predict",
+        "--config",
+        config_path,
+        "--checkpoint",
+        checkpoint,
+        PHOTO,
+        "--output_dir",
+        output_dir,
+        "--no_draw",
+        *extra,
+    ]
     start = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start

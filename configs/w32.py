@@ -101,6 +101,13 @@ def get_config():
             seed=0,
             compute_dtype="float32",
             imagenet_checkpoint="",
+            # Start from these model variables (a converted checkpoint or a training work
+            # directory) instead of the initialisation, except the top-level modules of
+            # init_exclude, e.g. ("joints_mlp",) to put a fresh CMP variant on trained weights.
+            init_checkpoint="",
+            init_exclude=(),
+            # Top-level modules whose parameters train, e.g. ("joints_mlp",); empty: all.
+            trainable_modules=(),
             log_every_steps=50,
             checkpoint_every_steps=2000,
             keep_checkpoints=3,

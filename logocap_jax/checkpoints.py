@@ -1,7 +1,8 @@
 """Saving and restoring model variables as orbax checkpoints.
 
 `restore_variables` accepts a converted or exported variables checkpoint, or a training work
-directory (its best-by-AP model, else the latest training state).
+directory (its best-by-AP model, else the latest training state); `restore_modules` reads some of
+the model's top-level modules from one.
 """
 
 import os
@@ -135,3 +136,48 @@ def _check_fits(path: str, variables, template) -> None:
             f"Checkpoint {path} does not fit the model of the config: {problem} "
             "(a checkpoint of another config?)"
         )
+
+
+def _shapes(tree) -> dict:
+    return {path: np.shape(x) for path, x in traverse_util.flatten_dict(dict(tree)).items()}
+
+
+def restore_modules(directory: str, variables, *, exclude=()):
+    """`variables` with every top-level module but those of `exclude` read from a checkpoint.
+
+    E.g. a trained backbone and heads under a freshly initialised CMP variant:
+    restore_modules(path, variables, exclude=("joints_mlp",)).
+
+    Args:
+      directory: as for `restore_variables`.
+      variables: the model's variables ({'params', 'batch_stats'} of arrays).
+      exclude: top-level module names whose values stay those of `variables`.
+
+    Raises:
+      ConfigError: a name of `exclude` is a module of neither the model nor the checkpoint.
+      CheckpointMismatchError: a module to read is missing from the checkpoint or has another
+        tree or shapes (named).
+    """
+    loaded = restore_variables(directory)
+    known = {name for tree in (variables, loaded) for modules in tree.values() for name in modules}
+    unknown = sorted(set(exclude) - known)
+    if unknown:
+        raise errors.ConfigError(
+            f"Modules to exclude {unknown} are in neither the model nor the checkpoint: "
+            f"{sorted(known)}"
+        )
+    restored = {}
+    for collection, modules in variables.items():
+        restored[collection] = {}
+        for name, tree in modules.items():
+            if name in exclude:
+                restored[collection][name] = tree
+                continue
+            have = loaded.get(collection, {}).get(name)
+            if have is None or _shapes(have) != _shapes(tree):
+                raise errors.CheckpointMismatchError(
+                    f"Checkpoint {directory}: {collection}/{name} is missing or does not fit the "
+                    "model (another config or CMP variant? exclude the module to keep it fresh)"
+                )
+            restored[collection][name] = have
+    return restored

@@ -138,9 +138,11 @@ def _settings(settings_class, section: str, **kwargs):
 
 
 def build_model(config, **overrides) -> LogoCap:
-    """LogoCap(**config.model), e.g. build_model(config, dtype=jnp.bfloat16)."""
-    model = checked_section(config, "model", LogoCap, exclude=("parent", "name"))
-    return LogoCap(**{**model, **overrides})
+    """LogoCap(**config.model) with the local window of config.logo_ca, e.g.
+    build_model(config, dtype=jnp.bfloat16)."""
+    model = checked_section(config, "model", LogoCap, exclude=("parent", "name", "local_half_size"))
+    window = dict(local_half_size=config.logo_ca.local_half_size)
+    return LogoCap(**{**model, **window, **overrides})
 
 
 def logo_ca_settings(config) -> LogoCaSettings:

@@ -15,10 +15,12 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import tqdm
+from flax import traverse_util
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from logocap_jax import (
+    checkpoints,
     config_utils,
     convert,
     evaluate,
@@ -46,8 +48,29 @@ def learning_rate_schedule(train_config, steps_per_epoch: int):
 
 
 def create_optimizer(train_config, steps_per_epoch: int):
-    """Adam (0.9, 0.999, eps 1e-8) without weight decay, as the official training."""
-    return optax.adam(learning_rate_schedule(train_config, steps_per_epoch))
+    """Adam (0.9, 0.999, eps 1e-8) without weight decay, as the official training.
+
+    With train_config.trainable_modules, only those top-level modules' parameters train; the
+    others stay as they are (`optax.multi_transform`: zero updates, no Adam moments).
+    """
+    adam = optax.adam(learning_rate_schedule(train_config, steps_per_epoch))
+    modules = tuple(train_config.trainable_modules)
+    if not modules:
+        return adam
+    labels = functools.partial(trainable_labels, modules=modules)
+    return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)
+
+
+def trainable_labels(params, modules) -> dict:
+    """'train' for every parameter of the top-level `modules`, 'frozen' for the others."""
+    unknown = sorted(set(modules) - set(params))
+    if unknown:
+        raise ValueError(
+            f"train.trainable_modules {unknown} are not modules with parameters: {sorted(params)}"
+        )
+    return traverse_util.path_aware_map(
+        lambda path, _: "train" if path[0] in modules else "frozen", params
+    )
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -223,6 +246,21 @@ def _load_imagenet(state: TrainState, path: str) -> TrainState:
     return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
 
+def _load_init_checkpoint(state: TrainState, train_config) -> TrainState:
+    variables = checkpoints.restore_modules(
+        train_config.init_checkpoint,
+        host_copy(model_variables(state)),
+        exclude=tuple(train_config.init_exclude),
+    )
+    print(
+        f"Initial weights from {train_config.init_checkpoint}, except {train_config.init_exclude}"
+    )
+    variables = jax.device_put(
+        variables, jax.tree_util.tree_map(lambda x: x.sharding, model_variables(state))
+    )
+    return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+
+
 def _evaluate(config, predictor, state: TrainState) -> dict:
     # Every process evaluates its own copy (the best-checkpoint save is collective).
     result = evaluate.run_evaluation(
@@ -260,6 +298,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     latest, best = training_io.checkpoint_managers(workdir, config)
     if latest.latest_step() is not None:
         state = training_io.restore_checkpoint(latest, state, iterator)
+    elif config.train.init_checkpoint:
+        state = _load_init_checkpoint(state, config.train)
     elif config.train.imagenet_checkpoint:
         state = _load_imagenet(state, config.train.imagenet_checkpoint)
     step_fn = make_train_step(

@@ -74,6 +74,25 @@ def test_build_is_idempotent(mini_dir):
     _assert_records_equal(_read(source), _mini_records("coco_mini", True))
 
 
+def test_a_build_from_images_elsewhere_is_rebuilt(tmp_path):
+    """Records hold absolute image paths, so a data set built from a checkout or data folder
+    that has since moved is rebuilt from the current one instead of pointing at missing files."""
+    data_dir = str(tmp_path / "tfds")
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):
+        (folder / "images").mkdir(parents=True)
+        (folder / "annotations").symlink_to(DATA / "ochuman_mini" / "annotations")
+        for image in (DATA / "ochuman_mini" / "images").iterdir():
+            (folder / "images" / image.name).symlink_to(image)
+    tfds_builders.build_mini("ochuman_mini", data_dir, str(first))
+    builder = tfds_builders.build_mini("ochuman_mini", data_dir, str(second))
+    paths = [
+        r["image_path"] for r in _read(tfds_builders.RecordSource(builder.as_data_source("val")))
+    ]
+    assert paths and all(path.startswith(str(second / "images")) for path in paths)
+    assert builder.info.metadata["image_dir"] == str(second / "images")
+
+
 def _manual_dir(root, files):
     """Lays out `files` (relative path -> source path) as symlinks under root."""
     for relative, source in files.items():
@@ -131,18 +150,10 @@ def test_ochuman_from_manual_dir(tmp_path):
         },
     )
     data_dir = str(tmp_path / "tfds")
-    tfds_builders.main(
-        [
-            "--dataset",
-            "ochuman",
-            "--data_dir",
-            data_dir,
-            "--manual_dir",
-            str(manual_dir),
-            "--configs",
-            "test",
-        ]
-    )
+    arguments = ["--dataset", "ochuman", "--data_dir", data_dir, "--manual_dir", str(manual_dir)]
+    with pytest.raises(SystemExit) as exit_info:
+        tfds_builders.main([*arguments, "--configs", "test"])
+    assert exit_info.value.code == 0
     records = _read(tfds_builders.data_source("ochuman/test", "test", data_dir))
     assert [len(r["area"]) for r in records] == [1, 2, 2]
     assert records[0]["image_path"] == str(manual_dir / "images" / "003799.jpg")

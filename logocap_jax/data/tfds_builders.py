@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -186,6 +187,8 @@ class _CocoFormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         with open(os.path.join(self.data_dir, REPORT_FILE), "w") as f:
             json.dump(report, f, indent=1)
         self.info.metadata.update(_report_counts(report))
+        # Records hold absolute image paths: a build from another folder is stale.
+        self.info.metadata["image_dir"] = os.path.abspath(image_dir)
         _log_problems(self.info.full_name, problems, report)
         return {split: self._generate_examples(screened.records(good[split])) for split in splits}
 
@@ -372,7 +375,10 @@ def build_coco_format(
         image_dir=os.path.abspath(image_dir),
         splits=dict(splits),
     )
-    builder = CocoFormat(config=config, data_dir=data_dir, file_format=FILE_FORMAT, strict=strict)
+    make = lambda: CocoFormat(
+        config=config, data_dir=data_dir, file_format=FILE_FORMAT, strict=strict
+    )
+    builder = _fresh(make, config.image_dir)
     builder.download_and_prepare()
     return builder
 
@@ -445,12 +451,31 @@ def build_named(
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     builders = []
     for config in names:
-        builder = builder_cls(
+        make = lambda config=config: builder_cls(
             config=config, data_dir=data_dir, file_format=FILE_FORMAT, strict=strict
         )
+        image_dir = os.path.join(manual_dir, make().builder_config.image_dir)
+        builder = _fresh(make, image_dir)
         builder.download_and_prepare(download_config=download_config)
         builders.append(builder)
     return builders
+
+
+def _fresh(make, image_dir: str) -> tfds.core.DatasetBuilder:
+    """make(), with its prepared data removed first when it was built from images elsewhere
+    (its records would point there): a moved checkout or data folder rebuilds once."""
+    builder = make()
+    built_from = builder.info.metadata.get("image_dir")
+    if builder.is_prepared() and built_from != os.path.abspath(image_dir):
+        _LOG.warning(
+            "%s was built from images in %s; rebuilding it from %s",
+            builder.info.full_name,
+            built_from,
+            os.path.abspath(image_dir),
+        )
+        shutil.rmtree(builder.data_dir)
+        builder = make()
+    return builder
 
 
 def example_to_record(example: Mapping[str, Any]) -> dict[str, Any]:

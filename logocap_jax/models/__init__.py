@@ -1,5 +1,5 @@
 """Flax Linen modules of LOGO-CAP."""
 
-from logocap_jax.models.logocap import CMP_VARIANTS, LogoCap, Predictions
+from logocap_jax.models.logocap import LogoCap, Predictions
 
-__all__ = ["CMP_VARIANTS", "LogoCap", "Predictions"]
+__all__ = ["LogoCap", "Predictions"]

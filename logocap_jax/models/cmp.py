@@ -1,9 +1,8 @@
 """Convolutional message passing (CMP): local KEM features in, keypoint attraction maps out.
 
-A CMP variant is any Linen module with the interface of `ConvMessagePassing`:
+`ConvMessagePassing` is the CMP variant `conv`; other variants have its interface,
 `__call__(features [N, S, S, K*C], *, train, mask=None) -> [N, S, S, K]`, where `mask` [N]
-marks the instances that count towards batch statistics. Register new variants in
-`logocap_jax.models.logocap.CMP_VARIANTS`.
+marks the instances that count towards batch statistics (see `logocap_jax.models.cmp_variants`).
 """
 
 from collections.abc import Sequence

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from logocap_jax.models.cmp import ConvMessagePassing
+from logocap_jax.models import cmp_variants
 from logocap_jax.models.hrnet import HRNet
 from logocap_jax.models.layers import (
     Dtype,
@@ -19,8 +19,6 @@ from logocap_jax.models.layers import (
     torch_default_bias_init,
     torch_default_kernel_init,
 )
-
-CMP_VARIANTS = {"conv": ConvMessagePassing}
 
 
 class Predictions(NamedTuple):
@@ -62,8 +60,12 @@ class LogoCap(nn.Module):
       heatmap_width: channels of the heatmap head's transition.
       offset_width: channels of the offset head's transition.
       embedding_dim: C, channels of the embedding sampled by the local KEMs.
-      cmp_variant: key of `CMP_VARIANTS`.
-      cmp_options: keyword arguments of the CMP variant (besides num_joints and dtype).
+      cmp_variant: name of the CMP variant (`cmp_variants`): a module of
+        `logocap_jax.models.cmp_variants`, or the import path of one elsewhere.
+      cmp_options: options of the CMP variant (its fields besides num_joints and dtype); keys
+        it does not have are an error naming its options.
+      local_half_size: r of the local KEM window the CMP sees, S = 2r + 1: the config's
+        `logo_ca.local_half_size` (`config_utils.build_model` passes it).
       dtype: compute dtype; parameters stay float32 and outputs are returned as float32.
     """
 
@@ -76,7 +78,12 @@ class LogoCap(nn.Module):
     embedding_dim: int = 64
     cmp_variant: str = "conv"
     cmp_options: Mapping[str, Any] | None = None
+    local_half_size: int = 5
     dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        cmp_variants.check_options(self.cmp_variant, self.cmp_options or {})
+        super().__post_init__()
 
     def setup(self):
         self.backbone = HRNet(
@@ -87,8 +94,8 @@ class LogoCap(nn.Module):
         self.transition_reg = HeadTransition(self.offset_width, dtype=self.dtype)
         self.final_layer_reg = self._output_conv(2 * self.num_joints, self.offset_width)
         self.transition_embedding = HeadTransition(self.embedding_dim, dtype=self.dtype)
-        self.joints_mlp = CMP_VARIANTS[self.cmp_variant](
-            num_joints=self.num_joints, dtype=self.dtype, **dict(self.cmp_options or {})
+        self.joints_mlp = cmp_variants.create(
+            self.cmp_variant, self.cmp_options or {}, num_joints=self.num_joints, dtype=self.dtype
         )
 
     def _output_conv(self, features, fan_in):
@@ -126,7 +133,8 @@ class LogoCap(nn.Module):
         return self.joints_mlp(features, train=train, mask=mask).astype(jnp.float32)
 
     def initialize(self, images):
-        """Touches every parameter: heads on `images`, the CMP on a dummy 3 x 3 window."""
+        """Touches every parameter: heads on `images`, the CMP on one S x S window of zeros."""
         predictions = self(images, train=False)
-        dummy = jnp.zeros((1, 3, 3, self.num_joints * self.embedding_dim), self.dtype)
+        side = 2 * self.local_half_size + 1
+        dummy = jnp.zeros((1, side, side, self.num_joints * self.embedding_dim), self.dtype)
         return predictions, self.attraction_maps(dummy, train=False)

@@ -1,0 +1,537 @@
+"""Ablation runner: trains, evaluates and compares CMP variants under one recipe.
+
+  python -m logocap_jax.ablate --config configs/mini.py --workdir workdir/ablation \
+      --variants conv,skeleton_graph,attention_window=joint_attention --steps 100 \
+      --set attention_window:model.cmp_options.window_attention=True
+
+Each entry of --variants is a CMP variant name (`logocap_jax.models.cmp_variants`, or the import
+path of a variant module elsewhere), or LABEL=NAME to run a variant under another label, e.g.
+twice with different options. Every variant trains with `train_lib.train_and_evaluate` in
+<workdir>/<label> from the same config: the same seed and batches, and the same initialisation of
+the backbone and heads (Flax derives each parameter's initialisation from the seed and its module
+path, and only the CMP's modules differ). A variant other than the config's starts from its own
+default options. `--config.<field>=<value>` overrides a config field for every variant,
+`--set LABEL:<field>=<value>` for one (a Python literal, else a string; new keys are allowed
+under model.cmp_options).
+
+After each variant the runner writes <workdir>/ablation.json, ablation.md and ablation.png: per
+variant the CMP's parameter count, its FLOPs on one image's candidate slots (XLA cost analysis),
+the CPU time of the local KAMs stage at those slots, the final loss terms, AP and AP50 at each
+evaluation, and a plot of the loss and AP against the step.
+
+Resumable: rerunning the same command skips finished variants and resumes an interrupted one
+from its latest checkpoint (a SIGTERM or Ctrl-C checkpoints the variant in training and stops
+the runner). --steps 0 measures the costs only. --init_checkpoint PATH starts every variant from
+the model variables at PATH (a converted checkpoint or a training work directory) with a fresh
+CMP; with --cmp_only only the CMP trains and everything else stays as loaded.
+"""
+
+import ast
+import copy
+import functools
+import json
+import os
+import re
+import signal
+import statistics
+import time
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from logocap_jax import (
+    checkpoints,
+    config_utils,
+    evaluate,
+    pipeline,
+    predict,
+    train_lib,
+    training_io,
+)
+from logocap_jax.models import LogoCap, cmp_variants
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+flags.DEFINE_list("variants", None, "Comma-separated CMP variants: NAME or LABEL=NAME.")
+flags.DEFINE_integer("steps", None, "Training steps per variant; 0 measures the costs only.")
+flags.DEFINE_string("workdir", None, "Directory of the per-variant work directories and report.")
+flags.DEFINE_multi_string(
+    "set", [], "Override for one variant: LABEL:FIELD=VALUE, e.g. conv:train.seed=1."
+)
+flags.DEFINE_string(
+    "init_checkpoint", "", "Model variables every variant starts from, except the CMP's."
+)
+flags.DEFINE_bool("cmp_only", False, "Train only the CMP (needs --init_checkpoint).")
+flags.DEFINE_integer("timing_repeats", 20, "Runs of the local KAMs stage timed (median).")
+flags.DEFINE_bool("verbose", False, "Keep the libraries' INFO logs.")
+flags.mark_flags_as_required(["config", "variants", "steps", "workdir"])
+
+CMP_MODULE = "joints_mlp"
+LOSS_TERMS = ("total", "heatmaps", "offsets", "oks", "refined_heatmaps")
+LABEL_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def parse_variants(entries) -> list[tuple[str, str]]:
+    """[(label, variant name)] of --variants entries NAME or LABEL=NAME; labels are unique."""
+    variants = []
+    for entry in entries:
+        label, _, name = entry.rpartition("=")
+        label = label or name
+        if not LABEL_PATTERN.fullmatch(label) or not name:
+            raise ValueError(
+                f"Bad --variants entry {entry!r}: NAME or LABEL=NAME ({LABEL_PATTERN})"
+            )
+        variants.append((label, name))
+    labels = [label for label, _ in variants]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"Repeated labels in --variants {labels}: use LABEL=NAME")
+    return variants
+
+
+def parse_value(text: str):
+    """A Python literal (1e-3, (16, 8), True), true/false, or else the string itself."""
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return ast.literal_eval(text)
+    except (SyntaxError, ValueError):
+        return text
+
+
+def parse_overrides(entries, labels) -> dict[str, list[tuple[str, object]]]:
+    """{label: [(field path, value)]} of --set entries LABEL:FIELD=VALUE."""
+    overrides = {label: [] for label in labels}
+    for entry in entries:
+        match = re.fullmatch(r"([^:]+):([A-Za-z0-9_.]+)=(.*)", entry, re.DOTALL)
+        if not match:
+            raise ValueError(f"Bad --set {entry!r}: expected LABEL:FIELD=VALUE")
+        label, path, value = match.groups()
+        if label not in overrides:
+            raise ValueError(f"--set {entry!r} names no variant of --variants {list(labels)}")
+        overrides[label].append((path, parse_value(value)))
+    return overrides
+
+
+def set_field(config, path: str, value) -> None:
+    """Sets config field `path` (dotted); only model.cmp_options may gain keys."""
+    *parents, key = path.split(".")
+    holder = config
+    for part in parents:
+        if part not in holder:
+            raise ValueError(f"No config field {path}")
+        holder = holder[part]
+    if parents == ["model", "cmp_options"]:
+        with holder.unlocked():
+            holder[key] = value
+    elif key in holder:
+        holder[key] = value
+    else:
+        raise ValueError(f"No config field {path}")
+
+
+def variant_config(base, name: str, overrides, *, steps: int, init_checkpoint: str, cmp_only):
+    """The config of one variant: the base config, the variant, the runner's options, then the
+    variant's overrides; its CMP options are checked."""
+    config = copy.deepcopy(base)
+    if name != base.model.cmp_variant:
+        config.model.cmp_options = {}
+    config.model.cmp_variant = name
+    config.train.num_steps = steps
+    if init_checkpoint:
+        config.train.init_checkpoint = init_checkpoint
+        config.train.init_exclude = (CMP_MODULE,)
+    if cmp_only:
+        config.train.trainable_modules = (CMP_MODULE,)
+    for path, value in overrides:
+        set_field(config, path, value)
+    cmp_variants.check_options(name, config.model.cmp_options)
+    return config
+
+
+def _comparable(config) -> dict:
+    """The config as JSON data, without train.num_steps (extending a run is a resume)."""
+    data = json.loads(config.to_json())
+    data["train"].pop("num_steps")
+    return data
+
+
+def _flat(data, prefix=()) -> dict:
+    """{'a.b': value} of nested dicts."""
+    if not isinstance(data, dict):
+        return {".".join(prefix): data}
+    return {k: v for key, value in data.items() for k, v in _flat(value, prefix + (key,)).items()}
+
+
+def check_same_config(config, workdir: str) -> None:
+    """Records the variant's config in its work directory, or checks it against the record.
+
+    Raises:
+      ValueError: the work directory was trained with another config (differing fields named).
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        os.makedirs(workdir, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(config.to_json(indent=2))
+        return
+    with open(path) as f:
+        recorded = json.load(f)
+    recorded["train"].pop("num_steps", None)
+    ours, theirs = _flat(_comparable(config)), _flat(recorded)
+    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    if differ:
+        raise ValueError(
+            f"{workdir} was trained with another config (fields {differ}); use another "
+            "--workdir or label"
+        )
+
+
+def checkpoint_step(workdir: str) -> int:
+    """The latest training checkpoint's step in a work directory, 0 if none."""
+    directory = os.path.join(workdir, "checkpoints")
+    steps = (
+        [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+    )
+    return max(steps, default=0)
+
+
+def read_metrics(workdir: str) -> dict[str, dict[int, dict]]:
+    """{'train': {step: row}, 'eval': {step: row}} of metrics.jsonl; a step logged twice (a
+    resumed interruption) keeps its last row."""
+    rows = {"train": {}, "eval": {}}
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                row = json.loads(line)
+                rows[row["split"]][row["step"]] = row
+    return rows
+
+
+def train_variant(config, workdir: str) -> None:
+    """`train_lib.train_and_evaluate`, with the signal handlers it installs removed afterwards.
+
+    Raises:
+      KeyboardInterrupt: a signal stopped the training (its checkpoint is saved).
+    """
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        train_lib.train_and_evaluate(config, workdir)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if checkpoint_step(workdir) < config.train.num_steps:
+        raise KeyboardInterrupt(f"stopped at step {checkpoint_step(workdir)} of {workdir}")
+
+
+def evaluate_checkpoint(config, workdir: str, step: int) -> None:
+    """Evaluates the training checkpoint of `step` and logs it, as the training loop does
+    (for a run interrupted between its last checkpoint and its last evaluation)."""
+    state = os.path.join(workdir, "checkpoints", str(step), "state")
+    predictor = predict.Predictor.from_config(
+        config, checkpoints.restore_variables(state), batch_size=config.eval.batch_size
+    )
+    result = evaluate.run_evaluation(
+        predictor,
+        config.eval.annotations,
+        config.eval.images,
+        max_images=config.eval.max_images,
+        image_ids=config.eval.image_ids,
+        progress=False,
+    )
+    if result.stats is not None:
+        training_io.MetricsWriter(workdir).write(step, "eval", result.stats)
+
+
+def measure_cost(config, repeats: int) -> dict:
+    """The CMP's parameters and FLOPs, and the CPU time of the local KAMs stage, on one image's
+    candidate slots (float32, eval mode).
+
+    FLOPs come from XLA's cost analysis of the compiled CMP at [N, S, S, K*C]; the time is the
+    median of `repeats` runs of `pipeline.local_kams` (embedding sampling, CMP, clamp) on
+    random embeddings and meshes.
+    """
+    model = config_utils.build_model(config)
+    settings = config_utils.decode_settings(config)
+    side = 2 * settings.logo_ca.local_half_size + 1
+    slots, joints = settings.num_centers, config.model.num_joints
+    channels = joints * config.model.embedding_dim
+    cpu = jax.devices("cpu")[0]
+    with jax.default_device(cpu):
+        keys = jax.random.split(jax.random.key(0), 4)
+        features = jax.random.normal(keys[0], (slots, side, side, channels))
+        variables = jax.jit(
+            functools.partial(model.init, method=LogoCap.attraction_maps, train=False)
+        )(keys[1], features)
+        params = variables.get("params", {})
+        cmp_fn = functools.partial(model.apply, train=False, method=LogoCap.attraction_maps)
+        analysis = jax.jit(cmp_fn).lower(variables, features).compile().cost_analysis()
+        if isinstance(analysis, list | tuple):
+            analysis = analysis[0]
+        grid = config.test.input_size // 4
+        embeddings = jax.random.normal(keys[2], (1, grid, grid, config.model.embedding_dim))
+        mesh = jax.random.uniform(keys[3], (1, slots, side, side, joints, 2)) * (4 * grid - 1)
+        network = pipeline.NetworkOutputs(None, None, embeddings)
+        candidates = pipeline.Candidates(None, None, mesh)
+        stage = jax.jit(functools.partial(pipeline.local_kams, model, settings=settings))
+        jax.block_until_ready(stage(variables, network, candidates))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(stage(variables, network, candidates))
+            times.append(time.perf_counter() - start)
+    return {
+        "cmp_parameters": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params))),
+        # XLA omits the entry for a program without floating-point operations.
+        "cmp_flops": float(analysis.get("flops", 0.0)),
+        "local_kams_ms": 1e3 * statistics.median(times),
+        "slots": slots,
+        "window": side,
+        "cpu_cores": os.cpu_count(),
+    }
+
+
+def variant_record(label: str, name: str, overrides, config, workdir: str, cost: dict) -> dict:
+    """What the report shows of one variant."""
+    metrics = read_metrics(workdir)
+    train = [
+        {"step": step, **{k: row[k] for k in LOSS_TERMS}}
+        for step, row in sorted(metrics["train"].items())
+    ]
+    evaluations = [
+        {"step": step, "AP": 100 * row["AP"], "AP50": 100 * row["AP50"]}
+        for step, row in sorted(metrics["eval"].items())
+    ]
+    options = {**cmp_variants.default_options(name), **config.model.cmp_options.to_dict()}
+    return {
+        "label": label,
+        "variant": name,
+        "options": options,
+        "options_set": config.model.cmp_options.to_dict(),
+        "overrides": [f"{path}={value!r}" for path, value in overrides],
+        "workdir": workdir,
+        **cost,
+        "final_step": train[-1]["step"] if train else 0,
+        "final_loss": {k: train[-1][k] for k in LOSS_TERMS} if train else None,
+        "train": train,
+        "evaluations": evaluations,
+    }
+
+
+def _number(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(report: dict) -> str:
+    """ablation.md: the cost and final-loss table (CMP options that differ from the variant's
+    defaults), then AP / AP50 at each evaluation."""
+    records = report["variants"]
+    mode = (
+        f"only the CMP trained, everything else frozen as loaded from {report['init_checkpoint']}"
+        if report["cmp_only"]
+        else "all weights trained"
+        + (
+            f", from {report['init_checkpoint']} (CMP freshly initialised)"
+            if report["init_checkpoint"]
+            else ""
+        )
+    )
+    cost = records[0] if records else {"slots": "-", "window": "-", "cpu_cores": "-"}
+    lines = [
+        "# CMP ablation",
+        "",
+        f"Config `{report['config']}`, {report['steps']} steps per variant on "
+        f"{report['devices']} device(s), seed {report['seed']}, {mode}. Costs on one image's "
+        f"{cost['slots']} candidate slots of "
+        f"{cost['window']} x {cost['window']} local KEMs: CMP parameters, CMP GFLOPs (XLA cost "
+        f"analysis), CPU ms of the local KAMs stage (sampling, CMP, clamp; median of "
+        f"{report['timing_repeats']} runs on {cost['cpu_cores']} CPU cores). Loss terms at the "
+        "last step.",
+        "",
+        "| variant | CMP options | params | GFLOPs | CPU ms | total | heatmaps | offsets | oks"
+        " | refined | AP / AP50 (%) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        defaults = cmp_variants.default_options(r["variant"])
+        changed = {k: v for k, v in r["options_set"].items() if v != defaults[k]}
+        options = ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"
+        loss = r["final_loss"] or {}
+        last = r["evaluations"][-1] if r["evaluations"] else None
+        ap = f"{last['AP']:.1f} / {last['AP50']:.1f}" if last else "-"
+        name = r["label"] if r["label"] == r["variant"] else f"{r['label']} ({r['variant']})"
+        lines.append(
+            f"| {name} | {options} | {r['cmp_parameters']:,} | {r['cmp_flops'] / 1e9:.3g} "
+            f"| {r['local_kams_ms']:.1f} | "
+            + " | ".join(_number(loss.get(k), ".4g") for k in LOSS_TERMS)
+            + f" | {ap} |"
+        )
+    steps = sorted({e["step"] for r in records for e in r["evaluations"]})
+    if steps:
+        lines += [
+            "",
+            "AP / AP50 (%) at each evaluation:",
+            "",
+            "| variant | " + " | ".join(f"step {s}" for s in steps) + " |",
+            "|---|" + "---|" * len(steps),
+        ]
+        for r in records:
+            by_step = {e["step"]: e for e in r["evaluations"]}
+            cells = [
+                f"{by_step[s]['AP']:.1f} / {by_step[s]['AP50']:.1f}" if s in by_step else "-"
+                for s in steps
+            ]
+            lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    overridden = [r for r in records if r["overrides"]]
+    if overridden:
+        lines += ["", "Per-variant overrides:", ""]
+        lines += [f"- {r['label']}: {', '.join(r['overrides'])}" for r in overridden]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: str) -> None:
+    """ablation.png: total loss (log scale) and AP against the step, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, ap_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in report["variants"]:
+        if r["train"]:
+            steps = [row["step"] for row in r["train"]]
+            loss_axis.plot(steps, [row["total"] for row in r["train"]], label=r["label"])
+        if r["evaluations"]:
+            steps = [e["step"] for e in r["evaluations"]]
+            ap_axis.plot(steps, [e["AP"] for e in r["evaluations"]], "o-", label=r["label"])
+    loss_axis.set(xlabel="step", ylabel="total loss", yscale="log", title="training loss")
+    ap_axis.set(xlabel="step", ylabel="AP (%)", title="keypoint AP")
+    for axis in (loss_axis, ap_axis):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_report(report: dict, workdir: str) -> None:
+    with open(os.path.join(workdir, "ablation.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(workdir, "ablation.md"), "w") as f:
+        f.write(markdown(report))
+    plot(report, os.path.join(workdir, "ablation.png"))
+
+
+def run(
+    base,
+    variants,
+    overrides,
+    *,
+    steps,
+    workdir,
+    init_checkpoint="",
+    cmp_only=False,
+    timing_repeats=20,
+    config_path="",
+) -> dict:
+    """Trains, evaluates and measures every variant in turn, rewriting the report after each.
+
+    Args:
+      base: the config (with the command line's global overrides).
+      variants: [(label, variant name)].
+      overrides: {label: [(field path, value)]}.
+      steps: training steps per variant; 0 measures costs only.
+      workdir: the runner's directory; each variant works in workdir/label.
+      init_checkpoint: model variables every variant starts from (the CMP excluded).
+      cmp_only: train only the CMP.
+      timing_repeats: timed runs of the local KAMs stage.
+      config_path: the config file, for the report.
+
+    Returns:
+      The report (what ablation.json holds).
+    """
+    if cmp_only and not init_checkpoint:
+        raise ValueError("cmp_only trains the CMP on loaded weights: give init_checkpoint")
+    configs = {
+        label: variant_config(
+            base,
+            name,
+            overrides[label],
+            steps=steps,
+            init_checkpoint=init_checkpoint,
+            cmp_only=cmp_only,
+        )
+        for label, name in variants
+    }
+    os.makedirs(workdir, exist_ok=True)
+    report = {
+        "config": config_path,
+        "steps": steps,
+        "seed": base.train.seed,
+        "init_checkpoint": init_checkpoint,
+        "cmp_only": cmp_only,
+        "devices": jax.device_count(),
+        "timing_repeats": timing_repeats,
+        "variants": [],
+    }
+    for label, name in variants:
+        config, directory = configs[label], os.path.join(workdir, label)
+        check_same_config(config, directory)
+        if steps > 0 and checkpoint_step(directory) < steps:
+            print(f"[{label}] training {name} from step {checkpoint_step(directory)} to {steps}")
+            train_variant(config, directory)
+        evaluated = read_metrics(directory)["eval"]
+        final, eval_every = checkpoint_step(directory), config.train.eval_every_steps
+        if steps > 0 and final == steps and eval_every > 0 and steps not in evaluated:
+            print(f"[{label}] evaluating step {steps}")
+            evaluate_checkpoint(config, directory, steps)
+        cost_path = os.path.join(directory, "cost.json")
+        if not os.path.exists(cost_path):
+            print(f"[{label}] measuring the CMP's cost")
+            with open(cost_path, "w") as f:
+                json.dump(measure_cost(config, timing_repeats), f)
+        with open(cost_path) as f:
+            cost = json.load(f)
+        record = variant_record(label, name, overrides[label], config, directory, cost)
+        report["variants"].append(record)
+        write_report(report, workdir)
+        print(f"[{label}] done: {os.path.join(workdir, 'ablation.md')}")
+    return report
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS.verbose:
+        logging.set_verbosity(logging.WARNING)
+    try:
+        import matplotlib  # noqa: F401  (checked before hours of training, used by plot())
+    except ImportError:
+        raise app.UsageError(
+            "The plot needs matplotlib: pip install 'logocap-jax[ablate]'"
+        ) from None
+    try:
+        variants = parse_variants(FLAGS.variants)
+        overrides = parse_overrides(FLAGS.set, [label for label, _ in variants])
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    try:
+        run(
+            FLAGS.config,
+            variants,
+            overrides,
+            steps=FLAGS.steps,
+            workdir=FLAGS.workdir,
+            init_checkpoint=FLAGS.init_checkpoint,
+            cmp_only=FLAGS.cmp_only,
+            timing_repeats=FLAGS.timing_repeats,
+            config_path=config_flags.get_config_filename(FLAGS["config"]),
+        )
+    except KeyboardInterrupt as stop:
+        print(f"Stopped ({stop}); rerun the same command to resume.")
+
+
+if __name__ == "__main__":
+    app.run(main)
