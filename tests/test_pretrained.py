@@ -21,7 +21,7 @@ import pytest
 import release_server
 from release_server import TINY_MEMBER, Server, closed_port_url, make_archive
 
-from logocap_jax import cli, config_utils, convert, pretrained
+from logocap_jax import cli, config_utils, convert, errors, predict, pretrained
 
 
 @pytest.fixture(scope="module")
@@ -386,3 +386,29 @@ def test_cli_prints_the_cached_path(server, tmp_path, capsys):
     assert exit_info.value.code == cli.EXIT_USER_ERROR
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and ": error: Could not download http://127.0.0.1:" in lines[0], lines
+
+
+def test_pretrained_option_chooses_the_config_unless_given(tmp_path, capsys):
+    image = str(tmp_path / "photo.jpg")
+    open(image, "wb").close()
+    args = predict.parse_args(["--pretrained", "w48", image, "--output_dir", "out"])
+    assert args.config_file == "w48" and args.config.test.input_size == 640
+    args = predict.parse_args(
+        [
+            "--pretrained",
+            "w32",
+            "--config",
+            "tiny",
+            "--config.decode.flip_test=false",
+            image,
+            "--output_dir",
+            "out",
+        ]
+    )
+    assert args.config_file == "tiny" and args.config.decode.flip_test is False
+    with pytest.raises(SystemExit) as exit_info:
+        predict.parse_args([image, "--output_dir", "out"])
+    assert exit_info.value.code == cli.EXIT_USER_ERROR
+    assert "--config (or --pretrained)" in capsys.readouterr().err
+    with pytest.raises(errors.UsageError, match="exactly one of"):
+        predict.load_variables(args.config, checkpoint="ckpt", pretrained="w32")
