@@ -1,11 +1,13 @@
 """Where the files shipped with the package are: the bundled configs and mini data sets.
 
-The repository keeps one copy of each, at its root: `configs/` (w32, w48, tiny, mini) and
-`data/` (the coco_mini and ochuman_mini sets with their licences). A wheel ships them inside
-the package, mapped in by pyproject.toml's `package-dir`:
+The repository keeps one copy of each: `configs/` (w32, w48, tiny, mini) and `data/` (the
+coco_mini and ochuman_mini sets with their licences) at its root, and the tiny model's test
+weights in `tests/data/golden/`. A wheel ships them inside the package, mapped in by
+pyproject.toml's `package-dir`:
 
-  configs/   ->  logocap_jax/configs/
-  data/      ->  logocap_jax/bundled_data/
+  configs/                                  ->  logocap_jax/configs/
+  data/                                     ->  logocap_jax/bundled_data/
+  tests/data/golden/tiny_state_dict.npz     ->  logocap_jax/tiny_weights/tiny_state_dict.npz
 
 So an installed package finds them next to its modules, and a source checkout (run in place or
 installed in editable mode) finds them next to the `logocap_jax` folder. Nothing here depends on
@@ -18,6 +20,9 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # The data sets of data/ (each an annotations/person_keypoints_mini.json and an images/ folder).
 BUNDLED_DATASETS = ("coco_mini", "ochuman_mini")
+
+
+_GOLDEN = os.path.join("tests", "data", "golden")
 
 
 def _shipped(in_package: str, in_checkout: str) -> str:
@@ -58,3 +63,10 @@ def data_dir() -> str:
 def data_path(*parts: str) -> str:
     """A path inside the bundled data, e.g. data_path("coco_mini", "images")."""
     return os.path.join(data_dir(), *parts)
+
+
+def tiny_state_dict() -> str:
+    """The tiny model's official state dict (`.npz`, for the tiny config): the deterministic,
+    untrained test weights of the parity tests, so its poses are not meaningful. The demo uses
+    them when the official weights cannot be downloaded."""
+    return os.path.join(_shipped("tiny_weights", _GOLDEN), "tiny_state_dict.npz")

@@ -25,7 +25,16 @@ from logocap_jax import pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the wheel is built from (pyproject.toml maps configs/, data/ and the root's scripts in).
-SOURCES = ("pyproject.toml", "README.md", "eval.py", "train.py", "logocap_jax", "configs", "data")
+SOURCES = (
+    "pyproject.toml",
+    "README.md",
+    "eval.py",
+    "train.py",
+    "logocap_jax",
+    "configs",
+    "data",
+    "tests/data/golden/tiny_state_dict.npz",
+)
 IMAGE = "000000197388.jpg"  # the tiny model finds people on it
 TIMEOUT_S = 300
 
@@ -38,6 +47,7 @@ def wheel(tmp_path_factory) -> Path:
         if path.is_dir():
             shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, source / name)
     dist = tmp_path_factory.mktemp("dist")
     command = ["wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, source]
@@ -75,7 +85,7 @@ def run(command, *, cwd, env=None) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_wheel_holds_the_packages_configs_data_and_scripts(wheel):
+def test_wheel_holds_the_packages_configs_data_weights_and_scripts(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     packages = {
         path.parent.relative_to(ROOT).as_posix()
@@ -88,6 +98,7 @@ def test_wheel_holds_the_packages_configs_data_and_scripts(wheel):
             if path.is_file() and "__pycache__" not in path.parts:
                 relative = path.relative_to(ROOT / folder).as_posix()
                 assert f"logocap_jax/{shipped}/{relative}" in names, path
+    assert "logocap_jax/tiny_weights/tiny_state_dict.npz" in names
     for script in ROOT.glob("*.py"):
         assert f"logocap_jax/commands/{script.name}" in names, script
     entry_points = zipfile.ZipFile(wheel).read(
@@ -109,13 +120,15 @@ def test_installed_wheel_predicts_with_pretrained_and_evaluates(venv, tmp_path):
             "from logocap_jax import resources\n"
             "print(logocap_jax.__file__)\n"
             "print(resources.data_path('coco_mini'))\n"
+            "print(resources.tiny_state_dict())\n"
             "print('\\n'.join(sys.path))",
         ],
         cwd=work,
         env=environment(),
     ).stdout.splitlines()
-    package_file, coco_mini, sys_path = Path(located[0]), Path(located[1]), located[2:]
-    assert package_file.is_relative_to(venv) and coco_mini.is_relative_to(venv), located
+    package_file, coco_mini, tiny, sys_path = *map(Path, located[:3]), located[3:]
+    for path in (package_file, coco_mini, tiny):
+        assert path.is_relative_to(venv) and path.exists(), located
     assert not any(entry and Path(entry).resolve().is_relative_to(ROOT) for entry in sys_path)
 
     server = release_server.Server()
