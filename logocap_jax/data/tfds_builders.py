@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from logocap_jax import cli, errors
+from logocap_jax import cli, errors, resources
 from logocap_jax.data import coco_records
 from logocap_jax.keypoints import NUM_JOINTS
 
@@ -45,11 +45,7 @@ FILE_FORMAT = "array_record"
 REPORT_FILE = "build_report.json"
 # Bad records named one by one in the build log; the report lists all of them.
 _LOGGED_BAD_RECORDS = 20
-MINI_DATASETS = ("coco_mini", "ochuman_mini")
-# Where the bundled mini sets live in a source checkout.
-_REPO_DATA_DIR = os.path.normpath(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "data")
-)
+MINI_DATASETS = resources.BUNDLED_DATASETS
 
 _COCO_CITATION = """@inproceedings{lin2014coco, title={Microsoft {COCO}: Common Objects in
   Context}, author={Lin, Tsung-Yi and others}, booktitle={ECCV}, year={2014}}"""
@@ -398,8 +394,8 @@ def build_mini(
     Args:
       name: "coco_mini" or "ochuman_mini".
       data_dir: TFDS data dir to write into.
-      source_dir: the mini set's folder (annotations/, images/); default: the checkout's
-        data/<name>.
+      source_dir: the mini set's folder (annotations/, images/); default: the bundled copy
+        (`resources.data_path(name)`).
       strict: make a bad record an error instead of skipping it.
 
     Returns:
@@ -409,7 +405,7 @@ def build_mini(
         raise errors.UnknownDatasetError(
             f"unknown mini data set {name!r}; expected one of {MINI_DATASETS}"
         )
-    source_dir = source_dir or os.path.join(_REPO_DATA_DIR, name)
+    source_dir = source_dir or resources.data_path(name)
     return build_coco_format(
         name,
         os.path.join(source_dir, "annotations", "person_keypoints_mini.json"),
@@ -570,7 +566,7 @@ def _build(argv: Sequence[str]) -> None:
     parser.add_argument(
         "--manual_dir",
         help="source files of coco / ochuman (for a mini "
-        "set: its folder, default the checkout's data/<name>)",
+        "set: its folder, default the bundled copy)",
     )
     parser.add_argument("--configs", help="comma-separated configs (default: all)")
     parser.add_argument(
