@@ -474,27 +474,15 @@ def checkpoint_path(
     return os.path.join(entry, "checkpoint")
 
 
-def load(
-    name,
-    *,
-    cache_dir: str | None = None,
-    url: str | None = None,
-    sha256: str | None = None,
-    config=None,
-    progress: bool = True,
-):
+def load(name, *, config=None, **download):
     """Official LOGO-CAP weights and their config, downloaded and converted on first use.
 
     Args:
       name: "w32" or "w48" (see `MODELS`), or a `Release`.
-      cache_dir: the cache directory; default $LOGOCAP_JAX_CACHE_DIR, else ~/.cache/logocap_jax.
-      url: the archive's URL (or local path); default $LOGOCAP_JAX_RELEASE_URL's archive, else
-        the official release.
-      sha256: the archive's expected sha256, checked when given.
       config: the config to return and build the model with (a ConfigDict, a bundled
         config's name or a file path), e.g. a variant with other test settings; its model must
         fit the weights. Default the release's config.
-      progress: show a download progress bar and status lines on stderr.
+      **download: `checkpoint_path`'s cache_dir, url, sha256 and progress.
 
     Returns:
       (config, variables), ready for `predict.predict(variables, image, config=config)`,
@@ -507,9 +495,7 @@ def load(
     """
     release = _release(name, MODELS, "model")
     config = release.config if config is None else config
-    path = checkpoint_path(
-        release, cache_dir=cache_dir, url=url, sha256=sha256, config=config, progress=progress
-    )
+    path = checkpoint_path(release, config=config, **download)
     resolved = _resolve_config(config)
     template = convert.model_template(config_utils.build_model(resolved))
     try:
