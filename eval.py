@@ -2,6 +2,7 @@
 
   python eval.py --config configs/w32.py --checkpoint ckpt/w32 \
       --dataset coco_val2017 --data_root data/coco
+  python eval.py --pretrained w32 --dataset coco_val2017 --data_root data/coco  # official weights
   python eval.py --config configs/tiny.py --state_dict tests/data/golden/tiny_state_dict.npz \
       --annotations data/coco_mini/annotations/person_keypoints_mini.json \
       --images data/coco_mini/images
@@ -28,9 +29,7 @@ def parse_args(argv=None):
     """The command line's arguments, checked: `config` is the loaded config with its
     overrides, `scales` a tuple of floats or None (the config's)."""
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EPILOG)
-    cli.add_config_arguments(parser)
-    parser.add_argument("--checkpoint", help="orbax checkpoint directory")
-    parser.add_argument("--state_dict", help="official .pth/.pth.tar or .npz state dict")
+    predict.add_weights_arguments(parser)
     parser.add_argument("--dataset", choices=sorted(evaluate.DATASETS))
     parser.add_argument("--data_root", help="root of the --dataset layout")
     parser.add_argument("--annotations", help="COCO-format annotation file (instead of --dataset)")
@@ -73,7 +72,7 @@ def parse_args(argv=None):
         help="score the oracle 11x11 local search against the ground truth "
         "from the center-offset poses (the paper's Fig. 2) instead",
     )
-    args = cli.parse_args(parser, argv)
+    args = predict.parse_args_with_weights(parser, argv)
     if bool(args.dataset) == bool(args.annotations) or bool(args.annotations) != bool(args.images):
         parser.error("give either --dataset (with --data_root) or --annotations and --images")
     if args.scales is not None:
@@ -103,7 +102,7 @@ def main(argv=None) -> evaluate.EvaluationResult:
     else:
         annotations, images, name = args.annotations, args.images, args.annotations
     config = args.config
-    variables = predict.load_variables(config, args.checkpoint, args.state_dict)
+    variables = predict.load_variables(config, args.checkpoint, args.state_dict, args.pretrained)
     decode = {"flip_test": config.decode.flip_test and not args.no_flip}
     if args.scales is not None:
         decode["scales"] = args.scales
@@ -145,5 +144,10 @@ def exit_status(result: evaluate.EvaluationResult) -> int:
     return cli.EXIT_SKIPPED if result.skipped else cli.EXIT_OK
 
 
-if __name__ == "__main__":
+def entry_point():
+    """The `logocap-eval` command: `main` with one-line user errors and its exit status."""
     cli.run_main(lambda argv: exit_status(main(argv)))
+
+
+if __name__ == "__main__":
+    entry_point()

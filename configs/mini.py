@@ -15,7 +15,9 @@ What differs from the paper's recipe, and why:
   python train.py --config configs/mini.py --workdir workdir/mini
 """
 
-from configs import tiny
+from logocap_jax import resources
+
+from . import tiny
 
 IMAGE_IDS = (785, 165518, 192699, 343803)
 
@@ -44,8 +46,10 @@ def get_config():
     config.train.log_every_steps = 10
     config.train.checkpoint_every_steps = 50
     config.train.eval_every_steps = 50
-    config.eval.annotations = "data/coco_mini/annotations/person_keypoints_mini.json"
-    config.eval.images = "data/coco_mini/images"
+    config.eval.annotations = resources.data_path(
+        "coco_mini", "annotations", "person_keypoints_mini.json"
+    )
+    config.eval.images = resources.data_path("coco_mini", "images")
     config.eval.image_ids = IMAGE_IDS
     config.test.input_size = 256
     return config

@@ -3,7 +3,7 @@
 Same code path as W32 with far fewer channels, blocks and modules; test-time short side 128.
 """
 
-from configs import w32
+from . import w32
 
 
 def get_config():

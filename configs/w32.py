@@ -23,6 +23,9 @@ def get_config():
                 num_affine=20,
                 kernel_size=3,
             ),
+            # How 3x3 convolutions are computed: auto / native / shifted_dots (same parameters;
+            # auto picks per layer, see logocap_jax.models.conv_forms).
+            conv_form="auto",
         )
     )
 

@@ -1,7 +1,7 @@
 """LOGO-CAP with HRNet-W48 on COCO (the official W48 recipe): W32 widened x1.5,
 heatmap transition 48 wide, input 640."""
 
-from configs import w32
+from . import w32
 
 
 def get_config():

@@ -140,14 +140,21 @@ class ArgumentParser(argparse.ArgumentParser):
         )
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds --config (the file, required; overrides in the help) and --verbose."""
+def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """Adds --config (a bundled config's name or a file; overrides in the help), --verbose and
+    --compilation_cache.
+
+    Args:
+      parser: the command line's parser.
+      required: whether --config must be given; if not, `parse_args` takes a default config.
+    """
     parser.add_argument(
         "--config",
-        required=True,
-        metavar="FILE",
-        help="config file, e.g. configs/w32.py; change any of its fields with "
-        "--config.<key>=<value>, e.g. --config.logo_ca.reweigh=false",
+        required=required,
+        metavar="CONFIG",
+        help="a bundled config (w32, w48, tiny, mini) or a config file, e.g. configs/w32.py; "
+        "change any of its fields with --config.<key>=<value>, e.g. "
+        "--config.logo_ca.reweigh=false",
     )
     parser.add_argument(VERBOSE_FLAG, action="store_true", help="show the traceback of an error")
     parser.add_argument(
@@ -158,12 +165,22 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None):
+def parse_args(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None = None,
+    *,
+    default_config: str | None = None,
+):
     """`parser.parse_args` with the config loaded and its `--config.<key>=<value>` overrides.
 
+    Args:
+      parser: the command line's parser (with `add_config_arguments`).
+      argv: the arguments; default sys.argv[1:].
+      default_config: the config (name or file) when no --config is given.
+
     Returns:
-      The namespace; `config` is the loaded ConfigDict (overrides applied, locked) and
-      `config_file` its path.
+      The namespace; `config` is the loaded ConfigDict (overrides applied, locked), or None
+      without --config and default; `config_file` its name or path.
 
     Raises:
       ConfigError: the config file cannot be loaded, an override names a key the config lacks,
@@ -172,9 +189,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
       SystemExit: the rest of the command line does not parse (one line, status 2).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    config, rest = config_from_argv(argv)
+    config, rest = config_from_argv(argv, default_config)
     args = parser.parse_args(rest)
-    args.config_file, args.config = args.config, config
+    args.config_file, args.config = args.config or default_config, config
     if getattr(args, "compilation_cache", None):
         use_compilation_cache(args.compilation_cache)
     return args
@@ -187,17 +204,18 @@ def use_compilation_cache(directory: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def config_from_argv(argv: Sequence[str]):
+def config_from_argv(argv: Sequence[str], default_config: str | None = None):
     """(config with overrides, the other arguments) from a command line's arguments.
 
-    The config is None when no `--config` is given (the parser then reports it missing).
+    The config is `default_config`'s when no `--config` is given, or None without a default
+    (the parser then reports it missing).
 
     Raises:
       InputNotFoundError, ConfigError: see `parse_args`; also a config whose model, logo_ca or
         decode section has an unknown key or a value the settings reject.
       UsageError: an override without --config.
     """
-    path = _config_file(argv)
+    path = option_value(argv, "--config") or default_config
     if path is None:
         overrides = [arg for arg in _options(argv) if _OVERRIDE.match(arg)]
         if overrides:
@@ -215,15 +233,15 @@ def _options(argv):
     return argv[: argv.index("--")] if "--" in argv else argv
 
 
-def _config_file(argv) -> str | None:
-    """The value of the last `--config FILE` / `--config=FILE`, or None."""
-    path, options = None, _options(argv)
+def option_value(argv: Sequence[str], option: str) -> str | None:
+    """The value of the last `<option> VALUE` / `<option>=VALUE` before any `--`, or None."""
+    value, options = None, _options(argv)
     for index, arg in enumerate(options):
-        if arg == "--config" and index + 1 < len(options):
-            path = options[index + 1]
-        elif arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-    return path
+        if arg == option and index + 1 < len(options):
+            value = options[index + 1]
+        elif arg.startswith(f"{option}="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def split_overrides(argv: Sequence[str], config, config_file: str = "the config"):

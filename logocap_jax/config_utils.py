@@ -1,43 +1,47 @@
-"""Loading `configs/*.py` files and building what they describe.
+"""Loading configs, bundled ones by name ("w32") or any config file, and building what they
+describe.
 
 Configs reach modules only as keyword arguments; a key that is not one of them, or a value the
 settings reject, is a `ConfigError` naming the section and key.
 """
 
 import dataclasses
+import hashlib
 import importlib.util
 import os
+import re
 import sys
 import traceback
+import types
 
 import jax.numpy as jnp
 import ml_collections
 
-from logocap_jax import errors
+from logocap_jax import errors, resources
 from logocap_jax.logo_ca import LogoCaSettings
 from logocap_jax.models import LogoCap
 from logocap_jax.pipeline import DecodeSettings
 
 
-def load_config(path: str) -> ml_collections.ConfigDict:
-    """Imports a config file and returns its `get_config()`.
+def load_config(name_or_path) -> ml_collections.ConfigDict:
+    """The `get_config()` of a bundled config (by name) or of a config file.
+
+    Args:
+      name_or_path: the name of a bundled config ("w32", "w48", "tiny", "mini": a name without
+        a dot or path separator), or the path of a config file. A config file imports the
+        config it extends relatively (`from . import w32`, a file in its own folder) or loads
+        a bundled one with `config_utils.load_config("w32")`.
 
     Raises:
       InputNotFoundError: the file does not exist.
-      ConfigError: the file fails to run (the message names the line), defines no
-        get_config(), or get_config() returns no ConfigDict.
+      ConfigError: the name is not a bundled config; the file fails to run (the message names
+        the line), defines no get_config(), or get_config() returns no ConfigDict.
     """
-    path = os.fspath(path)
+    path = config_path(name_or_path)
     if not os.path.isfile(path):
         raise errors.InputNotFoundError(f"config file not found: {path}")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    if root not in sys.path:
-        # Config files import their base config as `configs.<name>`.
-        sys.path.insert(0, root)
-    spec = importlib.util.spec_from_file_location(f"_logocap_config_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        module = _import_file(path)
         if not hasattr(module, "get_config"):
             raise errors.ConfigError(f"config file {path} defines no get_config()")
         config = module.get_config()
@@ -52,6 +56,44 @@ def load_config(path: str) -> ml_collections.ConfigDict:
             "expected an ml_collections.ConfigDict"
         )
     return config
+
+
+def is_config_name(value) -> bool:
+    """Whether `value` names a bundled config (letters, digits, '_') rather than a file."""
+    return isinstance(value, str) and re.fullmatch(r"\w+", value) is not None
+
+
+def config_path(name_or_path) -> str:
+    """The file of a bundled config's name (see `load_config`), or `name_or_path` itself.
+
+    Raises:
+      ConfigError: a name that is not a bundled config.
+    """
+    if not is_config_name(name_or_path):
+        return os.fspath(name_or_path)
+    names = resources.config_names()
+    if name_or_path not in names:
+        raise errors.ConfigError(
+            f"no bundled config named {name_or_path!r}; bundled: {', '.join(names)} "
+            "(or give the path of a config file)"
+        )
+    return os.path.join(resources.configs_dir(), f"{name_or_path}.py")
+
+
+def _import_file(path: str):
+    """Runs a config file as a module of a package that stands for its folder, so that it can
+    import the configs next to it relatively (`from . import w32`), wherever the folder is."""
+    directory, file_name = os.path.split(os.path.abspath(path))
+    package = f"_logocap_configs_{hashlib.sha256(directory.encode()).hexdigest()[:16]}"
+    if package not in sys.modules:
+        module = types.ModuleType(package)
+        module.__path__ = [directory]
+        sys.modules[package] = module
+    stem = re.sub(r"\W", "_", os.path.splitext(file_name)[0])
+    spec = importlib.util.spec_from_file_location(f"{package}.{stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _where(error: Exception, path: str) -> str:
@@ -151,6 +193,5 @@ def validate(config) -> None:
 
 
 def default_config_path(name: str) -> str:
-    """Path of configs/<name>.py in this checkout."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.join(root, "configs", f"{name}.py")
+    """The file of the bundled config `name` (see `resources.configs_dir`)."""
+    return config_path(name)

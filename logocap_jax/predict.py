@@ -8,6 +8,7 @@ the results.
 An image file that cannot be read or decoded is skipped, and one that decodes only partially is
 predicted on, both reported (`ImageProblem`); the CLI lists them in failures.json.
 
+  python -m logocap_jax.predict --pretrained w32 photo.jpg --output_dir out  # official weights
   python -m logocap_jax.predict --config configs/w32.py --checkpoint ckpt/w32 \
       photos/ --output_dir out
   python -m logocap_jax.predict ... --panel_joint left_wrist   # also one instance panel per image
@@ -388,14 +389,15 @@ def predict(variables, image, *, config=None, **overrides) -> tuple[np.ndarray, 
     Args:
       variables: model variables ({'params', 'batch_stats'}), e.g. converted official weights.
       image: uint8 RGB array [h, w, 3] or an image file path.
-      config: the model's config (a ConfigDict or a configs/*.py path); default configs/w32.py.
+      config: the model's config (a ConfigDict, a bundled config's name or a config file
+        path); default the bundled w32.
       **overrides: config.decode fields to change, e.g. flip_test=False.
 
     Returns:
       (keypoints [P, 17, 3] as (x, y, score), scores [P]).
     """
     if config is None or isinstance(config, (str, os.PathLike)):
-        config = config_utils.load_config(config or config_utils.default_config_path("w32"))
+        config = config_utils.load_config(config or "w32")
     if isinstance(image, (str, os.PathLike)):
         image = preprocess.read_image(image)
     people = _shared_predictor(config, overrides).with_variables(variables)(image)
@@ -485,25 +487,74 @@ def image_ids(paths) -> list:
     return list(range(len(paths)))
 
 
-def load_variables(config, checkpoint: str = None, state_dict: str = None):
-    """Model variables from an orbax checkpoint directory or an official state dict.
+def load_variables(config, checkpoint: str = None, state_dict: str = None, pretrained: str = None):
+    """Model variables from an orbax checkpoint directory, an official state dict or the
+    official release.
+
+    Args:
+      config: the model's config.
+      checkpoint: an orbax checkpoint directory (from convert or train).
+      state_dict: an official .pth/.pth.tar or .npz state dict.
+      pretrained: the name of official weights (`pretrained.MODELS`: "w32", "w48"),
+        downloaded and converted with `config` on first use (`pretrained.load`).
 
     Raises:
-      UsageError: not exactly one of checkpoint and state_dict is given.
+      UsageError: not exactly one of checkpoint, state_dict and pretrained is given.
       InputNotFoundError, InputFormatError: the checkpoint or state dict is missing or
         unreadable.
       CheckpointMismatchError: its variables do not fit the config's model.
+      pretrained.PretrainedError: the official weights cannot be downloaded, do not verify
+        or do not fit the config's model.
     """
     from logocap_jax import checkpoints, convert
+    from logocap_jax import pretrained as pretrained_lib
 
-    if (checkpoint is None) == (state_dict is None):
+    if sum(source is not None for source in (checkpoint, state_dict, pretrained)) != 1:
         raise errors.UsageError(
-            "give exactly one of --checkpoint (orbax directory) and --state_dict"
+            "give exactly one of --checkpoint (orbax directory), --state_dict and --pretrained"
         )
+    if pretrained is not None:
+        return pretrained_lib.load(pretrained, config=config)[1]
     template = convert.model_template(config_utils.build_model(config))
     if checkpoint is not None:
         return checkpoints.restore_variables(checkpoint, template)
     return convert.variables_from_state_dict(convert.load_state_dict(state_dict), template)
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds --config and the weights: --checkpoint, --state_dict or --pretrained, whose
+    release's config is the default --config (see `parse_args_with_weights`)."""
+    from logocap_jax import pretrained
+
+    cli.add_config_arguments(parser, required=False)
+    parser.add_argument("--checkpoint", help="orbax checkpoint directory (from convert or train)")
+    parser.add_argument("--state_dict", help="official .pth/.pth.tar or .npz state dict")
+    parser.add_argument(
+        "--pretrained",
+        choices=sorted(pretrained.MODELS),
+        help="the official COCO-trained weights of this model, downloaded and converted on "
+        f"first use (cached in ${pretrained.CACHE_DIR_ENV} or ~/.cache/logocap_jax; a mirror "
+        f"or local copy of the release folder: ${pretrained.RELEASE_URL_ENV}); the config "
+        "defaults to the model's bundled config, and --config replaces it (its model must fit "
+        "the weights)",
+    )
+
+
+def parse_args_with_weights(parser: argparse.ArgumentParser, argv=None):
+    """`cli.parse_args` for a parser with `add_weights_arguments`: without --config, the
+    config is --pretrained's (w32 -> the bundled w32), and its overrides apply to it.
+
+    Raises:
+      SystemExit: neither --config nor --pretrained is given (one line, status 2).
+    """
+    from logocap_jax import pretrained
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    release = pretrained.MODELS.get(cli.option_value(argv, "--pretrained"))
+    args = cli.parse_args(parser, argv, default_config=release.config if release else None)
+    if args.config is None:
+        parser.error("the following arguments are required: --config (or --pretrained)")
+    return args
 
 
 def _joint_arg(value: str) -> int:
@@ -536,9 +587,7 @@ def parse_args(argv=None):
         "read; 1 an internal error.",
     )
     parser.add_argument("inputs", nargs="+", help="image files or folders")
-    cli.add_config_arguments(parser)
-    parser.add_argument("--checkpoint", help="orbax checkpoint directory (from convert or train)")
-    parser.add_argument("--state_dict", help="official .pth/.pth.tar or .npz state dict")
+    add_weights_arguments(parser)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument(
         "--no_flip",
@@ -572,7 +621,7 @@ def parse_args(argv=None):
         help="stop at the first image that cannot be read (exit status 2, no results.json) "
         "instead of skipping it",
     )
-    args = cli.parse_args(parser, argv)
+    args = parse_args_with_weights(parser, argv)
     try:
         args.paths = image_files(args.inputs)
     except errors.UserError as err:
@@ -666,7 +715,7 @@ def main(argv=None) -> int:
     """
     args = parse_args(argv)
     config = args.config
-    variables = load_variables(config, args.checkpoint, args.state_dict)
+    variables = load_variables(config, args.checkpoint, args.state_dict, args.pretrained)
     predictor = Predictor.from_config(
         config,
         variables,

@@ -34,7 +34,6 @@ their release names. A `sha256=` given is checked against the archive, also on l
 (see `convert.load_state_dict`), so neither download nor conversion needs PyTorch.
 """
 
-import argparse
 import contextlib
 import dataclasses
 import datetime
@@ -59,7 +58,7 @@ import zlib
 import numpy as np
 import tqdm
 
-from logocap_jax import checkpoints, config_utils, convert
+from logocap_jax import checkpoints, cli, config_utils, convert, errors
 
 try:
     import fcntl
@@ -81,8 +80,8 @@ class Release:
       name: name of its cache entry (letters, digits, '.', '_', '-').
       url: URL of the archive (a `.tar.gz`).
       member: path of the checkpoint (a `torch.save` file or `.npz`) inside the archive.
-      config: for LOGO-CAP models, the config whose model the weights fit (a name under configs/
-        or a config file path); empty for ImageNet backbones, which are cached as state dicts.
+      config: for LOGO-CAP models, the config whose model the weights fit (a bundled config's
+        name or a config file path); empty for ImageNet backbones, which are cached as state dicts.
       sha256: the archive's sha256 if known; checked like a `sha256` argument.
     """
 
@@ -113,8 +112,9 @@ IMAGENET = {
 }
 
 
-class PretrainedError(RuntimeError):
-    """Base of the errors of this module."""
+class PretrainedError(errors.UserError, RuntimeError):
+    """Base of the errors of this module; a user error (the command lines print it as one line):
+    the message says how to get the weights by hand."""
 
 
 class DownloadError(PretrainedError):
@@ -173,18 +173,14 @@ def _release(name, registry: dict, what: str) -> Release:
 
 
 def _resolve_config(config):
-    """A ConfigDict from a ConfigDict, a config name under configs/ or a config file path."""
-    if not isinstance(config, str):
-        return config
-    if config.endswith(".py") or os.sep in config:
-        return config_utils.load_config(config)
-    return config_utils.load_config(config_utils.default_config_path(config))
+    """A ConfigDict from a ConfigDict, a bundled config's name or a config file path."""
+    return config_utils.load_config(config) if isinstance(config, str) else config
 
 
 def _config_label(config) -> str:
     if not isinstance(config, str):
         return "the given ConfigDict"
-    return config if config.endswith(".py") or os.sep in config else f"configs/{config}.py"
+    return f"config {config}" if config_utils.is_config_name(config) else config
 
 
 def _manual_hint(release: Release, url: str, root: str, config) -> str:
@@ -196,9 +192,10 @@ def _manual_hint(release: Release, url: str, root: str, config) -> str:
         f"url= (or set {RELEASE_URL_ENV} to its folder) with a mirror, a file:// URL or a path",
     ]
     if config:
+        config_arg = config if isinstance(config, str) else "<config file>"
         steps.append(
             f"or extract and convert it yourself: tar -xzf {archive} {member} && python -m "
-            f"logocap_jax.convert --config {_config_label(config)} --input {member} "
+            f"logocap_jax.convert --config {config_arg} --input {member} "
             "--output <checkpoint directory>, then use that directory as the checkpoint"
         )
     else:
@@ -477,27 +474,15 @@ def checkpoint_path(
     return os.path.join(entry, "checkpoint")
 
 
-def load(
-    name,
-    *,
-    cache_dir: str | None = None,
-    url: str | None = None,
-    sha256: str | None = None,
-    config=None,
-    progress: bool = True,
-):
+def load(name, *, config=None, **download):
     """Official LOGO-CAP weights and their config, downloaded and converted on first use.
 
     Args:
       name: "w32" or "w48" (see `MODELS`), or a `Release`.
-      cache_dir: the cache directory; default $LOGOCAP_JAX_CACHE_DIR, else ~/.cache/logocap_jax.
-      url: the archive's URL (or local path); default $LOGOCAP_JAX_RELEASE_URL's archive, else
-        the official release.
-      sha256: the archive's expected sha256, checked when given.
-      config: the config to return and build the model with (a ConfigDict, a name under
-        configs/ or a file path), e.g. a variant with other test settings; its model must fit
-        the weights. Default the release's config.
-      progress: show a download progress bar and status lines on stderr.
+      config: the config to return and build the model with (a ConfigDict, a bundled
+        config's name or a file path), e.g. a variant with other test settings; its model must
+        fit the weights. Default the release's config.
+      **download: `checkpoint_path`'s cache_dir, url, sha256 and progress.
 
     Returns:
       (config, variables), ready for `predict.predict(variables, image, config=config)`,
@@ -510,9 +495,7 @@ def load(
     """
     release = _release(name, MODELS, "model")
     config = release.config if config is None else config
-    path = checkpoint_path(
-        release, cache_dir=cache_dir, url=url, sha256=sha256, config=config, progress=progress
-    )
+    path = checkpoint_path(release, config=config, **download)
     resolved = _resolve_config(config)
     template = convert.model_template(config_utils.build_model(resolved))
     try:
@@ -568,8 +551,13 @@ def imagenet_checkpoint(
     return os.path.join(entry, "state_dict.npz")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
+def main(argv=None) -> None:
+    """Prints the path of the cached weights, downloading and converting them if needed.
+
+    Raises:
+      PretrainedError: a user error (`cli.run_main` prints it as one line).
+    """
+    parser = cli.ArgumentParser(
         description="Prints the path of cached official weights, downloading and converting "
         "them on first use."
     )
@@ -587,19 +575,18 @@ def main(argv=None):
     )
     parser.add_argument("--sha256", help="expected sha256 of the archive")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        cli.VERBOSE_FLAG, action="store_true", help="show the traceback of an error"
+    )
     args = parser.parse_args(argv)
     options = dict(
         cache_dir=args.cache_dir, url=args.url, sha256=args.sha256, progress=not args.quiet
     )
-    try:
-        if args.imagenet:
-            path = imagenet_checkpoint(args.name, **options)
-        else:
-            path = checkpoint_path(args.name, **options)
-    except PretrainedError as error:
-        parser.exit(1, f"error: {error}\n")
-    print(path)
+    if args.imagenet:
+        print(imagenet_checkpoint(args.name, **options))
+    else:
+        print(checkpoint_path(args.name, **options))
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)

@@ -1,20 +1,32 @@
-"""colab/demo.ipynb stays valid and runnable: its code cells run top to bottom in a subprocess.
+"""colab/demo.ipynb stays valid and runnable: its code cells run top to bottom in a subprocess,
+twice: with the official weights from a local release server, and offline with the fallback.
 
-Skipped: cells tagged "colab-only" (clone, GitHub install, official-weight conversion) and cells
-starting with `!pip` or `%` (installs and magics; the repository is already installed here).
-The cells run as one script from the notebook's folder, as Jupyter would start there.
+Skipped: cells tagged "colab-only" (the GitHub install, the upload widget) and cells starting with
+`!pip` or `%`. The cells run as one script from a temporary folder, with this checkout on
+PYTHONPATH, so the photos come through `resources` as from an installed package. As papermill
+does, values for the cell tagged "parameters" go in right after it: against the local server,
+whose logocap.tar.gz holds the tiny weights in the W32 slot (tests/release_server.py), the
+notebook loads `pretrained.load("w32", config="tiny")`; everything else is the notebook's own.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import release_server
+
+from logocap_jax import pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "colab" / "demo.ipynb"
 COLAB_ONLY = "colab-only"
+PARAMETERS = "parameters"
+# The tiny weights find five people on this photo (the parity tests' image).
+FIRST_PHOTO_LINE = "000000197388.jpg: 5 people"
+SHOWN = "IPython.core.display.Image object"
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +39,15 @@ def source(cell):
     return "".join(cell["source"])
 
 
+def tags(cell):
+    return cell["metadata"].get("tags", [])
+
+
 def runnable(cell):
     """Whether the test runs `cell`: code, not colab-only, not an install or magic."""
     return (
         cell["cell_type"] == "code"
-        and COLAB_ONLY not in cell["metadata"].get("tags", [])
+        and COLAB_ONLY not in tags(cell)
         and not source(cell).lstrip().startswith(("!pip", "%"))
     )
 
@@ -48,13 +64,26 @@ def test_notebook_is_nbformat4(notebook):
             assert cell["outputs"] == [] and cell["execution_count"] is None
 
 
-def test_notebook_covers_install_and_official_weights(notebook):
-    code = [source(c) for c in notebook["cells"] if c["cell_type"] == "code"]
+def test_one_owner_variable_at_the_top(notebook):
     text = "\n".join(source(c) for c in notebook["cells"])
-    assert any(c.startswith("!pip install") and "git+" in c for c in code)
-    assert any(c.startswith("!pip install") and "-e ." in c for c in code)
-    assert "python -m logocap_jax.convert" in text and ".pth.tar" in text
-    assert "configs/w32.py" in text and "configs/w48.py" in text
+    assert "<owner>" not in text
+    code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    assert tags(code[0]) == [PARAMETERS]
+    assert source(code[0]).count("GITHUB_OWNER = ") == 1
+    assert 'MODEL = "w32"' in source(code[0]) and "CONFIG = None" in source(code[0])
+    uses = [c for c in code[1:] if "GITHUB_OWNER" in source(c)]
+    assert len(uses) == 1 and COLAB_ONLY in tags(uses[0])
+    assert source(uses[0]).startswith('!pip install -q "git+https://github.com/{GITHUB_OWNER}/')
+
+
+def test_notebook_covers_weights_upload_runtime_and_commands(notebook):
+    text = "\n".join(source(c) for c in notebook["cells"])
+    colab_only = "\n".join(source(c) for c in notebook["cells"] if COLAB_ONLY in tags(c))
+    assert "pretrained.load(MODEL, config=CONFIG)" in text
+    assert "files.upload()" in colab_only
+    for word in ("CPU", "GPU", "TPU", "jax.devices()"):
+        assert word in text, word
+    assert "logocap-predict --pretrained w32" in text and "logocap-eval --pretrained w32" in text
 
 
 def test_runnable_cells_are_plain_python(notebook):
@@ -64,17 +93,64 @@ def test_runnable_cells_are_plain_python(notebook):
             assert not line.lstrip().startswith(("!", "%")), line
 
 
-def test_notebook_runs(notebook, tmp_path):
-    script = tmp_path / "demo.py"
-    script.write_text("\n\n".join(source(c) for c in notebook["cells"] if runnable(c)) + "\n")
+def script(notebook, parameters: str) -> str:
+    """The runnable cells as one script, `parameters` after the parameters cell."""
+    parts = []
+    for cell in filter(runnable, notebook["cells"]):
+        parts.append(source(cell))
+        if PARAMETERS in tags(cell):
+            parts.append(parameters)
+    return "\n\n".join(parts) + "\n"
+
+
+def run_notebook(notebook, tmp_path, release_url: str, parameters: str = "") -> str:
+    """Runs the notebook's script with the cache in tmp_path; returns its stdout."""
+    path = tmp_path / "demo.py"
+    path.write_text(script(notebook, parameters))
+    env = release_server.local_only_environment(dict(os.environ))
+    env.update(
+        PYTHONPATH=str(ROOT),
+        JAX_PLATFORMS="cpu",
+        **{pretrained.RELEASE_URL_ENV: release_url, pretrained.CACHE_DIR_ENV: str(tmp_path)},
+    )
     proc = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=NOTEBOOK.parent,
+        [sys.executable, str(path)],
+        cwd=tmp_path,
+        env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "5 people" in proc.stdout
-    # The skeleton overlay and the instance panel were displayed.
-    assert proc.stdout.count("IPython.core.display.Image object") == 2, proc.stdout
+    return proc.stdout
+
+
+def assert_drawn(stdout: str) -> None:
+    assert FIRST_PHOTO_LINE in stdout, stdout
+    assert "000000000785.jpg: " in stdout and "000817.jpg: " in stdout, stdout
+    assert "ms per image at this size" in stdout, stdout
+    # Two bundled photos, the instance panel, the own (here: stand-in) photo.
+    assert stdout.count(SHOWN) == 4, stdout
+
+
+def test_notebook_runs_with_official_weights_from_the_release(notebook, tmp_path):
+    server = release_server.Server()
+    pth = release_server.tiny_pth(str(tmp_path / "tiny.pth.tar"))
+    server.files["/release/logocap.tar.gz"] = release_server.logocap_archive(pth)
+    try:
+        stdout = run_notebook(notebook, tmp_path, f"{server.url}/release", 'CONFIG = "tiny"')
+    finally:
+        server.stop()
+    assert server.requests == ["/release/logocap.tar.gz"]
+    assert "Using the official W32 COCO weights" in stdout and "NOTE:" not in stdout, stdout
+    assert (tmp_path / "w32" / "checkpoint").is_dir()
+    assert_drawn(stdout)
+
+
+def test_notebook_falls_back_to_tiny_weights_offline(notebook, tmp_path):
+    stdout = run_notebook(notebook, tmp_path, release_server.closed_port_url("/release"))
+    assert "NOTE: the official weights could not be downloaded" in stdout, stdout
+    assert "Could not download http://127.0.0.1:" in stdout, stdout
+    assert "Using the tiny untrained test weights (offline fallback)" in stdout, stdout
+    assert not (tmp_path / "w32").exists()
+    assert_drawn(stdout)

@@ -1,123 +1,44 @@
 """Official weights in one call (logocap_jax.pretrained), against a local HTTP server.
 
-The server (127.0.0.1 only) serves archives laid out like the official release assets, holding the
-tiny model's official weights (tests/data/golden/tiny_state_dict.npz) as a torch.save file, so
-download, extraction, conversion and caching run as they would for W32 in seconds.
+The server (127.0.0.1 only, tests/release_server.py) serves archives laid out like the official
+release assets, holding the tiny model's official weights (tests/data/golden/tiny_state_dict.npz)
+as a torch.save file, so download, extraction, conversion and caching run as they would for W32 in
+seconds.
 """
 
 import dataclasses
 import hashlib
-import http.server
-import io
 import json
 import os
 import re
-import socket
-import tarfile
 import threading
-import time
 from collections import OrderedDict
 
 import jax
 import numpy as np
 import pth_writer
 import pytest
+import release_server
+from release_server import TINY_MEMBER, Server, closed_port_url, make_archive
 
-from logocap_jax import config_utils, convert, pretrained
-
-GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden", "tiny_state_dict.npz")
-W32_MEMBER = pretrained.MODELS["w32"].member
-TINY_MEMBER = "logocap/logocap-tiny-coco.pth.tar"
-
-
-class Server:
-    """A local HTTP server of in-memory files; can cut a body short or delay it."""
-
-    def __init__(self):
-        self.files, self.requests = {}, []
-        self.truncate, self.delay_s = False, 0.0
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append(self.path)
-                data = server.files.get(self.path)
-                if data is None:
-                    self.send_error(404, "Not Found")
-                    return
-                time.sleep(server.delay_s)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/gzip")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                # A truncated transfer: half the promised body, then the connection closes.
-                self.wfile.write(data[: len(data) // 2] if server.truncate else data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        if self.thread.is_alive():
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            self.thread.join()
-
-
-def closed_port_url(path="/logocap.tar.gz"):
-    """A URL on 127.0.0.1 where nothing listens."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}{path}"
-
-
-def make_archive(members) -> bytes:
-    """A .tar.gz of (name, data) members: bytes for a file, None for a directory, or
-    ('symlink' | 'hardlink', target)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            if data is None:
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            elif isinstance(data, tuple):
-                info.type = tarfile.SYMTYPE if data[0] == "symlink" else tarfile.LNKTYPE
-                info.linkname = data[1]
-                tar.addfile(info)
-            else:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+from logocap_jax import cli, config_utils, convert, errors, predict, pretrained
 
 
 @pytest.fixture(scope="module")
 def state_dict():
-    with np.load(GOLDEN) as data:
-        return {key: data[key] for key in data.files}
+    return release_server.tiny_state_dict()
 
 
 @pytest.fixture(scope="module")
-def tiny_pth(state_dict, tmp_path_factory) -> bytes:
+def tiny_pth(tmp_path_factory) -> bytes:
     """The tiny weights as an official-style training checkpoint (DataParallel keys)."""
-    path = str(tmp_path_factory.mktemp("pth") / "tiny.pth.tar")
-    wrapped = OrderedDict((f"module.{k}", v) for k, v in state_dict.items())
-    pth_writer.save({"epoch": 140, "state_dict": wrapped, "best_perf": 0.5}, path)
-    with open(path, "rb") as file:
-        return file.read()
+    return release_server.tiny_pth(str(tmp_path_factory.mktemp("pth") / "tiny.pth.tar"))
 
 
 @pytest.fixture(scope="module")
 def logocap_archive(tiny_pth) -> bytes:
     """logocap.tar.gz as released, with the tiny weights as the tiny and the W32 member."""
-    return make_archive(
-        [("logocap", None), (TINY_MEMBER, tiny_pth), (W32_MEMBER, tiny_pth), ("logocap/x", b"")]
-    )
+    return release_server.logocap_archive(tiny_pth)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +51,7 @@ def expected_variables(state_dict):
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path):
     """No proxy, no user cache, nothing but 127.0.0.1 reachable."""
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+    for name in release_server.PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("no_proxy", "*")
     # A release folder on a closed local port: nothing falls back to the official URL.
@@ -268,9 +189,7 @@ def test_download_failure_names_the_url_and_the_manual_way(server, tmp_path, fai
     assert os.path.join(cache, "downloads", "logocap.tar.gz") in message
     assert pretrained.RELEASE_URL_ENV in message
     assert f"tar -xzf logocap.tar.gz {TINY_MEMBER}" in message
-    assert (
-        f"python -m logocap_jax.convert --config configs/tiny.py --input {TINY_MEMBER}" in message
-    )
+    assert f"python -m logocap_jax.convert --config tiny --input {TINY_MEMBER}" in message
     assert_no_entry(cache)
 
 
@@ -437,9 +356,7 @@ def test_concurrent_first_use_downloads_and_converts_once(server, tmp_path):
 
 def test_weights_that_do_not_fit_the_config(server, tmp_path):
     cache = str(tmp_path / "cache")
-    with pytest.raises(
-        pretrained.PretrainedError, match="does not fit the model of configs/w32.py"
-    ):
+    with pytest.raises(pretrained.PretrainedError, match="does not fit the model of config w32"):
         pretrained.load("w32", cache_dir=cache, url=f"{server.url}/logocap.tar.gz", progress=False)
     assert not os.path.exists(os.path.join(cache, "w32"))
     assert {p for p in listing(cache)} == {".lock", "downloads/", "downloads/logocap.tar.gz"}
@@ -463,6 +380,35 @@ def test_cli_prints_the_cached_path(server, tmp_path, capsys):
     pretrained.main(["w32", "--cache_dir", cache])
     assert capsys.readouterr().out == os.path.join(cache, "w32", "checkpoint") + "\n"
     with pytest.raises(SystemExit) as exit_info:
-        pretrained.main(["w48", "--cache_dir", cache, "--url", closed_port_url(), "--quiet"])
-    assert exit_info.value.code == 1
-    assert "error: Could not download" in capsys.readouterr().err
+        cli.run_main(
+            pretrained.main, ["w48", "--cache_dir", cache, "--url", closed_port_url(), "--quiet"]
+        )
+    assert exit_info.value.code == cli.EXIT_USER_ERROR
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and ": error: Could not download http://127.0.0.1:" in lines[0], lines
+
+
+def test_pretrained_option_chooses_the_config_unless_given(tmp_path, capsys):
+    image = str(tmp_path / "photo.jpg")
+    open(image, "wb").close()
+    args = predict.parse_args(["--pretrained", "w48", image, "--output_dir", "out"])
+    assert args.config_file == "w48" and args.config.test.input_size == 640
+    args = predict.parse_args(
+        [
+            "--pretrained",
+            "w32",
+            "--config",
+            "tiny",
+            "--config.decode.flip_test=false",
+            image,
+            "--output_dir",
+            "out",
+        ]
+    )
+    assert args.config_file == "tiny" and args.config.decode.flip_test is False
+    with pytest.raises(SystemExit) as exit_info:
+        predict.parse_args([image, "--output_dir", "out"])
+    assert exit_info.value.code == cli.EXIT_USER_ERROR
+    assert "--config (or --pretrained)" in capsys.readouterr().err
+    with pytest.raises(errors.UsageError, match="exactly one of"):
+        predict.load_variables(args.config, checkpoint="ckpt", pretrained="w32")

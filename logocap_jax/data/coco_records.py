@@ -550,12 +550,18 @@ def _is_finite(value: Any) -> bool:
     return _is_number(value) and bool(np.isfinite(value))
 
 
-def _image_entry_problem(image: Any) -> tuple[str, str] | None:
-    if not isinstance(image, dict):
+def _object_problem(entry: Any, keys) -> tuple[str, str] | None:
+    """The problem of an entry that is not a JSON object with all of `keys`, or None."""
+    if not isinstance(entry, dict):
         return "missing_key", "is not a JSON object"
-    missing = [key for key in _IMAGE_KEYS if key not in image]
-    if missing:
-        return "missing_key", f"lacks key(s) {missing}"
+    missing = [key for key in keys if key not in entry]
+    return ("missing_key", f"lacks key(s) {missing}") if missing else None
+
+
+def _image_entry_problem(image: Any) -> tuple[str, str] | None:
+    problem = _object_problem(image, _IMAGE_KEYS)
+    if problem:
+        return problem
     if not _is_int(image["id"]):
         return "bad_value", f"'id' is {image['id']!r}, expected an integer"
     if not isinstance(image["file_name"], str) or not image["file_name"]:
@@ -567,11 +573,9 @@ def _image_entry_problem(image: Any) -> tuple[str, str] | None:
 
 
 def _annotation_problem(annotation: Any) -> tuple[str, str] | None:
-    if not isinstance(annotation, dict):
-        return "missing_key", "is not a JSON object"
-    missing = [key for key in _ANNOTATION_KEYS if key not in annotation]
-    if missing:
-        return "missing_key", f"lacks key(s) {missing}"
+    problem = _object_problem(annotation, _ANNOTATION_KEYS)
+    if problem:
+        return problem
     keypoints = annotation["keypoints"]
     if not isinstance(keypoints, list) or len(keypoints) != 3 * NUM_JOINTS:
         found = (

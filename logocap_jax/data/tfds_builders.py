@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from logocap_jax import cli, errors
+from logocap_jax import cli, errors, resources
 from logocap_jax.data import coco_records
 from logocap_jax.keypoints import NUM_JOINTS
 
@@ -45,11 +45,7 @@ FILE_FORMAT = "array_record"
 REPORT_FILE = "build_report.json"
 # Bad records named one by one in the build log; the report lists all of them.
 _LOGGED_BAD_RECORDS = 20
-MINI_DATASETS = ("coco_mini", "ochuman_mini")
-# Where the bundled mini sets live in a source checkout.
-_REPO_DATA_DIR = os.path.normpath(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "data")
-)
+MINI_DATASETS = resources.BUNDLED_DATASETS
 
 _COCO_CITATION = """@inproceedings{lin2014coco, title={Microsoft {COCO}: Common Objects in
   Context}, author={Lin, Tsung-Yi and others}, booktitle={ECCV}, year={2014}}"""
@@ -212,26 +208,29 @@ class CocoPersonKeypoints(_CocoFormatBuilder):
     """
     BUILDER_CONFIGS = [
         CocoFormatConfig(
-            name="train2017",
-            description="train2017, images with any annotation",
-            annotation_file="annotations/person_keypoints_train2017.json",
-            image_dir="images/train2017",
-            splits={"train2017": False},
-        ),
-        CocoFormatConfig(
-            name="val2017",
-            description="val2017, all 5000 images",
-            annotation_file="annotations/person_keypoints_val2017.json",
-            image_dir="images/val2017",
-            splits={"val2017": True},
-        ),
-        CocoFormatConfig(
-            name="test_dev2017",
-            description="test-dev 2017 images, no annotations",
-            annotation_file="annotations/image_info_test-dev2017.json",
-            image_dir="images/test2017",
-            splits={"test_dev2017": True},
-        ),
+            name=name,
+            description=description,
+            annotation_file=f"annotations/{annotations}.json",
+            image_dir=f"images/{images}",
+            splits={name: keep_empty},
+        )
+        for name, description, annotations, images, keep_empty in (
+            (
+                "train2017",
+                "train2017, images with any annotation",
+                "person_keypoints_train2017",
+                "train2017",
+                False,
+            ),
+            ("val2017", "val2017, all 5000 images", "person_keypoints_val2017", "val2017", True),
+            (
+                "test_dev2017",
+                "test-dev 2017 images, no annotations",
+                "image_info_test-dev2017",
+                "test2017",
+                True,
+            ),
+        )
     ]
 
 
@@ -395,8 +394,8 @@ def build_mini(
     Args:
       name: "coco_mini" or "ochuman_mini".
       data_dir: TFDS data dir to write into.
-      source_dir: the mini set's folder (annotations/, images/); default: the checkout's
-        data/<name>.
+      source_dir: the mini set's folder (annotations/, images/); default: the bundled copy
+        (`resources.data_path(name)`).
       strict: make a bad record an error instead of skipping it.
 
     Returns:
@@ -406,7 +405,7 @@ def build_mini(
         raise errors.UnknownDatasetError(
             f"unknown mini data set {name!r}; expected one of {MINI_DATASETS}"
         )
-    source_dir = source_dir or os.path.join(_REPO_DATA_DIR, name)
+    source_dir = source_dir or resources.data_path(name)
     return build_coco_format(
         name,
         os.path.join(source_dir, "annotations", "person_keypoints_mini.json"),
@@ -567,7 +566,7 @@ def _build(argv: Sequence[str]) -> None:
     parser.add_argument(
         "--manual_dir",
         help="source files of coco / ochuman (for a mini "
-        "set: its folder, default the checkout's data/<name>)",
+        "set: its folder, default the bundled copy)",
     )
     parser.add_argument("--configs", help="comma-separated configs (default: all)")
     parser.add_argument(

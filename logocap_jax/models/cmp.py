@@ -83,6 +83,7 @@ class ConvMessagePassing(nn.Module):
       attentive_norm: per hidden layer, AttentiveNorm (True) or BatchNorm (False).
       num_affine: affine transforms mixed by each AttentiveNorm.
       kernel_size: hidden convolution kernel size.
+      conv_form: how the hidden convolutions are computed (`conv_forms.FORMS`), set by LogoCap.
     """
 
     num_joints: int = 17
@@ -91,6 +92,7 @@ class ConvMessagePassing(nn.Module):
     num_affine: int = 20
     kernel_size: int = 3
     dtype: Dtype = jnp.float32
+    conv_form: str = "native"
 
     @nn.compact
     def __call__(self, features, *, train: bool, mask=None):
@@ -113,6 +115,7 @@ class ConvMessagePassing(nn.Module):
                 self.kernel_size,
                 kernel_init=torch_default_kernel_init,
                 dtype=self.dtype,
+                form=self.conv_form,
                 name=str(3 * layer),
             )(x)
             norm_cls = AttentiveNorm if attentive else BatchNorm

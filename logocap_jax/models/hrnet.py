@@ -14,17 +14,23 @@ import jax.numpy as jnp
 from logocap_jax.models.layers import Dtype, batch_norm, conv, upsample_bilinear
 
 
+def _conv3(module: nn.Module, features: int, **kwargs) -> nn.Conv:
+    """A 3x3 convolution in `module`'s compute dtype and convolution form."""
+    return conv(features, 3, dtype=module.dtype, form=module.conv_form, **kwargs)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with an identity residual (input and output widths are equal)."""
 
     width: int
     dtype: Dtype = jnp.float32
+    conv_form: str = "native"
 
     @nn.compact
     def __call__(self, x, *, train: bool):
-        y = conv(self.width, 3, dtype=self.dtype, name="conv1")(x)
+        y = _conv3(self, self.width, name="conv1")(x)
         y = nn.relu(batch_norm(train=train, dtype=self.dtype, name="bn1")(y))
-        y = conv(self.width, 3, dtype=self.dtype, name="conv2")(y)
+        y = _conv3(self, self.width, name="conv2")(y)
         y = batch_norm(train=train, dtype=self.dtype, name="bn2")(y)
         return nn.relu(y + x)
 
@@ -40,13 +46,14 @@ class Bottleneck(nn.Module):
     planes: int
     downsample: bool = False
     dtype: Dtype = jnp.float32
+    conv_form: str = "native"
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         norm = lambda name: batch_norm(train=train, dtype=self.dtype, name=name)
         pointwise = functools.partial(conv, kernel_size=1, dtype=self.dtype, pointwise_as_dot=False)
         y = nn.relu(norm("bn1")(pointwise(self.planes, name="conv1")(x)))
-        y = nn.relu(norm("bn2")(conv(self.planes, 3, dtype=self.dtype, name="conv2")(y)))
+        y = nn.relu(norm("bn2")(_conv3(self, self.planes, name="conv2")(y)))
         y = norm("bn3")(pointwise(4 * self.planes, name="conv3")(y))
         if self.downsample:
             x = norm("downsample.1")(pointwise(4 * self.planes, name="downsample.0")(x))
@@ -82,15 +89,16 @@ class HighResolutionModule(nn.Module):
     widths: Sequence[int]
     num_blocks: int
     dtype: Dtype = jnp.float32
+    conv_form: str = "native"
 
     @nn.compact
     def __call__(self, branches, *, train: bool):
         branches = list(branches)
         for b, width in enumerate(self.widths):
             for k in range(self.num_blocks):
-                branches[b] = BasicBlock(width, dtype=self.dtype, name=f"branches.{b}.{k}")(
-                    branches[b], train=train
-                )
+                branches[b] = BasicBlock(
+                    width, dtype=self.dtype, conv_form=self.conv_form, name=f"branches.{b}.{k}"
+                )(branches[b], train=train)
         return [nn.relu(self._fuse(branches, i, train)) for i in range(len(self.widths))]
 
     def _fuse(self, branches, i, train):
@@ -106,7 +114,7 @@ class HighResolutionModule(nn.Module):
                 for k in range(i - j):
                     last = k == i - j - 1
                     width = self.widths[i] if last else self.widths[j]
-                    x = conv(width, 3, stride=2, dtype=self.dtype, name=f"{prefix}.{k}.0")(x)
+                    x = _conv3(self, width, stride=2, name=f"{prefix}.{k}.0")(x)
                     x = batch_norm(train=train, dtype=self.dtype, name=f"{prefix}.{k}.1")(x)
                     if not last:
                         x = nn.relu(x)
@@ -125,6 +133,7 @@ class HRNet(nn.Module):
       num_blocks: BasicBlocks per branch in every module.
       stem_width: width of the two stride-2 stem convolutions.
       layer1_blocks: Bottlenecks in layer1 (planes = stem_width, output 4 * stem_width).
+      conv_form: how the 3x3 convolutions are computed (`conv_forms.FORMS`).
     """
 
     stage_widths: Sequence[int] = (32, 64, 128, 256)
@@ -133,6 +142,7 @@ class HRNet(nn.Module):
     stem_width: int = 64
     layer1_blocks: int = 4
     dtype: Dtype = jnp.float32
+    conv_form: str = "native"
 
     @nn.compact
     def __call__(self, images, *, train: bool):
@@ -149,15 +159,15 @@ class HRNet(nn.Module):
             f"Expected [B, H, W, 3], got {images.shape}"
         )
         norm = lambda name: batch_norm(train=train, dtype=self.dtype, name=name)
-        x = nn.relu(
-            norm("bn1")(conv(self.stem_width, 3, stride=2, dtype=self.dtype, name="conv1")(images))
-        )
-        x = nn.relu(
-            norm("bn2")(conv(self.stem_width, 3, stride=2, dtype=self.dtype, name="conv2")(x))
-        )
+        x = nn.relu(norm("bn1")(_conv3(self, self.stem_width, stride=2, name="conv1")(images)))
+        x = nn.relu(norm("bn2")(_conv3(self, self.stem_width, stride=2, name="conv2")(x)))
         for k in range(self.layer1_blocks):
             x = Bottleneck(
-                self.stem_width, downsample=k == 0, dtype=self.dtype, name=f"layer1.{k}"
+                self.stem_width,
+                downsample=k == 0,
+                dtype=self.dtype,
+                conv_form=self.conv_form,
+                name=f"layer1.{k}",
             )(x, train=train)
 
         branches = [x]
@@ -166,7 +176,11 @@ class HRNet(nn.Module):
             branches = self._transition(branches, widths, stage + 1, train)
             for m in range(num_modules):
                 branches = HighResolutionModule(
-                    widths, self.num_blocks, dtype=self.dtype, name=f"stage{stage + 2}.{m}"
+                    widths,
+                    self.num_blocks,
+                    dtype=self.dtype,
+                    conv_form=self.conv_form,
+                    name=f"stage{stage + 2}.{m}",
                 )(branches, train=train)
 
         return branches
@@ -179,10 +193,10 @@ class HRNet(nn.Module):
             if i < len(branches):
                 x = branches[i]
                 if x.shape[-1] != width:
-                    x = conv(width, 3, dtype=self.dtype, name=f"{prefix}.0")(x)
+                    x = _conv3(self, width, name=f"{prefix}.0")(x)
                     x = nn.relu(batch_norm(train=train, dtype=self.dtype, name=f"{prefix}.1")(x))
             else:
-                x = conv(width, 3, stride=2, dtype=self.dtype, name=f"{prefix}.0.0")(branches[-1])
+                x = _conv3(self, width, stride=2, name=f"{prefix}.0.0")(branches[-1])
                 x = nn.relu(batch_norm(train=train, dtype=self.dtype, name=f"{prefix}.0.1")(x))
             out.append(x)
         return out

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from logocap_jax.models import conv_forms
+
 Dtype = Any
 
 BN_MOMENTUM = 0.9
@@ -134,15 +136,17 @@ def conv(
     bias_init=nn.initializers.zeros,
     dtype: Dtype = jnp.float32,
     pointwise_as_dot: bool = True,
+    form: str = "native",
     name: str | None = None,
 ) -> nn.Conv:
     """A square convolution with PyTorch's symmetric padding of kernel_size // 2.
 
     1x1 convolutions are `PointwiseConv` matrix products unless `pointwise_as_dot` is False;
-    the parameters are the same either way.
+    the others are computed in `form` (`conv_forms`). The parameters are the same either way.
     """
     pad = kernel_size // 2
     as_dot = kernel_size == 1 and stride == 1 and pointwise_as_dot
+    extra = {} if as_dot else {"conv_general_dilated": conv_forms.conv_general_dilated(form)}
     conv_cls = PointwiseConv if as_dot else nn.Conv
     return conv_cls(
         features,
@@ -154,6 +158,7 @@ def conv(
         bias_init=bias_init,
         dtype=dtype,
         name=name,
+        **extra,
     )
 
 

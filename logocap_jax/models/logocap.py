@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from logocap_jax.models import cmp_variants
+from logocap_jax.models import cmp_variants, conv_forms
 from logocap_jax.models.hrnet import HRNet
 from logocap_jax.models.layers import (
     Dtype,
@@ -67,6 +67,8 @@ class LogoCap(nn.Module):
       local_half_size: r of the local KEM window the CMP sees, S = 2r + 1: the config's
         `logo_ca.local_half_size` (`config_utils.build_model` passes it).
       dtype: compute dtype; parameters stay float32 and outputs are returned as float32.
+      conv_form: how the backbone's and the CMP's 3x3 convolutions are computed
+        (`conv_forms.FORMS`; `auto` picks per layer, see there); the parameters are the same.
     """
 
     stage_widths: tuple = (32, 64, 128, 256)
@@ -80,14 +82,23 @@ class LogoCap(nn.Module):
     cmp_options: Mapping[str, Any] | None = None
     local_half_size: int = 5
     dtype: Dtype = jnp.float32
+    conv_form: str = "auto"
 
     def __post_init__(self):
         cmp_variants.check_options(self.cmp_variant, self.cmp_options or {})
+        if self.conv_form not in conv_forms.FORMS:
+            raise ValueError(
+                f"Unknown conv_form {self.conv_form!r}; one of {', '.join(conv_forms.FORMS)}"
+            )
         super().__post_init__()
 
     def setup(self):
         self.backbone = HRNet(
-            tuple(self.stage_widths), tuple(self.stage_modules), self.num_blocks, dtype=self.dtype
+            tuple(self.stage_widths),
+            tuple(self.stage_modules),
+            self.num_blocks,
+            dtype=self.dtype,
+            conv_form=self.conv_form,
         )
         self.transition_cls = HeadTransition(self.heatmap_width, dtype=self.dtype)
         self.final_layer_cls = self._output_conv(self.num_joints + 1, self.heatmap_width)
@@ -95,7 +106,11 @@ class LogoCap(nn.Module):
         self.final_layer_reg = self._output_conv(2 * self.num_joints, self.offset_width)
         self.transition_embedding = HeadTransition(self.embedding_dim, dtype=self.dtype)
         self.joints_mlp = cmp_variants.create(
-            self.cmp_variant, self.cmp_options or {}, num_joints=self.num_joints, dtype=self.dtype
+            self.cmp_variant,
+            self.cmp_options or {},
+            num_joints=self.num_joints,
+            dtype=self.dtype,
+            conv_form=self.conv_form,
         )
 
     def _output_conv(self, features, fan_in):

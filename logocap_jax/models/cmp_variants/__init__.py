@@ -5,7 +5,7 @@ package), or, when the name contains a dot, the module of that import path (a va
 outside the package, e.g. `my_lab.window_mlp`). The module defines `Model`, a Linen module with
 
 - the fields `num_joints` (K) and `dtype` (compute dtype; parameters stay float32), which
-  `LogoCap` sets;
+  `LogoCap` sets; also `conv_form` (`conv_forms.FORMS`) if the variant declares it;
 - its options as further fields, each with a default; `model.cmp_options` in a config sets
   them and may name no other key;
 - `__call__(features, *, train, mask=None)`: features [N, S, S, K*C] (channel k*C + c is channel
@@ -28,6 +28,8 @@ import jax.numpy as jnp
 
 # Fields every variant has, set by LogoCap rather than by model.cmp_options.
 INTERFACE_FIELDS = ("num_joints", "dtype")
+# Fields a variant may have, also set by LogoCap.
+OPTIONAL_INTERFACE_FIELDS = ("conv_form",)
 # Dataclass fields of every Linen module.
 _LINEN_FIELDS = ("parent", "name")
 
@@ -74,7 +76,7 @@ def default_options(name: str) -> dict[str, Any]:
     """{option: default} of variant `name`: its fields besides the interface ones."""
     options = {}
     for field in dataclasses.fields(get(name)):
-        if field.name in INTERFACE_FIELDS + _LINEN_FIELDS:
+        if field.name in INTERFACE_FIELDS + OPTIONAL_INTERFACE_FIELDS + _LINEN_FIELDS:
             continue
         if field.default is dataclasses.MISSING:
             raise ValueError(f"CMP variant {name!r}: option {field.name!r} has no default")
@@ -95,14 +97,20 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
         )
 
 
-def create(name: str, options: Mapping[str, Any], *, num_joints: int, dtype) -> nn.Module:
-    """Variant `name` with `options` (checked) and the interface fields.
+def create(
+    name: str, options: Mapping[str, Any], *, num_joints: int, dtype, conv_form: str = "native"
+) -> nn.Module:
+    """Variant `name` with `options` (checked) and the interface fields (`conv_form` only if
+    the variant declares it).
 
     Lists become tuples (command-line overrides may give lists), so the module stays hashable.
     """
     check_options(name, options)
     values = {key: tuple(v) if isinstance(v, list) else v for key, v in options.items()}
-    return get(name)(num_joints=num_joints, dtype=dtype, **values)
+    model = get(name)
+    if "conv_form" in {field.name for field in dataclasses.fields(model)}:
+        values["conv_form"] = conv_form
+    return model(num_joints=num_joints, dtype=dtype, **values)
 
 
 def batch_mask(mask, x):
@@ -125,4 +133,18 @@ def joint_kernel_init(scale: float = 1.0):
     kernel, one matrix per joint or per limb."""
     return nn.initializers.variance_scaling(
         scale, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1, batch_axis=(0,)
+    )
+
+
+def depthwise_conv(channels: int, kernel_size: int, *, dtype, name: str) -> nn.Conv:
+    """A k x k convolution of each channel on its own over the window ('same' size, no bias)."""
+    pad = kernel_size // 2
+    return nn.Conv(
+        channels,
+        (kernel_size, kernel_size),
+        padding=((pad, pad), (pad, pad)),
+        feature_group_count=channels,
+        use_bias=False,
+        dtype=dtype,
+        name=name,
     )

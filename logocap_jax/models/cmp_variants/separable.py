@@ -16,7 +16,7 @@ head gives the K KAMs.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from logocap_jax.models.cmp_variants import batch_mask
+from logocap_jax.models.cmp_variants import batch_mask, depthwise_conv
 from logocap_jax.models.layers import Dtype, batch_norm
 
 
@@ -43,18 +43,12 @@ class Model(nn.Module):
         groups = self.num_joints if self.joint_groups else 1
         if any(width % groups for width in self.widths):
             raise ValueError(f"joint_groups needs widths divisible by K, got {self.widths}")
-        pad = self.kernel_size // 2
         x = features
         for index, width in enumerate(self.widths):
-            x = nn.Conv(
-                x.shape[-1],
-                (self.kernel_size, self.kernel_size),
-                padding=((pad, pad), (pad, pad)),
-                feature_group_count=x.shape[-1],
-                use_bias=False,
-                dtype=self.dtype,
-                name=f"depthwise_{index}",
-            )(x)
+            depthwise = depthwise_conv(
+                x.shape[-1], self.kernel_size, dtype=self.dtype, name=f"depthwise_{index}"
+            )
+            x = depthwise(x)
             x = nn.Conv(
                 width,
                 (1, 1),

@@ -18,7 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from logocap_jax.keypoints import SKELETON
-from logocap_jax.models.cmp_variants import batch_mask, joint_kernel_init, per_joint
+from logocap_jax.models.cmp_variants import (
+    batch_mask,
+    depthwise_conv,
+    joint_kernel_init,
+    per_joint,
+)
 from logocap_jax.models.layers import Dtype, batch_norm
 
 
@@ -62,7 +67,6 @@ class Model(nn.Module):
         ).astype(self.dtype)
         offset = self.param("project_bias", nn.initializers.zeros, (num_joints, self.width))
         h = jnp.einsum("...kc,kcd->...kd", x, project) + offset.astype(self.dtype)
-        pad = self.spatial_kernel // 2
         for index in range(self.rounds):
             limbs = self.param(
                 f"limbs_{index}", joint_kernel_init(), (len(sources), self.width, self.width)
@@ -71,15 +75,10 @@ class Model(nn.Module):
             z = jnp.einsum("...ef,ek->...kf", messages, incoming.astype(self.dtype))
             z = z + nn.Dense(self.width, use_bias=False, dtype=self.dtype, name=f"self_{index}")(h)
             z = z.reshape(*z.shape[:-2], num_joints * self.width)
-            z = nn.Conv(
-                z.shape[-1],
-                (self.spatial_kernel, self.spatial_kernel),
-                padding=((pad, pad), (pad, pad)),
-                feature_group_count=z.shape[-1],
-                use_bias=False,
-                dtype=self.dtype,
-                name=f"spatial_{index}",
-            )(z)
+            spatial = depthwise_conv(
+                z.shape[-1], self.spatial_kernel, dtype=self.dtype, name=f"spatial_{index}"
+            )
+            z = spatial(z)
             norm = batch_norm(train=train, dtype=self.dtype, name=f"norm_{index}")
             z = norm(z, mask=batch_mask(mask, z))
             h = h + nn.relu(z).reshape(h.shape)
