@@ -294,3 +294,25 @@ def test_switching_variant_on_the_command_line_replaces_its_options():
     config = _parse_config_flags(["--config.model.cmp_variant=skeleton_graph"])
     with pytest.raises(ValueError, match="'widths'.*'skeleton_graph'.*rounds=3"):
         config_utils.build_model(config)
+
+
+def test_readme_example_variant(tmp_path, monkeypatch):
+    """The README's example variant, saved as one file, passes the variant checks."""
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("### Writing one", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "readme_lab").mkdir()
+    (tmp_path / "readme_lab" / "pointwise.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert cmp_variants.default_options("readme_lab.pointwise") == {"width": 64}
+        case = Case("readme_lab.pointwise", {"width": 8})
+        result = case.run(2)
+    finally:
+        for module in ("readme_lab.pointwise", "readme_lab"):
+            sys.modules.pop(module, None)
+    assert result["train"].shape == (COUNT, SIDE, SIDE, NUM_JOINTS)
+    np.testing.assert_allclose(result["train_other"][MASK], result["train"][MASK], rtol=1e-5)
+    for ours, reference in zip(_leaves(result["stats_other"]), _leaves(result["stats"])):
+        np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
+    assert all(np.abs(grad).max() > 0 for grad in _leaves(result["grads"]))
+    assert _max_relative(result["eval_single"], result["eval"]) < 1e-5
