@@ -34,15 +34,16 @@ import os
 import re
 import signal
 import statistics
+import sys
 import time
 
 import jax
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from logocap_jax import (
     checkpoints,
+    cli,
     config_utils,
     evaluate,
     pipeline,
@@ -53,7 +54,12 @@ from logocap_jax import (
 from logocap_jax.models import LogoCap, cmp_variants
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+flags.DEFINE_string(
+    "config",
+    None,
+    "Training config (a bundled name or a file); its fields take "
+    "--config.<field>=<value> overrides.",
+)
 flags.DEFINE_list("variants", None, "Comma-separated CMP variants: NAME or LABEL=NAME.")
 flags.DEFINE_integer("steps", None, "Training steps per variant; 0 measures the costs only.")
 flags.DEFINE_string("workdir", None, "Directory of the per-variant work directories and report.")
@@ -67,6 +73,8 @@ flags.DEFINE_bool("cmp_only", False, "Train only the CMP (needs --init_checkpoin
 flags.DEFINE_integer("timing_repeats", 20, "Runs of the local KAMs stage timed (median).")
 flags.DEFINE_bool("verbose", False, "Keep the libraries' INFO logs.")
 flags.mark_flags_as_required(["config", "variants", "steps", "workdir"])
+# The config with its overrides, read by `entry_point` before absl parses the other flags.
+_CONFIG = {}
 
 CMP_MODULE = "joints_mlp"
 LOSS_TERMS = ("total", "heatmaps", "offsets", "oks", "refined_heatmaps")
@@ -514,7 +522,7 @@ def main(argv):
         raise app.UsageError(str(error)) from None
     try:
         run(
-            FLAGS.config,
+            _CONFIG["config"],
             variants,
             overrides,
             steps=FLAGS.steps,
@@ -522,11 +530,18 @@ def main(argv):
             init_checkpoint=FLAGS.init_checkpoint,
             cmp_only=FLAGS.cmp_only,
             timing_repeats=FLAGS.timing_repeats,
-            config_path=config_flags.get_config_filename(FLAGS["config"]),
+            config_path=FLAGS.config,
         )
     except KeyboardInterrupt as stop:
         print(f"Stopped ({stop}); rerun the same command to resume.")
 
 
+def entry_point():
+    """Reads --config and its --config.<field>=<value> overrides as every command line of the
+    package does (`cli.config_from_argv`), then runs `main` on the other flags."""
+    _CONFIG["config"], rest = cli.config_from_argv(sys.argv[1:])
+    app.run(main, argv=[sys.argv[0], *rest])
+
+
 if __name__ == "__main__":
-    app.run(main)
+    entry_point()

@@ -18,11 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl import flags
 from cmp_variant_cases import COUNT, MASK, NUM_JOINTS, SIDE, cases, features
-from ml_collections import config_flags
 
-from logocap_jax import config_utils, convert
+from logocap_jax import cli, config_utils, convert
 from logocap_jax.models import LogoCap, cmp_variants
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,14 +272,9 @@ def test_backbone_and_heads_do_not_depend_on_the_variant():
 
 
 def _parse_config_flags(overrides):
-    """The config as train.py's locked --config flag parses these overrides."""
-    argv = ["train.py", f"--config={ROOT / 'configs' / 'tiny.py'}", *overrides]
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
-    )
-    values(argv)
-    return values.config
+    """The config as every command line parses these overrides."""
+    config, _ = cli.config_from_argv([f"--config={ROOT / 'configs' / 'tiny.py'}", *overrides])
+    return config
 
 
 def test_switching_variant_on_the_command_line_replaces_its_options():
@@ -291,9 +284,8 @@ def test_switching_variant_on_the_command_line_replaces_its_options():
     model = config_utils.build_model(config)
     assert (model.cmp_variant, dict(model.cmp_options)) == ("skeleton_graph", {"rounds": 2})
     # Switching the variant alone keeps the config's conv options: an error naming both.
-    config = _parse_config_flags(["--config.model.cmp_variant=skeleton_graph"])
     with pytest.raises(ValueError, match="'widths'.*'skeleton_graph'.*rounds=3"):
-        config_utils.build_model(config)
+        config_utils.build_model(_parse_config_flags(["--config.model.cmp_variant=skeleton_graph"]))
 
 
 def test_readme_example_variant(tmp_path, monkeypatch):
