@@ -100,26 +100,14 @@ def main():
 
 def _stream(args, config, source, mesh, step, state):
     """Steps fed by the input pipeline; the host waits for the device only at the end."""
-    data = config.data
-    augmentation = input_pipeline.Augmentation(
-        max_rotation=data.max_rotation,
-        min_scale=data.min_scale,
-        max_scale=data.max_scale,
-        max_translate=data.max_translate,
-        flip_prob=data.flip_prob,
-    )
-    iterator = iter(
-        input_pipeline.make_train_dataset(
-            source,
-            batch_size=args.batch_size,
-            seed=1,
-            input_size=args.input_size,
-            output_size=args.input_size // 4,
-            max_people=data.max_people,
-            augmentation=augmentation,
-            worker_count=args.workers,
-        )
-    )
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.train.global_batch_size = args.batch_size
+        config.train.seed = 1
+        config.data.input_size = args.input_size
+        config.data.output_size = args.input_size // 4
+        config.data.worker_count = args.workers
+    iterator = iter(train_lib.make_dataset(config, source))
     next(iterator)  # starts the workers and fills the prefetch buffers
     waiting = 0.0
     start = time.perf_counter()
