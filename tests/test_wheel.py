@@ -2,9 +2,11 @@
 virtual environment outside it, runs predict with --pretrained and evaluation on a bundled set.
 
 The wheel is built offline (`pip wheel --no-build-isolation --no-index`) from a copy of the files
-it is made of. The environment reuses the already installed dependencies
-(`--system-site-packages`, `--no-deps`) so that nothing is downloaded. Every command runs from a
-temporary folder, without PYTHONPATH, and names no path of the repository: what it reads comes
+it is made of. The environment reuses the already installed dependencies so that nothing is
+downloaded: their site folders are listed in a plain `.pth` file, so the `.pth` files inside them
+(where an editable install of this repository lives, as an import hook or as a path) never run.
+Every command runs from a temporary folder, without PYTHONPATH, and names no path of the
+repository: what it reads comes
 from the installed package (configs by name, the bundled data through `resources`) and from the
 local release server (tests/release_server.py), the tiny weights in the W32 slot of a
 release-shaped logocap.tar.gz.
@@ -13,6 +15,7 @@ release-shaped logocap.tar.gz.
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -60,8 +63,13 @@ def wheel(tmp_path_factory) -> Path:
 def venv(wheel, tmp_path_factory) -> Path:
     """A fresh environment holding the wheel, over the installed dependencies."""
     venv = tmp_path_factory.mktemp("venv")
-    run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], cwd=venv)
+    run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=venv)
     python = venv / "bin" / "python"
+    (purelib,) = run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=venv
+    ).stdout.split()
+    dependencies = [*site.getsitepackages(), site.getusersitepackages()]
+    Path(purelib, "installed_dependencies.pth").write_text("\n".join(dependencies) + "\n")
     run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], cwd=venv)
     return venv
 
@@ -116,20 +124,21 @@ def test_installed_wheel_predicts_with_pretrained_and_evaluates(venv, tmp_path):
         [
             bin_dir / "python",
             "-c",
-            "import sys, logocap_jax\n"
+            "import importlib.util, logocap_jax\n"
             "from logocap_jax import resources\n"
             "print(logocap_jax.__file__)\n"
             "print(resources.data_path('coco_mini'))\n"
             "print(resources.tiny_state_dict())\n"
-            "print('\\n'.join(sys.path))",
+            "print([importlib.util.find_spec(n) for n in ('train', 'eval', 'configs')])",
         ],
         cwd=work,
         env=environment(),
     ).stdout.splitlines()
-    package_file, coco_mini, tiny, sys_path = *map(Path, located[:3]), located[3:]
+    package_file, coco_mini, tiny = map(Path, located[:3])
     for path in (package_file, coco_mini, tiny):
         assert path.is_relative_to(venv) and path.exists(), located
-    assert not any(entry and Path(entry).resolve().is_relative_to(ROOT) for entry in sys_path)
+    # The repository's own modules are out of reach (they would be found through a path to it).
+    assert located[3] == "[None, None, None]", located
 
     server = release_server.Server()
     pth = release_server.tiny_pth(str(tmp_path / "tiny.pth.tar"))
