@@ -17,6 +17,7 @@ from logocap_jax.models.layers import (
     BatchNorm,
     Dtype,
     conv,
+    relu,
     torch_default_bias_init,
     torch_default_kernel_init,
 )
@@ -127,7 +128,7 @@ class ConvMessagePassing(nn.Module):
                 name=str(3 * layer + 1),
                 **norm_kwargs,
             )
-            x = nn.relu(norm(x, mask=_broadcast_mask(mask, x)))
+            x = relu(norm(x, mask=_broadcast_mask(mask, x)))
         return conv(
             self.num_joints,
             1,

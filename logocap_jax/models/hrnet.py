@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from logocap_jax.models.layers import Dtype, batch_norm, conv, upsample_bilinear
+from logocap_jax.models.layers import Dtype, batch_norm, conv, relu, upsample_bilinear
 
 
 class BasicBlock(nn.Module):
@@ -23,10 +23,10 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool):
         y = conv(self.width, 3, dtype=self.dtype, name="conv1")(x)
-        y = nn.relu(batch_norm(train=train, dtype=self.dtype, name="bn1")(y))
+        y = relu(batch_norm(train=train, dtype=self.dtype, name="bn1")(y))
         y = conv(self.width, 3, dtype=self.dtype, name="conv2")(y)
         y = batch_norm(train=train, dtype=self.dtype, name="bn2")(y)
-        return nn.relu(y + x)
+        return relu(y + x)
 
 
 class Bottleneck(nn.Module):
@@ -45,12 +45,12 @@ class Bottleneck(nn.Module):
     def __call__(self, x, *, train: bool):
         norm = lambda name: batch_norm(train=train, dtype=self.dtype, name=name)
         pointwise = functools.partial(conv, kernel_size=1, dtype=self.dtype, pointwise_as_dot=False)
-        y = nn.relu(norm("bn1")(pointwise(self.planes, name="conv1")(x)))
-        y = nn.relu(norm("bn2")(conv(self.planes, 3, dtype=self.dtype, name="conv2")(y)))
+        y = relu(norm("bn1")(pointwise(self.planes, name="conv1")(x)))
+        y = relu(norm("bn2")(conv(self.planes, 3, dtype=self.dtype, name="conv2")(y)))
         y = norm("bn3")(pointwise(4 * self.planes, name="conv3")(y))
         if self.downsample:
             x = norm("downsample.1")(pointwise(4 * self.planes, name="downsample.0")(x))
-        return nn.relu(y + x)
+        return relu(y + x)
 
 
 def concatenate_branches(branches):
@@ -91,7 +91,7 @@ class HighResolutionModule(nn.Module):
                 branches[b] = BasicBlock(width, dtype=self.dtype, name=f"branches.{b}.{k}")(
                     branches[b], train=train
                 )
-        return [nn.relu(self._fuse(branches, i, train)) for i in range(len(self.widths))]
+        return [relu(self._fuse(branches, i, train)) for i in range(len(self.widths))]
 
     def _fuse(self, branches, i, train):
         total = None
@@ -109,7 +109,7 @@ class HighResolutionModule(nn.Module):
                     x = conv(width, 3, stride=2, dtype=self.dtype, name=f"{prefix}.{k}.0")(x)
                     x = batch_norm(train=train, dtype=self.dtype, name=f"{prefix}.{k}.1")(x)
                     if not last:
-                        x = nn.relu(x)
+                        x = relu(x)
             total = x if total is None else total + x
         return total
 
@@ -149,12 +149,10 @@ class HRNet(nn.Module):
             f"Expected [B, H, W, 3], got {images.shape}"
         )
         norm = lambda name: batch_norm(train=train, dtype=self.dtype, name=name)
-        x = nn.relu(
+        x = relu(
             norm("bn1")(conv(self.stem_width, 3, stride=2, dtype=self.dtype, name="conv1")(images))
         )
-        x = nn.relu(
-            norm("bn2")(conv(self.stem_width, 3, stride=2, dtype=self.dtype, name="conv2")(x))
-        )
+        x = relu(norm("bn2")(conv(self.stem_width, 3, stride=2, dtype=self.dtype, name="conv2")(x)))
         for k in range(self.layer1_blocks):
             x = Bottleneck(
                 self.stem_width, downsample=k == 0, dtype=self.dtype, name=f"layer1.{k}"
@@ -180,9 +178,9 @@ class HRNet(nn.Module):
                 x = branches[i]
                 if x.shape[-1] != width:
                     x = conv(width, 3, dtype=self.dtype, name=f"{prefix}.0")(x)
-                    x = nn.relu(batch_norm(train=train, dtype=self.dtype, name=f"{prefix}.1")(x))
+                    x = relu(batch_norm(train=train, dtype=self.dtype, name=f"{prefix}.1")(x))
             else:
                 x = conv(width, 3, stride=2, dtype=self.dtype, name=f"{prefix}.0.0")(branches[-1])
-                x = nn.relu(batch_norm(train=train, dtype=self.dtype, name=f"{prefix}.0.1")(x))
+                x = relu(batch_norm(train=train, dtype=self.dtype, name=f"{prefix}.0.1")(x))
             out.append(x)
         return out
