@@ -33,6 +33,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--input_size", type=int, default=256)
     parser.add_argument("--max_instances", type=int, default=None)
+    parser.add_argument("--instance_budget", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--data_dir", help="TFDS data dir (default: the config's data.data_dir)")
     parser.add_argument("--official", help="JSON lines of the official training harness, same run")
@@ -41,6 +42,8 @@ def main():
     config = config_utils.load_config(args.config)
     if args.max_instances is not None:
         config.train.max_instances = args.max_instances
+    if args.instance_budget is not None:
+        config.train.instance_budget = args.instance_budget
     width = config.model.stage_widths[0]
     official = []
     if args.official:
@@ -92,6 +95,7 @@ def main():
         f"model widths {tuple(config.model.stage_widths)}; "
         f"batch {args.batch_size} at {args.input_size}; "
         f"max_instances {config.train.max_instances or config.decode.num_centers}; "
+        f"instance_budget {config.train.instance_budget or 'off'}; "
         f"compute {config.train.compute_dtype}"
     )
     print(f"init (compile + run): {init_seconds:.1f} s")
