@@ -21,7 +21,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from logocap_jax import (
     checkpoints,
-    compile_options,
     config_utils,
     convert,
     evaluate,
@@ -139,17 +138,11 @@ def train_step(state: TrainState, batch, *, model, settings, loss_weights):
 
 
 def make_train_step(model, settings, loss_weights, mesh: Mesh, state: TrainState):
-    """`train_step` jitted with a replicated state (donated) and a data-sharded batch, with the
-    package's compiler options (`compile_options`)."""
+    """`train_step` jitted with a replicated state (donated) and a data-sharded batch."""
     replicated = NamedSharding(mesh, PartitionSpec())
     state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
     step = functools.partial(train_step, model=model, settings=settings, loss_weights=loss_weights)
-    return jax.jit(
-        step,
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=(0,),
-        compiler_options=compile_options.for_backend(),
-    )
+    return jax.jit(step, out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
 
 def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
