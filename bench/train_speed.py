@@ -1,7 +1,14 @@
-"""Training step time, compile time, and training throughput with the real input pipeline.
+"""Training step and compile time, against the official step timed in the same run, and
+training throughput with the real input pipeline.
 
   python bench/train_speed.py                                   # tiny model, batch 4 at 256
-  python bench/train_speed.py --config configs/w32.py --batch_size 2 --input_size 512
+  python bench/train_speed.py --config configs/w32.py --batch_size 2 --input_size 512 \
+      --max_instances 2 --official official_train.jsonl
+
+--official is the JSON line the official training timing harness printed in this run (W32 or
+W48, batch 2 at 512; README, "Measured", says how to produce it): the bench prints the ratio of
+the two median step times and names the CPU, since a ratio only holds for the machine and the
+run it was measured in.
 
 Random weights and a synthetic batch with ground-truth people near the predicted centers
 cannot be made without a trained model, so the step runs on coco_mini images through the real
@@ -19,6 +26,7 @@ import statistics
 import time
 
 import jax
+import machine
 import numpy as np
 
 from logocap_jax import config_utils, train_lib
@@ -31,15 +39,25 @@ def main():
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--input_size", type=int, default=256)
     parser.add_argument("--max_instances", type=int, default=None)
+    parser.add_argument("--instance_budget", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--data_dir", help="TFDS data dir (default: the config's data.data_dir)")
     parser.add_argument("--stream_steps", type=int, default=10)
     parser.add_argument("--workers", type=int, default=0, help="input worker processes")
+    parser.add_argument("--official", help="JSON lines of the official training harness, same run")
     args = parser.parse_args()
 
     config = config_utils.load_config(args.config)
     if args.max_instances is not None:
         config.train.max_instances = args.max_instances
+    if args.instance_budget is not None:
+        config.train.instance_budget = args.instance_budget
+    width = config.model.stage_widths[0]
+    official = []
+    if args.official:
+        official = machine.read_official(args.official, cfg=f"w{width}")
+        if not official:
+            raise SystemExit(f"{args.official} has no record for W{width}")
     data_dir = os.path.expanduser(args.data_dir or config.data.data_dir)
     tfds_builders.build_mini("coco_mini", data_dir)
     source = tfds_builders.data_source("coco_format/coco_mini", "train", data_dir)
@@ -80,10 +98,12 @@ def main():
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
 
+    print(machine.describe())
     print(
-        f"Device: {jax.devices()[0].device_kind} x{jax.device_count()}; model widths "
-        f"{tuple(config.model.stage_widths)}; batch {args.batch_size} at {args.input_size}; "
+        f"model widths {tuple(config.model.stage_widths)}; "
+        f"batch {args.batch_size} at {args.input_size}; "
         f"max_instances {config.train.max_instances or config.decode.num_centers}; "
+        f"instance_budget {config.train.instance_budget or 'off'}; "
         f"compute {config.train.compute_dtype}"
     )
     print(f"init (compile + run): {init_seconds:.1f} s")
@@ -91,9 +111,19 @@ def main():
     print(
         f"step: median {statistics.median(times):.2f} s over {args.repeats} "
         f"(min {min(times):.2f}, max {max(times):.2f}); "
-        f"{args.batch_size / statistics.median(times):.2f} images/s; "
+        f"{args.batch_size / statistics.median(times):.2f} examples/s; "
         f"loss {float(np.asarray(metrics['total'])):.4f}"
     )
+    for row in official:
+        same = (row["batch"], row["input"]) == (args.batch_size, args.input_size)
+        print(
+            f"official (PyTorch, {row['threads']} threads, "
+            f"batch {row['batch']} at {row['input']}): "
+            f"median {row['step_median_s']:.2f} s, {row['batch'] / row['step_median_s']:.2f} "
+            f"examples/s; ours / official = "
+            f"{statistics.median(times) / row['step_median_s']:.2f}x"
+            + ("" if same else " (different batch or input size: not comparable)")
+        )
     if args.stream_steps > 0:
         _stream(args, config, source, mesh, step, state)
 

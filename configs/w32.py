@@ -103,6 +103,9 @@ def get_config():
             loss_weights=dict(heatmaps=1.0, offsets=0.01, oks=0.01, refined_heatmaps=1.0),
             # Training instances per image through the CMP and LOGO-CA; 0 = all num_centers slots.
             max_instances=0,
+            # Instances per global batch through the CMP and LOGO-CA, the selected ones first; the
+            # losses equal those of all slots while the batch's selected slots fit. 0 = off.
+            instance_budget=0,
             seed=0,
             compute_dtype="float32",
             imagenet_checkpoint="",

@@ -69,14 +69,16 @@ def gaussian_window(half_size: int, sigma: float):
     return window * (window >= GAUSSIAN_CUTOFF)
 
 
-def global_kems(heatmaps, poses, half_size: int, *, mode: str):
+def global_kems(heatmaps, poses, half_size: int, *, mode: str, image=None):
     """Samples each joint's heatmap on a unit-spaced window around its initial keypoint.
 
     Args:
-      heatmaps: [H, W, >=K] input-resolution heatmaps; channel k is sampled for joint k.
+      heatmaps: [H, W, >=K] input-resolution heatmaps; channel k is sampled for joint k. With
+        `image`, the batch's [B, H, W, >=K].
       poses: [N, K, 2] initial keypoints in input pixels.
       half_size: the window has A = 2 * half_size + 1 points per side.
       mode: sampling mode.
+      image: optional [N] int, the image of each instance.
 
     Returns:
       [N, K, A, A]; entry [n, k, u, v] samples joint k at pose + (v - half, u - half).
@@ -84,11 +86,17 @@ def global_kems(heatmaps, poses, half_size: int, *, mode: str):
     num_joints = poses.shape[1]
     shift = jnp.stack(window_offsets(half_size), axis=-1)[:, :, None, :]
     coordinates = poses[:, None, None, :, :] + shift
-    samples = sample(heatmaps[..., :num_joints], coordinates, mode=mode, per_channel=True)
+    samples = sample(
+        heatmaps[..., :num_joints],
+        coordinates,
+        mode=mode,
+        per_channel=True,
+        image=None if image is None else image[:, None, None],
+    )
     return jnp.transpose(samples, (0, 3, 1, 2))
 
 
-def _convolve_shift_add(heatmaps, kernels):
+def _shift_add(heatmaps, kernels):
     size = kernels.shape[-1]
     extent = heatmaps.shape[-1]
     padded = jnp.pad(heatmaps, ((0, 0), (size // 2, size // 2), (size // 2, size // 2)))
@@ -99,6 +107,38 @@ def _convolve_shift_add(heatmaps, kernels):
             tap = padded[:, row : row + extent, col : col + extent]
             total = total + kernels[:, i, j, None, None] * tap
     return total
+
+
+@jax.custom_vjp
+def _convolve_shift_add(heatmaps, kernels):
+    """`_shift_add` with a hand-written gradient: differentiated as it is written, each of the
+    S^2 kernel taps got its own reduction over the A x A window, S^2 small programs that took
+    longer than the rest of LOGO-CA's backward pass on CPU."""
+    return _shift_add(heatmaps, kernels)
+
+
+def _convolve_shift_add_forward(heatmaps, kernels):
+    return _shift_add(heatmaps, kernels), (heatmaps, kernels)
+
+
+def _convolve_shift_add_backward(residuals, cotangent):
+    heatmaps, kernels = residuals
+    size, extent = kernels.shape[-1], heatmaps.shape[-1]
+    width = extent + size - 1
+    # The transpose of a convolution is the convolution with the flipped kernel.
+    heatmaps_grad = _shift_add(cotangent, kernels[:, ::-1, ::-1])
+    # kernels_grad[k, S-1-r, S-1-c] = sum_uv cotangent[k, u, v] * padded[k, u + r, v + c]: for
+    # each row offset r one matrix product over u, whose entries (v, v + c) are summed along
+    # the diagonals c (flat index v * (width + 1) + c).
+    padded = jnp.pad(heatmaps, ((0, 0), (size // 2, size // 2), (size // 2, size // 2)))
+    rows = jnp.stack([padded[:, r : r + extent, :] for r in range(size)], axis=1)
+    products = jnp.einsum("kuv,kruw->krvw", cotangent, rows).reshape(-1, size, extent * width)
+    products = jnp.pad(products, ((0, 0), (0, 0), (0, extent)))
+    diagonals = products.reshape(-1, size, extent, width + 1)[..., :size].sum(axis=2)
+    return heatmaps_grad, diagonals[:, ::-1, ::-1]
+
+
+_convolve_shift_add.defvjp(_convolve_shift_add_forward, _convolve_shift_add_backward)
 
 
 def _convolve_grouped(heatmaps, kernels):
@@ -160,19 +200,23 @@ def kam_convolution_instances(heatmaps, kams, *, mode: str = "auto"):
     return jax.vmap(functools.partial(kam_convolution, mode=mode))(heatmaps, kams)
 
 
-def refined_heatmaps(heatmaps, poses, kams, settings: LogoCaSettings):
+def refined_heatmaps(heatmaps, poses, kams, settings: LogoCaSettings, *, image=None):
     """One image's LOGO-CA: global KEMs, Gaussian reweighing, KAM convolution (Eqs. 1-2).
 
     Args:
-      heatmaps: [H, W, >=K] input-resolution heatmaps.
+      heatmaps: [H, W, >=K] input-resolution heatmaps; with `image`, the batch's
+        [B, H, W, >=K], so that instances of several images are refined together.
       poses: [N, K, 2] initial keypoints (window centers), input pixels.
       kams: [N, S, S, K] keypoint attraction maps.
       settings: window, reweighing, sampling and convolution settings.
+      image: optional [N] int, the image of each instance.
 
     Returns:
       [N, K, A, A] refined heatmaps.
     """
-    windows = global_kems(heatmaps, poses, settings.global_half_size, mode=settings.sampling)
+    windows = global_kems(
+        heatmaps, poses, settings.global_half_size, mode=settings.sampling, image=image
+    )
     if settings.reweigh:
         windows = windows * gaussian_window(settings.global_half_size, settings.global_sigma)
     kernels = jnp.transpose(kams, (0, 3, 1, 2))

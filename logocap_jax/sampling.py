@@ -36,21 +36,29 @@ def _corners(coordinate, size, mode):
     raise ValueError(f"Unknown sampling mode {mode!r}; expected one of {SAMPLING_MODES}")
 
 
-def sample(features, xy, *, mode: str = "reference", per_channel: bool = False):
+def sample(features, xy, *, mode: str = "reference", per_channel: bool = False, image=None):
     """Samples a channels-last map at float pixel coordinates.
 
     Args:
-      features: [H, W, C] map.
+      features: [H, W, C] map; with `image`, a batch of maps [B, H, W, C].
       xy: [..., 2] (x, y) coordinates in pixels of `features`; with `per_channel`,
         [..., C, 2]: channel c is sampled at its own coordinates xy[..., c, :].
       mode: one of SAMPLING_MODES.
       per_channel: see `xy`.
+      image: optional int array broadcastable to xy[..., 0] (to xy[..., 0, 0] with
+        `per_channel`): the map of the batch each point is sampled from. Gathering from the
+        batch directly avoids a copy of one map per point set.
 
     Returns:
       [..., C] samples.
     """
-    assert features.ndim == 3, f"Expected [H, W, C] features, got {features.shape}"
-    height, width, channels = features.shape
+    if image is None:
+        assert features.ndim == 3, f"Expected [H, W, C] features, got {features.shape}"
+        batch = ()
+    else:
+        assert features.ndim == 4, f"Expected [B, H, W, C] features, got {features.shape}"
+        batch = (image[..., None] if per_channel else image,)
+    height, width, channels = features.shape[-3:]
     x0, x1, wx0, wx1 = _corners(xy[..., 0], width, mode)
     y0, y1, wy0, wy1 = _corners(xy[..., 1], height, mode)
     if per_channel:
@@ -58,10 +66,10 @@ def sample(features, xy, *, mode: str = "reference", per_channel: bool = False):
             f"Expected [..., {channels}, 2] coordinates, got {xy.shape}"
         )
         channel = jnp.arange(channels)
-        gather = lambda y, x: features[y.astype(jnp.int32), x.astype(jnp.int32), channel]
+        gather = lambda y, x: features[(*batch, y.astype(jnp.int32), x.astype(jnp.int32), channel)]
         weight = lambda w: w
     else:
-        gather = lambda y, x: features[y.astype(jnp.int32), x.astype(jnp.int32)]
+        gather = lambda y, x: features[(*batch, y.astype(jnp.int32), x.astype(jnp.int32))]
         weight = lambda w: w[..., None]
     # Term order and the product order (y weight first) follow the official sampler.
     return (

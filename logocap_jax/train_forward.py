@@ -8,7 +8,9 @@
       + Gaussian target maps around the assigned ground-truth keypoints
 
 Every slot is computed; `selected` says which ones the official code keeps, and the losses
-(`logocap_jax.losses`) weigh the others out.
+(`logocap_jax.losses`) weigh the others out. Two static budgets bound what the CMP and LOGO-CA
+compute, both "select first, then compute" (docs/design.md, instance budget): `max_instances`
+slots per image, or `instance_budget` instances per batch, the selected ones first.
 """
 
 import dataclasses
@@ -20,9 +22,10 @@ import jax
 import jax.numpy as jnp
 
 from logocap_jax import decode, logo_ca, oks
+from logocap_jax.keypoints import STRIDE
 from logocap_jax.logo_ca import LogoCaSettings
 from logocap_jax.models import LogoCap
-from logocap_jax.pipeline import sample_local_features
+from logocap_jax.sampling import sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,16 +48,20 @@ class TrainSettings:
     target_sigma: float = 4.0
     min_oks: float = oks.MIN_OKS
     max_instances: int = 0
+    instance_budget: int = 0
     logo_ca: LogoCaSettings = LogoCaSettings()
 
     def __post_init__(self):
         if not 0 <= self.max_instances:
             raise ValueError(f"max_instances must be >= 0 (0: all slots), got {self.max_instances}")
+        if not 0 <= self.instance_budget:
+            raise ValueError(f"instance_budget must be >= 0 (0: off), got {self.instance_budget}")
 
 
 class TrainingOutputs(NamedTuple):
     """What the losses need, for every slot of every image (B images; N slots, or the M of
-    `TrainSettings.max_instances`).
+    `TrainSettings.max_instances`). With `TrainSettings.instance_budget` T, the per-slot fields
+    lead with [T] (the batch's compacted instances) instead of [B, N].
 
     Attributes:
       heatmaps: [B, h, w, K + 1] predicted heatmaps on the stride-4 grid.
@@ -166,19 +173,40 @@ def training_outputs(
         centers, poses, mesh, match, pose_gt, selected = jax.tree_util.tree_map(
             lambda x: _take_slots(x, slots), (centers, poses, mesh, match, pose_gt, selected)
         )
+    image = jnp.broadcast_to(jnp.arange(selected.shape[0])[:, None], selected.shape)
+    if settings.instance_budget:
+        flat = selected_slots(selected.reshape(1, -1), settings.instance_budget)[0]
+        centers, poses, mesh, match, pose_gt, selected, image = jax.tree_util.tree_map(
+            lambda x: x.reshape(-1, *x.shape[2:])[flat],
+            (centers, poses, mesh, match, pose_gt, selected, image),
+        )
 
-    features = sample_local_features(predictions.embeddings, mesh, mode=settings.logo_ca.sampling)
+    # Instances of all images in one flat axis, each sampling its own image's maps.
+    instances = selected.size
+    flat_image = image.reshape(-1)
+    features = sample(
+        predictions.embeddings,
+        mesh.reshape(instances, *mesh.shape[-4:]) / STRIDE,
+        mode=settings.logo_ca.sampling,
+        image=flat_image[:, None, None, None],
+    )
     kams, state = model.apply(
         {**variables, **state},
-        features,
+        features.reshape(*features.shape[:3], -1),
         train=True,
         mask=selected.reshape(-1),
         method=LogoCap.attraction_maps,
         mutable=["batch_stats"],
     )
+    refined = logo_ca.refined_heatmaps(
+        heatmaps_hr,
+        poses.reshape(instances, *poses.shape[-2:]),
+        kams,
+        settings.logo_ca,
+        image=flat_image,
+    )
     kams = kams.reshape(mesh.shape[:-1])
-    refine_fn = functools.partial(logo_ca.refined_heatmaps, settings=settings.logo_ca)
-    refined = jax.vmap(refine_fn)(heatmaps_hr, poses, kams)
+    refined = refined.reshape(*selected.shape, *refined.shape[1:])
     targets = refined_heatmap_targets(
         poses, pose_gt, settings.logo_ca.global_half_size, settings.target_sigma
     )

@@ -219,6 +219,7 @@ def train_settings_from(config) -> train_forward.TrainSettings:
     return train_forward.TrainSettings(
         num_centers=config.decode.num_centers,
         max_instances=config.train.max_instances,
+        instance_budget=config.train.instance_budget,
         logo_ca=config_utils.logo_ca_settings(config),
     )
 

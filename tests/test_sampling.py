@@ -7,6 +7,8 @@ another order. CONV_TOL = 1e-5: 121 (or 25) products of O(1) values summed in di
 against a float64 numpy reference (float32 round-off ~1e-6).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -247,6 +249,22 @@ def test_attract_modes_equal_true_convolution(size, extent):
     # A correlation (no kernel flip) would differ by far more than the tolerance.
     correlation = true_convolution_np(heatmaps, kams[:, ::-1, ::-1])
     assert np.abs(correlation - expected).max() > 100 * CONV_TOL
+
+
+def test_kam_convolution_gradients_agree_across_modes():
+    # shift_add has a hand-written gradient; the grouped convolution's comes from autodiff.
+    rng = np.random.default_rng(3)
+    heatmaps = jnp.asarray(rng.normal(size=(3, 21, 21)), jnp.float32)
+    kams = jnp.asarray(rng.normal(size=(3, 5, 5)), jnp.float32)
+    cotangent = jnp.asarray(rng.normal(size=(3, 21, 21)), jnp.float32)
+    grads = {
+        mode: jax.vjp(functools.partial(logo_ca.kam_convolution, mode=mode), heatmaps, kams)[1](
+            cotangent
+        )
+        for mode in ("shift_add", "grouped")
+    }
+    for ours, theirs in zip(grads["shift_add"], grads["grouped"]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_attract_unknown_mode_raises():

@@ -16,14 +16,12 @@ from logocap_jax.models.layers import (
     BN_MOMENTUM,
     BatchNorm,
     Dtype,
+    batch_mask,
     conv,
+    relu,
     torch_default_bias_init,
     torch_default_kernel_init,
 )
-
-
-def _broadcast_mask(mask, x):
-    return None if mask is None else jnp.broadcast_to(mask[:, None, None, None], x.shape)
 
 
 class AttentiveNorm(BatchNorm):
@@ -130,7 +128,7 @@ class ConvMessagePassing(nn.Module):
                 name=str(3 * layer + 1),
                 **norm_kwargs,
             )
-            x = nn.relu(norm(x, mask=_broadcast_mask(mask, x)))
+            x = relu(norm(x, mask=batch_mask(mask, x)))
         return conv(
             self.num_joints,
             1,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from logocap_jax.models.layers import Dtype, batch_norm, conv, upsample_bilinear
+from logocap_jax.models.layers import Dtype, batch_norm, conv, relu, upsample_bilinear
 
 
 def _conv3(module: nn.Module, features: int, **kwargs) -> nn.Conv:
@@ -29,10 +29,10 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool):
         y = _conv3(self, self.width, name="conv1")(x)
-        y = nn.relu(batch_norm(train=train, dtype=self.dtype, name="bn1")(y))
+        y = relu(batch_norm(train=train, dtype=self.dtype, name="bn1")(y))
         y = _conv3(self, self.width, name="conv2")(y)
         y = batch_norm(train=train, dtype=self.dtype, name="bn2")(y)
-        return nn.relu(y + x)
+        return relu(y + x)
 
 
 class Bottleneck(nn.Module):
@@ -52,12 +52,12 @@ class Bottleneck(nn.Module):
     def __call__(self, x, *, train: bool):
         norm = lambda name: batch_norm(train=train, dtype=self.dtype, name=name)
         pointwise = functools.partial(conv, kernel_size=1, dtype=self.dtype, pointwise_as_dot=False)
-        y = nn.relu(norm("bn1")(pointwise(self.planes, name="conv1")(x)))
-        y = nn.relu(norm("bn2")(_conv3(self, self.planes, name="conv2")(y)))
+        y = relu(norm("bn1")(pointwise(self.planes, name="conv1")(x)))
+        y = relu(norm("bn2")(_conv3(self, self.planes, name="conv2")(y)))
         y = norm("bn3")(pointwise(4 * self.planes, name="conv3")(y))
         if self.downsample:
             x = norm("downsample.1")(pointwise(4 * self.planes, name="downsample.0")(x))
-        return nn.relu(y + x)
+        return relu(y + x)
 
 
 def concatenate_branches(branches):
@@ -99,7 +99,7 @@ class HighResolutionModule(nn.Module):
                 branches[b] = BasicBlock(
                     width, dtype=self.dtype, conv_form=self.conv_form, name=f"branches.{b}.{k}"
                 )(branches[b], train=train)
-        return [nn.relu(self._fuse(branches, i, train)) for i in range(len(self.widths))]
+        return [relu(self._fuse(branches, i, train)) for i in range(len(self.widths))]
 
     def _fuse(self, branches, i, train):
         total = None
@@ -117,7 +117,7 @@ class HighResolutionModule(nn.Module):
                     x = _conv3(self, width, stride=2, name=f"{prefix}.{k}.0")(x)
                     x = batch_norm(train=train, dtype=self.dtype, name=f"{prefix}.{k}.1")(x)
                     if not last:
-                        x = nn.relu(x)
+                        x = relu(x)
             total = x if total is None else total + x
         return total
 
@@ -159,8 +159,8 @@ class HRNet(nn.Module):
             f"Expected [B, H, W, 3], got {images.shape}"
         )
         norm = lambda name: batch_norm(train=train, dtype=self.dtype, name=name)
-        x = nn.relu(norm("bn1")(_conv3(self, self.stem_width, stride=2, name="conv1")(images)))
-        x = nn.relu(norm("bn2")(_conv3(self, self.stem_width, stride=2, name="conv2")(x)))
+        x = relu(norm("bn1")(_conv3(self, self.stem_width, stride=2, name="conv1")(images)))
+        x = relu(norm("bn2")(_conv3(self, self.stem_width, stride=2, name="conv2")(x)))
         for k in range(self.layer1_blocks):
             x = Bottleneck(
                 self.stem_width,
@@ -194,9 +194,9 @@ class HRNet(nn.Module):
                 x = branches[i]
                 if x.shape[-1] != width:
                     x = _conv3(self, width, name=f"{prefix}.0")(x)
-                    x = nn.relu(batch_norm(train=train, dtype=self.dtype, name=f"{prefix}.1")(x))
+                    x = relu(batch_norm(train=train, dtype=self.dtype, name=f"{prefix}.1")(x))
             else:
                 x = _conv3(self, width, stride=2, name=f"{prefix}.0.0")(branches[-1])
-                x = nn.relu(batch_norm(train=train, dtype=self.dtype, name=f"{prefix}.0.1")(x))
+                x = relu(batch_norm(train=train, dtype=self.dtype, name=f"{prefix}.0.1")(x))
             out.append(x)
         return out

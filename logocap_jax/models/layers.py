@@ -126,6 +126,24 @@ class MultiResolutionPointwiseConv(nn.Module):
         return total
 
 
+@jax.custom_jvp
+def relu(x):
+    """max(x, 0) with the derivative of `jax.nn.relu` (0 at 0), written as a select.
+
+    XLA:CPU treats max(x, 0) as a unary operation that is free to recompute, so it fused each
+    ReLU, and through it the BatchNorm and residual sums before it, into every consumer: the
+    next block's sum, the ReLU gradients and the transposed copies that the convolution weight
+    gradients read. Each consumer re-evaluated the residual stream up to its layer, which took
+    64% of the W32 training step and most of its compile time (docs/design.md, training speed).
+    A select of x has two full-size operands, so XLA computes it once and stores it. NaN stays
+    NaN.
+    """
+    return jnp.where(x < 0, jnp.zeros_like(x), x)
+
+
+relu.defjvps(lambda tangent, _, x: jnp.where(x > 0, tangent, jnp.zeros_like(tangent)))
+
+
 def conv(
     features: int,
     kernel_size: int,
@@ -204,6 +222,13 @@ class BatchNorm(nn.BatchNorm):
 def _feature_axes(ndim: int, axis) -> tuple[int, ...]:
     axes = axis if isinstance(axis, tuple | list) else (axis,)
     return tuple(a % ndim for a in axes)
+
+
+def batch_mask(mask, x):
+    """[N] instance mask broadcast to x [N, ...] for BatchNorm's `mask`, or None."""
+    if mask is None:
+        return None
+    return jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (x.ndim - 1)), x.shape)
 
 
 def batch_norm(

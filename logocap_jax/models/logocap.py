@@ -16,6 +16,7 @@ from logocap_jax.models.layers import (
     MultiResolutionPointwiseConv,
     batch_norm,
     conv,
+    relu,
     torch_default_bias_init,
     torch_default_kernel_init,
 )
@@ -48,7 +49,7 @@ class HeadTransition(nn.Module):
         x = MultiResolutionPointwiseConv(
             self.width, kernel_init=torch_default_kernel_init, dtype=self.dtype, name="0"
         )(branches)
-        return nn.relu(batch_norm(train=train, dtype=self.dtype, name="1")(x))
+        return relu(batch_norm(train=train, dtype=self.dtype, name="1")(x))
 
 
 class LogoCap(nn.Module):

@@ -14,7 +14,8 @@ outside the package, e.g. `my_lab.window_mlp`). The module defines `Model`, a Li
 
 `LogoCap` initialises the variant on an S x S window, so parameters may depend on S. Adding a
 variant edits no other file: write the module and set `model.cmp_variant` (docs/design.md §4).
-The helpers at the end are shared by the built-in variants.
+The helpers at the end are shared by the built-in variants; `models.layers.batch_mask` gives
+BatchNorm the instance mask.
 """
 
 import dataclasses
@@ -24,7 +25,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 # Fields every variant has, set by LogoCap rather than by model.cmp_options.
 INTERFACE_FIELDS = ("num_joints", "dtype")
@@ -111,13 +111,6 @@ def create(
     if "conv_form" in {field.name for field in dataclasses.fields(model)}:
         values["conv_form"] = conv_form
     return model(num_joints=num_joints, dtype=dtype, **values)
-
-
-def batch_mask(mask, x):
-    """[N] instance mask broadcast to x [N, ...] for BatchNorm's `mask`, or None."""
-    if mask is None:
-        return None
-    return jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (x.ndim - 1)), x.shape)
 
 
 def per_joint(features, num_joints: int):

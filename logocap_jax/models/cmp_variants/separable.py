@@ -16,8 +16,8 @@ head gives the K KAMs.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from logocap_jax.models.cmp_variants import batch_mask, depthwise_conv
-from logocap_jax.models.layers import Dtype, batch_norm
+from logocap_jax.models.cmp_variants import depthwise_conv
+from logocap_jax.models.layers import Dtype, batch_mask, batch_norm, relu
 
 
 class Model(nn.Module):
@@ -58,7 +58,7 @@ class Model(nn.Module):
                 name=f"pointwise_{index}",
             )(x)
             norm = batch_norm(train=train, dtype=self.dtype, name=f"norm_{index}")
-            x = nn.relu(norm(x, mask=batch_mask(mask, x)))
+            x = relu(norm(x, mask=batch_mask(mask, x)))
         return nn.Conv(
             self.num_joints, (1, 1), feature_group_count=groups, dtype=self.dtype, name="head"
         )(x)

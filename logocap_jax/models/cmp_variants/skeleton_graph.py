@@ -19,12 +19,11 @@ import numpy as np
 
 from logocap_jax.keypoints import SKELETON
 from logocap_jax.models.cmp_variants import (
-    batch_mask,
     depthwise_conv,
     joint_kernel_init,
     per_joint,
 )
-from logocap_jax.models.layers import Dtype, batch_norm
+from logocap_jax.models.layers import Dtype, batch_mask, batch_norm, relu
 
 
 def directed_limbs(num_joints: int):
@@ -81,7 +80,7 @@ class Model(nn.Module):
             z = spatial(z)
             norm = batch_norm(train=train, dtype=self.dtype, name=f"norm_{index}")
             z = norm(z, mask=batch_mask(mask, z))
-            h = h + nn.relu(z).reshape(h.shape)
+            h = h + relu(z).reshape(h.shape)
         head = self.param("head", joint_kernel_init(), (num_joints, self.width, 1))
         bias = self.param("head_bias", nn.initializers.zeros, (num_joints,))
         return jnp.einsum("...kd,kd->...k", h, head[..., 0].astype(self.dtype)) + bias.astype(
