@@ -50,12 +50,13 @@ def describe() -> str:
 
 
 def read_official(path: str, **match) -> list:
-    """The official harness's JSON records in `path` whose fields equal `match`."""
+    """The official harness's JSON records in `path` whose fields equal `match`; other lines
+    (pycocotools prints its progress to the same stdout) are skipped."""
     rows = []
     with open(path) as f:
         for line in f:
             line = line.strip()
-            if not line:
+            if not line.startswith("{"):
                 continue
             row = json.loads(line)
             if all(row.get(key) == value for key, value in match.items()):
