@@ -72,6 +72,30 @@ def test_auto_picks_shifted_dots_only_for_wide_bfloat16_layers_on_amx(monkeypatc
         conv_forms.chosen_form("winograd", 8, 8, jnp.float32)
 
 
+def test_auto_differentiates_pointwise_layers_as_products_on_cpu():
+    """`auto` on a CPU: a 1x1 layer's values are the native convolution's, its gradients are
+    those of autodiff through the native convolution (as matrix products), and they are
+    computed by `dot_gradients`; 3x3 layers keep autodiff."""
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 24))
+    kernel = jax.random.normal(jax.random.key(1), (1, 1, 24, 40))
+    weights = jax.random.normal(jax.random.key(2), (2, 16, 16, 40))
+    auto = functools.partial(conv_forms.conv_general_dilated("auto"), dimension_numbers=NHWC)
+    native = functools.partial(lax.conv_general_dilated, dimension_numbers=NHWC)
+    loss = lambda conv, x, k: jnp.sum(weights * jnp.tanh(conv(x, k, (1, 1), ((0, 0), (0, 0)))))
+    np.testing.assert_array_equal(
+        auto(x, kernel, (1, 1), ((0, 0), (0, 0))), native(x, kernel, (1, 1), ((0, 0), (0, 0)))
+    )
+    ours = jax.grad(functools.partial(loss, auto), argnums=(0, 1))(x, kernel)
+    reference = jax.grad(functools.partial(loss, native), argnums=(0, 1))(x, kernel)
+    for got, want in zip(ours, reference):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert "custom_vjp_call" in str(jax.make_jaxpr(functools.partial(loss, auto))(x, kernel))
+    kernel3 = jax.random.normal(jax.random.key(3), (3, 3, 24, 40))
+    assert "custom_vjp_call" not in str(
+        jax.make_jaxpr(lambda x, k: auto(x, k, (1, 1), PAD))(x, kernel3)
+    )
+
+
 def test_model_in_shifted_dots_equals_native():
     """The whole tiny model (backbone and CMP) computed with shifted dots: same parameters,
     same heads and KAMs."""

@@ -51,7 +51,9 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool):
         norm = lambda name: batch_norm(train=train, dtype=self.dtype, name=name)
-        pointwise = functools.partial(conv, kernel_size=1, dtype=self.dtype, pointwise_as_dot=False)
+        pointwise = functools.partial(
+            conv, kernel_size=1, dtype=self.dtype, pointwise_as_dot=False, form=self.conv_form
+        )
         y = relu(norm("bn1")(pointwise(self.planes, name="conv1")(x)))
         y = relu(norm("bn2")(_conv3(self, self.planes, name="conv2")(y)))
         y = norm("bn3")(pointwise(4 * self.planes, name="conv3")(y))
