@@ -6,6 +6,7 @@ convolutions pad symmetrically (Flax 'SAME' would pad (0, 1) on even sizes), Bat
 (Flax's the biased one), and the default initialisers differ (used only when training).
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -75,14 +76,22 @@ def upsample_bilinear(x, factor: int):
 def _upsample_axis(x, factor: int, axis: int):
     if factor == 1:
         return x
+    return _upsample_axis_taps(x, factor, axis)
+
+
+def _phase_shifts(factor: int):
+    """Output m * factor + k samples input m + shift_k, shift_k = (k + 0.5) / factor - 0.5."""
+    return [(k + 0.5) / factor - 0.5 for k in range(factor)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _upsample_axis_taps(x, factor: int, axis: int):
     size = x.shape[axis]
     take = lambda start, stop: jax.lax.slice_in_dim(x, start, stop, axis=axis)
     previous = jnp.concatenate([take(0, 1), take(0, size - 1)], axis=axis)
     following = jnp.concatenate([take(1, size), take(size - 1, size)], axis=axis)
     phases = []
-    for k in range(factor):
-        # Output m * factor + k samples input m + shift, shift = (k + 0.5) / factor - 0.5.
-        shift = (k + 0.5) / factor - 0.5
+    for shift in _phase_shifts(factor):
         if shift < 0:
             phases.append(-shift * previous + (1 + shift) * x)
         else:
@@ -90,6 +99,32 @@ def _upsample_axis(x, factor: int, axis: int):
     stacked = jnp.stack(phases, axis=axis + 1)
     shape = x.shape[:axis] + (size * factor,) + x.shape[axis + 1 :]
     return stacked.reshape(shape)
+
+
+def interpolation_matrix(size: int, factor: int) -> np.ndarray:
+    """[size * factor, size]: row m * factor + k holds the two taps of output m * factor + k."""
+    matrix = np.zeros((size * factor, size), np.float32)
+    for m in range(size):
+        for k, shift in enumerate(_phase_shifts(factor)):
+            neighbour = min(max(m + (1 if shift >= 0 else -1), 0), size - 1)
+            matrix[m * factor + k, m] += 1 - abs(shift)
+            matrix[m * factor + k, neighbour] += abs(shift)
+    return matrix
+
+
+def _upsample_axis_forward(x, factor, axis):
+    return _upsample_axis_taps(x, factor, axis), x.shape[axis]
+
+
+def _upsample_axis_backward(factor, axis, size, cotangent):
+    """The transpose as one matrix product along `axis`: XLA:CPU fused the transposed taps (pads
+    and sums of slices) into every consumer, recomputing them (design §6.5)."""
+    matrix = jnp.asarray(interpolation_matrix(size, factor), cotangent.dtype)
+    moved = jnp.tensordot(cotangent, matrix, axes=[[axis], [0]])
+    return (jnp.moveaxis(moved, -1, axis),)
+
+
+_upsample_axis_taps.defvjp(_upsample_axis_forward, _upsample_axis_backward)
 
 
 class MultiResolutionPointwiseConv(nn.Module):
