@@ -25,8 +25,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = 300
 MAX_GROWTH_MB = 50
-# Over the second half of the run, when the allocators have warmed up.
+# Over the second half of the run, when the allocators have warmed up: the median RSS of the
+# last images against that of the images around the middle. Single readings swing by 10-16 MB
+# under load (threads' transient buffers come and go); a kept decoded image per image would
+# add 0.23 MB x 135 = 31 MB.
 MAX_LATE_GROWTH_MB = 8
+WINDOW = 30
 TIMEOUT = 900
 
 
@@ -75,4 +79,6 @@ def test_memory_is_flat_after_the_first_batch(rss_per_image):
     rss, _ = rss_per_image
     first = rss[0]
     assert max(rss) - first < MAX_GROWTH_MB, (first, max(rss))
-    assert rss[-1] - rss[IMAGES // 2] < MAX_LATE_GROWTH_MB, (rss[IMAGES // 2], rss[-1])
+    middle = np.median(rss[IMAGES // 2 - WINDOW // 2 : IMAGES // 2 + WINDOW // 2])
+    last = np.median(rss[-WINDOW:])
+    assert last - middle < MAX_LATE_GROWTH_MB, (middle, last)
