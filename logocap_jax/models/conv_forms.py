@@ -79,7 +79,7 @@ def conv_general_dilated(form: str):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def dot_gradients(lhs, rhs, strides, padding, precision):
-    """The native convolution differentiated as `shifted_dots` (docs/design.md §6.5): the same
+    """The native convolution differentiated as `shifted_dots` (docs/design.md §6.4): the same
     values, gradients equal up to summation order.
 
     Measured on XLA:CPU (AVX-512 Xeon, W32 batch 2 at 512): at layer1's 1x1 layers the kernel

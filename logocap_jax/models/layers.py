@@ -118,7 +118,7 @@ def _upsample_axis_forward(x, factor, axis):
 
 def _upsample_axis_backward(factor, axis, size, cotangent):
     """The transpose as one matrix product along `axis`: XLA:CPU fused the transposed taps (pads
-    and sums of slices) into every consumer, recomputing them (design §6.5)."""
+    and sums of slices) into every consumer, recomputing them (design §6.4)."""
     matrix = jnp.asarray(interpolation_matrix(size, factor), cotangent.dtype)
     moved = jnp.tensordot(cotangent, matrix, axes=[[axis], [0]])
     return (jnp.moveaxis(moved, -1, axis),)
