@@ -15,7 +15,6 @@ release-shaped logocap.tar.gz.
 import json
 import os
 import shutil
-import site
 import subprocess
 import sys
 import zipfile
@@ -40,6 +39,7 @@ SOURCES = (
 )
 IMAGE = "000000197388.jpg"  # the tiny model finds people on it
 TIMEOUT_S = 300
+SITE_FOLDERS = ("site-packages", "dist-packages")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,9 @@ def venv(wheel, tmp_path_factory) -> Path:
     (purelib,) = run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=venv
     ).stdout.split()
-    dependencies = [*site.getsitepackages(), site.getusersitepackages()]
+    # This interpreter's site folders (a virtual environment's and, if it sees them, the
+    # system's), not the other entries of its sys.path (a legacy editable install's path).
+    dependencies = [entry for entry in sys.path if Path(entry).name in SITE_FOLDERS]
     Path(purelib, "installed_dependencies.pth").write_text("\n".join(dependencies) + "\n")
     run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], cwd=venv)
     return venv
