@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from test_losses import GOLDEN, ROOT, TERMS, golden_batch
+from test_losses import GOLDEN, ROOT, TERMS, golden_batch, load_golden
 
 from logocap_jax import config_utils, convert, train_lib
 
@@ -17,8 +17,7 @@ def test_bf16_training_step_is_close_to_float32():
         convert.load_state_dict(str(GOLDEN / "tiny_loss_state_dict.npz")),
         convert.model_template(model),
     )
-    with np.load(GOLDEN / "tiny_loss.npz") as data:
-        golden = {k: data[k] for k in data.files}
+    golden = load_golden()
     state = train_lib.TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],

@@ -8,15 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_losses import GOLDEN, ROOT, TERMS, golden_batch
+from test_losses import GOLDEN, ROOT, TERMS, golden_batch, load_golden
 
 from logocap_jax import config_utils, convert, losses, train_forward
 
 
 @pytest.fixture(scope="module")
 def golden():
-    with np.load(GOLDEN / "tiny_loss.npz") as data:
-        return {k: data[k] for k in data.files}
+    return load_golden()
 
 
 @pytest.fixture(scope="module")

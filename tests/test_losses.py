@@ -63,10 +63,15 @@ def _capture(records: dict):
     return interceptor
 
 
-@pytest.fixture(scope="module")
-def golden():
+def load_golden() -> dict:
+    """The official training step's arrays on the tiny config (tiny_loss.npz)."""
     with np.load(GOLDEN / "tiny_loss.npz") as data:
         return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return load_golden()
 
 
 @pytest.fixture(scope="module")
