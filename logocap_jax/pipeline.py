@@ -131,12 +131,24 @@ def local_kems(network: NetworkOutputs, settings: DecodeSettings) -> Candidates:
     return Candidates(centers, poses, decode.local_mesh(poses, settings.logo_ca.local_half_size))
 
 
-def sample_local_features(embeddings, mesh, *, mode: str):
-    """Embedding sampled at mesh points: [B, h, w, C], [B, N, S, S, K, 2] -> [B*N, S, S, K*C]."""
-    per_image = jax.vmap(functools.partial(sample, mode=mode))
-    features = per_image(embeddings, mesh / STRIDE)
+def sample_local_features(embeddings, mesh, *, mode: str, image=None):
+    """Embeddings sampled at mesh points, one row per instance.
+
+    Args:
+      embeddings: [B, h, w, C] on the stride-4 grid.
+      mesh: [..., S, S, K, 2] mesh points in input pixels, e.g. [B, N, S, S, K, 2].
+      mode: sampling mode.
+      image: [...] int, the image each instance samples; by default the mesh's leading axis
+        is the image ([B, N, ...]).
+
+    Returns:
+      [instances, S, S, K*C].
+    """
+    if image is None:
+        image = jnp.broadcast_to(jnp.arange(mesh.shape[0])[:, None], mesh.shape[:2])
+    features = sample(embeddings, mesh / STRIDE, mode=mode, image=image[..., None, None, None])
     *lead, num_joints, channels = features.shape
-    return features.reshape(-1, *lead[2:], num_joints * channels)
+    return features.reshape(-1, *lead[-2:], num_joints * channels)
 
 
 def local_kams(

@@ -9,7 +9,7 @@
 
 Every slot is computed; `selected` says which ones the official code keeps, and the losses
 (`logocap_jax.losses`) weigh the others out. Two static budgets bound what the CMP and LOGO-CA
-compute, both "select first, then compute" (docs/design.md, instance budget): `max_instances`
+compute, both "select first, then compute" (docs/design.md §6.5): `max_instances`
 slots per image, or `instance_budget` instances per batch, the selected ones first.
 """
 
@@ -22,10 +22,9 @@ import jax
 import jax.numpy as jnp
 
 from logocap_jax import decode, logo_ca, oks
-from logocap_jax.keypoints import STRIDE
 from logocap_jax.logo_ca import LogoCaSettings
 from logocap_jax.models import LogoCap
-from logocap_jax.sampling import sample
+from logocap_jax.pipeline import sample_local_features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,15 +183,12 @@ def training_outputs(
     # Instances of all images in one flat axis, each sampling its own image's maps.
     instances = selected.size
     flat_image = image.reshape(-1)
-    features = sample(
-        predictions.embeddings,
-        mesh.reshape(instances, *mesh.shape[-4:]) / STRIDE,
-        mode=settings.logo_ca.sampling,
-        image=flat_image[:, None, None, None],
+    features = sample_local_features(
+        predictions.embeddings, mesh, mode=settings.logo_ca.sampling, image=image
     )
     kams, state = model.apply(
         {**variables, **state},
-        features.reshape(*features.shape[:3], -1),
+        features,
         train=True,
         mask=selected.reshape(-1),
         method=LogoCap.attraction_maps,
