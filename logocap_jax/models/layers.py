@@ -169,7 +169,7 @@ def relu(x):
     ReLU, and through it the BatchNorm and residual sums before it, into every consumer: the
     next block's sum, the ReLU gradients and the transposed copies that the convolution weight
     gradients read. Each consumer re-evaluated the residual stream up to its layer, which took
-    64% of the W32 training step and most of its compile time (docs/design.md, training speed).
+    64% of the W32 training step and most of its compile time (docs/design.md §6.2).
     A select of x has two full-size operands, so XLA computes it once and stores it. NaN stays
     NaN.
     """
