@@ -170,9 +170,9 @@ def load_state_dict(path: str) -> dict:
     """Reads an official checkpoint as {key: array in PyTorch layout}.
 
     `.npz` files hold key -> array. `.pth` / `.pth.tar` files (written by `torch.save`) are read
-    with PyTorch when it is installed (`torch.load(weights_only=True)`, the reference reader, which
-    also reads the legacy format of torch < 1.6), else with `torch_checkpoint`, which reads the zip
-    format of torch >= 1.6 without PyTorch. Of a training checkpoint only its 'state_dict' is
+    with PyTorch when it is installed (`torch.load(weights_only=True)`, the reference reader),
+    else with `torch_checkpoint`, which reads both the zip format of torch >= 1.6 and the legacy
+    format of older torch without PyTorch. Of a training checkpoint only its 'state_dict' is
     kept (entries such as 'epoch' or 'optimizer' are ignored); DataParallel 'module.' prefixes
     are removed.
 
@@ -185,8 +185,9 @@ def load_state_dict(path: str) -> dict:
     Raises:
       InputNotFoundError: if `path` does not exist.
       InputFormatError: a folder, or a .npz file that is not a readable NumPy archive.
-      torch_checkpoint.TorchCheckpointError: without PyTorch, for a legacy-format or otherwise
-        unreadable file (the message says to install PyTorch where that would help).
+      torch_checkpoint.TorchCheckpointError: without PyTorch, for a file that is not a readable
+        torch.save file (the message names the problem, and says to install PyTorch where that
+        would help).
       InputFormatError: if the file holds something other than a state dict.
     """
     if not os.path.exists(path):

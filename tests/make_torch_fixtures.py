@@ -8,13 +8,21 @@
 - `checkpoint.pth.tar`: a training checkpoint shaped like the official ones: `state_dict` (of a
   DataParallel conv + batch norm, so `module.`-prefixed, with its `_metadata`), `epoch`,
   `best_perf`, `model` and an SGD `optimizer` state with momentum buffers.
-- `legacy.pth`: a state dict in the pre-1.6 (non-zip) format.
-- `expected.npz`: every tensor above as torch's own `.numpy()` gives it (bfloat16 as float32),
-  keyed by its path in the saved object joined with '/'.
+- `tensors_legacy.pth`: the object of `tensors.pth` in the legacy format of torch < 1.6
+  (`_use_new_zipfile_serialization=False`): views share one storage there too.
+- `tiny_state_dict_legacy.pth`: the tiny model's official state dict
+  (tests/data/golden/tiny_state_dict.npz) as an OrderedDict of tensors in the legacy format, the
+  format of the ImageNet HRNet backbone releases.
+- `expected.npz`: every tensor of `tensors.pth` and `checkpoint.pth.tar` as torch's own `.numpy()`
+  gives it (bfloat16 as float32), keyed by its path in the saved object joined with '/'
+  (`tensors_legacy.pth` holds the same tensors as `tensors.pth`).
 """
 
 import os
 import sys
+from collections import OrderedDict
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden", "tiny_state_dict.npz")
 
 
 def tensors_object():
@@ -66,11 +74,13 @@ def checkpoint_object():
     }
 
 
-def legacy_object():
-    """The object saved as legacy.pth."""
+def tiny_state_dict():
+    """The object saved as tiny_state_dict_legacy.pth: the golden state dict, in its order."""
+    import numpy as np
     import torch
 
-    return {"weight": torch.ones(2, 2)}
+    with np.load(GOLDEN) as data:
+        return OrderedDict((key, torch.from_numpy(data[key])) for key in data.files)
 
 
 def expected_arrays(obj, prefix=""):
@@ -101,11 +111,11 @@ def write(directory):
     tensors, checkpoint = tensors_object(), checkpoint_object()
     torch.save(tensors, os.path.join(directory, "tensors.pth"))
     torch.save(checkpoint, os.path.join(directory, "checkpoint.pth.tar"))
-    torch.save(
-        legacy_object(),
-        os.path.join(directory, "legacy.pth"),
-        _use_new_zipfile_serialization=False,
-    )
+    for obj, name in (
+        (tensors, "tensors_legacy.pth"),
+        (tiny_state_dict(), "tiny_state_dict_legacy.pth"),
+    ):
+        torch.save(obj, os.path.join(directory, name), _use_new_zipfile_serialization=False)
     expected = {
         **expected_arrays(tensors, "tensors"),
         **expected_arrays(checkpoint, "checkpoint"),
