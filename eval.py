@@ -16,7 +16,7 @@ import sys
 
 import jax
 
-from logocap_jax import cli, evaluate, pipeline, predict
+from logocap_jax import cli, evaluate, pipeline, predict, weights
 
 EPILOG = (
     "Exit status: 0 done; 3 done, but some images could not be read (they count as having no "
@@ -102,7 +102,7 @@ def main(argv=None) -> evaluate.EvaluationResult:
     else:
         annotations, images, name = args.annotations, args.images, args.annotations
     config = args.config
-    variables = predict.load_variables(config, args.checkpoint, args.state_dict, args.pretrained)
+    variables = weights.load(config, predict.weights_source(args))
     decode = {"flip_test": config.decode.flip_test and not args.no_flip}
     if args.scales is not None:
         decode["scales"] = args.scales

@@ -16,7 +16,7 @@ import os
 import machine
 import numpy as np
 
-from logocap_jax import config_utils, evaluate, predict
+from logocap_jax import config_utils, evaluate, predict, weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINI = os.path.join(ROOT, "data", "coco_mini")
@@ -61,17 +61,14 @@ def main():
     parser.add_argument("--image_ids", help="comma-separated coco_mini ids (default: all)")
     args = parser.parse_args()
     config = config_utils.load_config(args.config)
-    state_dict = None if args.checkpoint else (args.state_dict or GOLDEN)
-    variables = predict.load_variables(config, args.checkpoint, state_dict)
+    source = args.checkpoint or args.state_dict or GOLDEN
+    variables = weights.load(config, source)
     image_ids = tuple(int(i) for i in args.image_ids.split(",")) if args.image_ids else ()
     float32 = run(config, variables, "float32", image_ids)
     bfloat16 = run(config, variables, "bfloat16", image_ids)
     distances, unmatched = keypoint_distances(float32.people, bfloat16.people)
     print(machine.describe())
-    print(
-        f"{args.checkpoint or state_dict} ({os.path.basename(args.config)}), "
-        f"{len(float32.people)} coco_mini images"
-    )
+    print(f"{source} ({os.path.basename(args.config)}), {len(float32.people)} coco_mini images")
     print(
         f"keypoints within 1 px of float32: {np.mean(distances <= 1):.3f}, within 3 px: "
         f"{np.mean(distances <= 3):.3f} ({len(distances)} keypoints); median "

@@ -40,8 +40,10 @@ from logocap_jax import (
     pipeline,
     postprocess,
     preprocess,
+    pretrained,
     speed,
     visualize,
+    weights,
 )
 from logocap_jax.keypoints import JOINT_NAMES
 
@@ -487,45 +489,29 @@ def image_ids(paths) -> list:
     return list(range(len(paths)))
 
 
-def load_variables(config, checkpoint: str = None, state_dict: str = None, pretrained: str = None):
-    """Model variables from an orbax checkpoint directory, an official state dict or the
-    official release.
-
-    Args:
-      config: the model's config.
-      checkpoint: an orbax checkpoint directory (from convert or train).
-      state_dict: an official .pth/.pth.tar or .npz state dict.
-      pretrained: the name of official weights (`pretrained.MODELS`: "w32", "w48"),
-        downloaded and converted with `config` on first use (`pretrained.load`).
+def weights_source(args) -> str:
+    """The weights a command line names: its one --checkpoint, --state_dict or --pretrained,
+    for `weights.load`.
 
     Raises:
-      UsageError: not exactly one of checkpoint, state_dict and pretrained is given.
-      InputNotFoundError, InputFormatError: the checkpoint or state dict is missing or
-        unreadable.
-      CheckpointMismatchError: its variables do not fit the config's model.
-      pretrained.PretrainedError: the official weights cannot be downloaded, do not verify
-        or do not fit the config's model.
+      UsageError: not exactly one of them is given.
     """
-    from logocap_jax import checkpoints, convert
-    from logocap_jax import pretrained as pretrained_lib
-
-    if sum(source is not None for source in (checkpoint, state_dict, pretrained)) != 1:
+    given = [args.checkpoint, args.state_dict, args.pretrained]
+    if sum(source is not None for source in given) != 1:
         raise errors.UsageError(
             "give exactly one of --checkpoint (orbax directory), --state_dict and --pretrained"
         )
-    if pretrained is not None:
-        return pretrained_lib.load(pretrained, config=config)[1]
-    template = convert.model_template(config_utils.build_model(config))
-    if checkpoint is not None:
-        return checkpoints.restore_variables(checkpoint, template)
-    return convert.variables_from_state_dict(convert.load_state_dict(state_dict), template)
+    checkpoint, state_dict, name = given
+    if name is not None:
+        return name
+    source = checkpoint or state_dict
+    # A path that looks like a pretrained name is read as the path it is.
+    return os.path.join(".", source) if source in pretrained.MODELS else source
 
 
 def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds --config and the weights: --checkpoint, --state_dict or --pretrained, whose
     release's config is the default --config (see `parse_args_with_weights`)."""
-    from logocap_jax import pretrained
-
     cli.add_config_arguments(parser, required=False)
     parser.add_argument("--checkpoint", help="orbax checkpoint directory (from convert or train)")
     parser.add_argument("--state_dict", help="official .pth/.pth.tar or .npz state dict")
@@ -547,8 +533,6 @@ def parse_args_with_weights(parser: argparse.ArgumentParser, argv=None):
     Raises:
       SystemExit: neither --config nor --pretrained is given (one line, status 2).
     """
-    from logocap_jax import pretrained
-
     argv = list(sys.argv[1:] if argv is None else argv)
     release = pretrained.MODELS.get(cli.option_value(argv, "--pretrained"))
     args = cli.parse_args(parser, argv, default_config=release.config if release else None)
@@ -715,7 +699,7 @@ def main(argv=None) -> int:
     """
     args = parse_args(argv)
     config = args.config
-    variables = load_variables(config, args.checkpoint, args.state_dict, args.pretrained)
+    variables = weights.load(config, weights_source(args))
     predictor = Predictor.from_config(
         config,
         variables,

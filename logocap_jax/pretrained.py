@@ -453,7 +453,11 @@ def checkpoint_path(
         resolved = _resolve_config(config)
         template = convert.model_template(config_utils.build_model(resolved))
         try:
-            variables = convert.variables_from_state_dict(convert.load_state_dict(member), template)
+            state_dict = convert.load_state_dict(member)
+        except errors.InputFormatError as error:
+            raise ArchiveError(f"{release.member} is not a readable checkpoint: {error}") from error
+        try:
+            variables = convert.variables_from_state_dict(state_dict, template)
         except (KeyError, ValueError) as error:
             raise PretrainedError(
                 f"{release.member} does not fit the model of {_config_label(config)}: "

@@ -5,6 +5,8 @@ to logocap_jax/models/cmp_variants is tested without editing this file. Widths a
 tests check behaviour, not quality.
 """
 
+import textwrap
+
 import jax
 import numpy as np
 
@@ -41,3 +43,28 @@ def features(seed: int, count: int = COUNT, side: int = SIDE):
     """[count, S, S, K*C] random local KEM features."""
     shape = (count, side, side, NUM_JOINTS * CHANNELS)
     return jax.random.normal(jax.random.key(seed), shape)
+
+
+# A variant written as one file outside the package, loaded by its module path.
+WINDOW_MLP = textwrap.dedent(
+    '''
+    """A window MLP: every window cell and joint from all of the window's features."""
+
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+
+    class Model(nn.Module):
+        num_joints: int = 17
+        hidden: int = 16
+        dtype: type = jnp.float32
+
+        @nn.compact
+        def __call__(self, features, *, train, mask=None):
+            count, side = features.shape[:2]
+            x = features.reshape(count, -1).astype(self.dtype)
+            x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
+            x = nn.Dense(side * side * self.num_joints, dtype=self.dtype)(x)
+            return x.reshape(count, side, side, self.num_joints)
+    '''
+)

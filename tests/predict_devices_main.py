@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from logocap_jax import config_utils, predict
+from logocap_jax import config_utils, predict, weights
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_IDS = (197388, 129648, 229358, 196141, 211325)
@@ -19,9 +19,7 @@ IMAGE_IDS = (197388, 129648, 229358, 196141, 211325)
 def run(batch_size: int) -> dict:
     """{'<id>/keypoints', '<id>/scores', 'device_count'} of IMAGE_IDS."""
     config = config_utils.load_config(str(ROOT / "configs" / "tiny.py"))
-    variables = predict.load_variables(
-        config, state_dict=str(ROOT / "tests" / "data" / "golden" / "tiny_state_dict.npz")
-    )
+    variables = weights.load(config, ROOT / "tests" / "data" / "golden" / "tiny_state_dict.npz")
     predictor = predict.Predictor.from_config(config, variables, batch_size=batch_size)
     items = [(i, str(ROOT / "data" / "coco_mini" / "images" / f"{i:012d}.jpg")) for i in IMAGE_IDS]
     arrays = {"device_count": np.asarray(jax.device_count())}

@@ -17,9 +17,11 @@ import cv2
 import jax
 import numpy as np
 import pytest
-from test_cmp_variants import WINDOW_MLP
+from cmp_variant_cases import WINDOW_MLP
 
 from logocap_jax import ablate, config_utils, convert
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ("skeleton_graph", "mlp")

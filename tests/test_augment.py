@@ -3,10 +3,10 @@
 import json
 from pathlib import Path
 
+import golden_arrays
 import numpy as np
 import pytest
 
-from logocap_jax import preprocess
 from logocap_jax.data.augment import (
     AugParams,
     affine_matrix,
@@ -112,10 +112,12 @@ def test_joints_areas_transform(golden, raw_images, sample):
 def test_training_image_and_mask(golden, raw_images, sample):
     out = run_sample(golden, raw_images, sample)
     assert out["image"].dtype == np.uint8 and out["image"].shape == (INPUT_SIZE, INPUT_SIZE, 3)
-    image = preprocess.normalize(out["image"]).transpose(2, 0, 1)
-    np.testing.assert_allclose(image, golden["images"][sample], rtol=0, atol=1e-6)
-    # heatmaps.w = mask * {0.1, 1}, so the warped mask is exactly where it is positive.
-    np.testing.assert_array_equal(out["mask"], golden["target.heatmaps.w"][sample, 0] > 0)
+    golden_arrays.assert_warp_matches(out["image"], golden_arrays.nhwc(golden["images"])[sample])
+    # heatmaps.w = mask * {0.1, 1}, so the warped mask is where it is positive. The mask is
+    # warped by OpenCV too, then thresholded at 0.5: a pixel may flip on another CPU (measured
+    # none here).
+    flipped = out["mask"] != (golden["target.heatmaps.w"][sample, 0] > 0)
+    assert flipped.sum() <= 2, np.argwhere(flipped)
 
 
 def test_joints_with_center_rules():

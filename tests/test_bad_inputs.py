@@ -22,7 +22,17 @@ import cv2
 import numpy as np
 import pytest
 
-from logocap_jax import cli, coco_eval, config_utils, errors, evaluate, predict, preprocess, speed
+from logocap_jax import (
+    cli,
+    coco_eval,
+    config_utils,
+    errors,
+    evaluate,
+    predict,
+    preprocess,
+    speed,
+    weights,
+)
 from logocap_jax.data import coco_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,7 +174,7 @@ def test_truncated_bmp_and_png_are_never_complete(tmp_path):
 @pytest.fixture(scope="module")
 def predictor():
     config = cli.config_from_argv(["--config", CONFIG, *FAST])[0]
-    variables = predict.load_variables(config, state_dict=STATE_DICT)
+    variables = weights.load(config, STATE_DICT)
     return predict.Predictor.from_config(config, variables)
 
 
@@ -221,6 +231,7 @@ def test_cli_skips_and_reports_bad_files(cli_run):
     assert f"{skipped_count} skipped, {partial_count} partially decoded" in summary
 
 
+@pytest.mark.slow
 def test_cli_results_of_good_images_equal_a_clean_run(cli_run, predictor):
     folder, out, _ = cli_run
     results = json.loads((out / "results.json").read_text())

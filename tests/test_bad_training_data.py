@@ -282,6 +282,7 @@ def test_cli_user_error_messages(tmp_path, capsys, args, message):
     assert "error: " in line and message in line
 
 
+@pytest.mark.slow
 def test_cli_verbose_shows_the_traceback(tmp_path):
     result = _run_cli(
         "--dataset", "coco_mini", "--manual_dir", str(tmp_path), "--data_dir", str(tmp_path)

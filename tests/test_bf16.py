@@ -1,23 +1,32 @@
-"""The bfloat16 compute option: float32 parameters, statistics and losses, bf16 convolutions."""
+"""The bfloat16 compute option: float32 parameters, statistics and losses, bf16 convolutions.
+
+Passes on an Intel Xeon and on an AMD EPYC (Zen 4) under XLA's default instruction set,
+--xla_cpu_max_isa=AVX2 and --xla_cpu_max_isa=SSE4_2: bfloat16 rounding (8 mantissa bits) is far
+above anything the instruction set moves.
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from test_losses import GOLDEN, ROOT, TERMS, golden_batch, load_golden
+import pytest
+from golden_arrays import GOLDEN, training_batch
+from golden_arrays import LOSS_TERMS as TERMS
 
 from logocap_jax import config_utils, convert, train_lib
 
+pytestmark = pytest.mark.slow
 
-def test_bf16_training_step_is_close_to_float32():
-    config = config_utils.load_config(str(ROOT / "configs" / "tiny.py"))
+
+def test_bf16_training_step_is_close_to_float32(tiny_config, golden_step):
+    config = tiny_config
     config.train.compute_dtype = "bfloat16"
     model = config_utils.build_model(config, dtype=train_lib.compute_dtype(config))
     variables = convert.variables_from_state_dict(
         convert.load_state_dict(str(GOLDEN / "tiny_loss_state_dict.npz")),
         convert.model_template(model),
     )
-    golden = load_golden()
+    golden = golden_step
     state = train_lib.TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
@@ -32,7 +41,7 @@ def test_bf16_training_step_is_close_to_float32():
             settings=train_lib.train_settings_from(config),
             loss_weights=train_lib.loss_weights_from(config),
         )
-    )(state, golden_batch(golden))
+    )(state, training_batch(golden))
 
     for tree in (grads, batch_stats):
         assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(tree))

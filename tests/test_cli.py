@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from logocap_jax import cli, config_utils, convert, errors, predict
+from logocap_jax import cli, config_utils, convert, errors, predict, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "tiny.py")
@@ -159,7 +159,7 @@ def test_eval_flags_and_overrides_reach_the_settings(eval_script, monkeypatch):
         raise SystemExit("stop before predicting")
 
     monkeypatch.setattr(predict.Predictor, "from_config", staticmethod(from_config))
-    monkeypatch.setattr(predict, "load_variables", lambda *args: None)
+    monkeypatch.setattr(weights, "load", lambda *args: None)
     base = ["--config", CONFIG, "--annotations", "a.json", "--images", "x", "--state_dict", "s"]
     for extra in (
         ["--config.decode.adaptation=none", "--config.logo_ca.reweigh=false"],
@@ -260,8 +260,8 @@ def eval_argv(*extra, annotations=MINI_ANNOTATIONS, images=MINI_IMAGES):
         ("missing config", ["--config", "nowhere.py"], ["config file not found: nowhere.py"]),
         ("unknown key", ["--config.decode.flipp=false"], ["'decode.flipp'", "decode has:"]),
         ("bad value", ["--config.decode.adaptation=most"], ["config.decode", "adaptation"]),
-        ("missing checkpoint", ["--checkpoint", "no_ckpt"], ["Checkpoint directory not found"]),
-        ("missing state dict", ["--state_dict", "no.npz"], ["Checkpoint not found: no.npz"]),
+        ("missing checkpoint", ["--checkpoint", "no_ckpt"], ["No weights at no_ckpt"]),
+        ("missing state dict", ["--state_dict", "no.npz"], ["No weights at no.npz"]),
         ("mismatch", ["--state_dict", STATE_DICT, OTHER_MODEL], ["does not fit the model"]),
         ("no weights", [], ["give exactly one of --checkpoint"]),
     ],
@@ -356,7 +356,7 @@ def test_a_state_dict_that_is_a_folder(capsys, tmp_path):
     argv = predict_argv("--state_dict", str(tmp_path), output=tmp_path / "out")
     status, lines = run_in_process(predict.main, argv, capsys)
     assert status == 2
-    assert_one_line(lines, cli._program(), f"{tmp_path} is a folder")
+    assert_one_line(lines, cli._program(), f"{tmp_path} is neither a variables checkpoint")
 
 
 def test_usage_errors_are_one_line(capsys):
@@ -375,7 +375,7 @@ def test_usage_errors_are_one_line(capsys):
     "args, fragments",
     [
         (["-m", "logocap_jax.predict", *predict_argv("--config.decode.flipp=1")], ["flipp"]),
-        (["eval.py", *eval_argv("--checkpoint", "no_ckpt")], ["Checkpoint directory not found"]),
+        (["eval.py", *eval_argv("--checkpoint", "no_ckpt")], ["No weights at no_ckpt"]),
         (
             ["-m", "logocap_jax.convert", "--config", CONFIG, "--input", "x.npz", "--output", "o"],
             ["Checkpoint not found: x.npz"],
@@ -384,10 +384,15 @@ def test_usage_errors_are_one_line(capsys):
             ["train.py", "--config", CONFIG, "--workdir", "WORKDIR", "--config.train.stepz=1"],
             ["'train.stepz'", "train has:"],
         ),
-        (["train.py", "--config", "nowhere.py", "--workdir", "WORKDIR"], ["nowhere.py"]),
-        (
+        pytest.param(
+            ["train.py", "--config", "nowhere.py", "--workdir", "WORKDIR"],
+            ["nowhere.py"],
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
             ["train.py", "--config", CONFIG, "--workdir", "WORKDIR", "--config.data.dataset=cocoa"],
             ["data set 'cocoa' is not built in", "coco_mini"],
+            marks=pytest.mark.slow,
         ),
     ],
 )
@@ -404,6 +409,7 @@ def test_entry_points_print_one_line(args, fragments, tmp_path):
     assert verbose.stderr.splitlines()[-1] == proc.stderr.strip()
 
 
+@pytest.mark.slow
 def test_train_on_a_work_directory_of_another_config(mismatching_work_directory):
     """Found before anything trains; --verbose shows where."""
     args = ["train.py", "--config", CONFIG, "--workdir", str(mismatching_work_directory)]

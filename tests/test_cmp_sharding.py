@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from cmp_variant_cases import cases
 
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).parent / "cmp_step_main.py"
 ROOT = SCRIPT.parent.parent
 

@@ -11,14 +11,13 @@ features at tiny widths.
 import functools
 import importlib
 import sys
-import textwrap
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cmp_variant_cases import COUNT, MASK, NUM_JOINTS, SIDE, cases, features
+from cmp_variant_cases import COUNT, MASK, NUM_JOINTS, SIDE, WINDOW_MLP, cases, features
 
 from logocap_jax import cli, config_utils, convert
 from logocap_jax.models import LogoCap, cmp_variants
@@ -200,30 +199,6 @@ def test_unknown_variant_is_named():
         cmp_variants.get("convv")
 
 
-WINDOW_MLP = textwrap.dedent(
-    '''
-    """A window MLP: every window cell and joint from all of the window's features."""
-
-    import flax.linen as nn
-    import jax.numpy as jnp
-
-
-    class Model(nn.Module):
-        num_joints: int = 17
-        hidden: int = 16
-        dtype: type = jnp.float32
-
-        @nn.compact
-        def __call__(self, features, *, train, mask=None):
-            count, side = features.shape[:2]
-            x = features.reshape(count, -1).astype(self.dtype)
-            x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
-            x = nn.Dense(side * side * self.num_joints, dtype=self.dtype)(x)
-            return x.reshape(count, side, side, self.num_joints)
-    '''
-)
-
-
 @pytest.fixture
 def window_mlp(tmp_path, monkeypatch):
     """A variant written as one file outside the package, importable as labcmp.window_mlp."""
@@ -289,8 +264,8 @@ def test_switching_variant_on_the_command_line_replaces_its_options():
 
 
 def test_readme_example_variant(tmp_path, monkeypatch):
-    """The README's example variant, saved as one file, passes the variant checks."""
-    readme = (ROOT / "README.md").read_text()
+    """docs/cmp_variants.md's example variant, saved as one file, passes the variant checks."""
+    readme = (ROOT / "docs" / "cmp_variants.md").read_text()
     code = readme.split("### Writing one", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "readme_lab").mkdir()
     (tmp_path / "readme_lab" / "pointwise.py").write_text(code)

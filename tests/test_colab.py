@@ -20,6 +20,8 @@ import release_server
 
 from logocap_jax import pretrained
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "colab" / "demo.ipynb"
 COLAB_ONLY = "colab-only"

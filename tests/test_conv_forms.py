@@ -96,6 +96,7 @@ def test_auto_differentiates_pointwise_layers_as_products_on_cpu():
     )
 
 
+@pytest.mark.slow
 def test_model_in_shifted_dots_equals_native():
     """The whole tiny model (backbone and CMP) computed with shifted dots: same parameters,
     same heads and KAMs."""

@@ -175,6 +175,7 @@ def test_eval_stats_equal_official_on_pseudo_ground_truth(eval_main, tmp_path):
     assert read_stats(tmp_path / "out") == result.stats
 
 
+@pytest.mark.slow
 def test_multi_scale_runs_and_differs(eval_main, subset_run, tmp_path):
     """--scales 0.5,1 averages the heatmaps of both scales. With the tiny golden weights the
     average has no positive center peak left (raw heatmaps with a negative background whose
@@ -237,6 +238,7 @@ def test_image_ids_select_the_evaluated_images(eval_main, tmp_path):
 # ---------------------------------------------------------------------------- OCHuman
 
 
+@pytest.mark.slow
 def test_eval_on_ochuman_mini(eval_main, tmp_path):
     out = tmp_path / "out"
     result = run(
@@ -261,6 +263,7 @@ def test_eval_on_ochuman_mini(eval_main, tmp_path):
     assert "all (3)" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_upper_bound_beats_the_model_on_ochuman_mini(eval_main, tmp_path):
     annotations = OCHUMAN / "annotations" / "person_keypoints_mini.json"
     model = run(eval_main, annotations, OCHUMAN / "images", tmp_path / "model", "--no_flip")

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from predict_devices_main import IMAGE_IDS, ROOT, run
 
-from logocap_jax import config_utils, predict, preprocess
+from logocap_jax import config_utils, predict, preprocess, weights
+
+pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).parent / "predict_devices_main.py"
 GOLDEN_IMAGE = ROOT / "data" / "coco_mini" / "images" / "000000197388.jpg"
@@ -27,9 +29,7 @@ def config():
 
 @pytest.fixture(scope="module")
 def variables(config):
-    return predict.load_variables(
-        config, state_dict=str(ROOT / "tests" / "data" / "golden" / "tiny_state_dict.npz")
-    )
+    return weights.load(config, ROOT / "tests" / "data" / "golden" / "tiny_state_dict.npz")
 
 
 def test_eight_devices_give_the_same_people(tmp_path):

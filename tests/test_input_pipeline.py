@@ -27,9 +27,17 @@ def by_id(source):
     return {source[i]["image_id"]: source[i] for i in range(len(source))}
 
 
-def _iterator(source, *, batch_size=4, seed=0, shard_options=SINGLE, **kwargs):
+def _iterator(source, *, batch_size=4, seed=0, shard_options=SINGLE, read_threads=0, **kwargs):
+    # No reading threads by default: an iterator left open would go on preparing examples (and
+    # logging) during the tests that follow. Threads and worker processes are tested in
+    # test_workers_match_in_process_and_restore.
     dataset = input_pipeline.make_train_dataset(
-        source, batch_size=batch_size, seed=seed, shard_options=shard_options, **{**SIZES, **kwargs}
+        source,
+        batch_size=batch_size,
+        seed=seed,
+        shard_options=shard_options,
+        read_threads=read_threads,
+        **{**SIZES, **kwargs},
     )
     return iter(dataset)
 
@@ -141,9 +149,10 @@ def test_process_shards_partition_the_global_batch(source):
         )
 
 
+@pytest.mark.slow
 def test_workers_match_in_process_and_restore(source):
     expected = _take(_iterator(source), 5)
-    iterator = _iterator(source, worker_count=2)
+    iterator = _iterator(source, worker_count=2, read_threads=2)
     _assert_batches_equal(_take(iterator, 3), expected[:3])
     state = iterator.get_state()
     iterator.close()

@@ -8,24 +8,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_losses import GOLDEN, ROOT, TERMS, golden_batch, load_golden
+from golden_arrays import LOSS_TERMS as TERMS
+from golden_arrays import training_batch
 
-from logocap_jax import config_utils, convert, losses, train_forward
+from logocap_jax import losses, train_forward
 
-
-@pytest.fixture(scope="module")
-def golden():
-    return load_golden()
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def runs(golden):
+def golden(golden_step):
+    return golden_step
+
+
+@pytest.fixture(scope="module")
+def runs(golden, tiny_model, tiny_step_variables):
     """Loss terms, gradients, batch statistics and outputs: all slots, budget 16, budget 8."""
-    model = config_utils.build_model(config_utils.load_config(str(ROOT / "configs" / "tiny.py")))
-    variables = convert.variables_from_state_dict(
-        convert.load_state_dict(str(GOLDEN / "tiny_loss_state_dict.npz")),
-        convert.model_template(model),
-    )
+    model, variables = tiny_model, tiny_step_variables
     all_settings = {
         "all": train_forward.TrainSettings(),
         "budget16": train_forward.TrainSettings(instance_budget=16),
@@ -51,7 +50,7 @@ def runs(golden):
             results[name] = (*aux, grads)
         return results
 
-    return run(variables, golden_batch(golden))
+    return run(variables, training_batch(golden))
 
 
 def _relative_error(ours, theirs):

@@ -20,6 +20,8 @@ import pytest
 
 from logocap_jax import checkpoints
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).parent.parent
 STEPS = 4
 TIMEOUT = 1200

@@ -1,41 +1,20 @@
 """OKS matching of candidate meshes with the ground truth (design §3.8)."""
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from golden_arrays import padded_ground_truth
 
 from logocap_jax import decode, oks
 from logocap_jax.keypoints import COCO_SIGMAS
 
-GOLDEN = Path(__file__).parent / "data" / "golden"
 INPUT_SIZE = 256
-MAX_PEOPLE = 6
-
-
-def padded_ground_truth(golden, index: int, max_people: int = MAX_PEOPLE) -> dict:
-    """One golden image's OKS ground truth, padded to max_people rows as the data pipeline does."""
-    keypoints, areas = golden[f"meta_{index}.kpts"], golden[f"meta_{index}.areas"]
-    padded = np.zeros((max_people, 17, 3), np.float32)
-    padded[: len(keypoints)] = keypoints
-    padded_areas = np.zeros(max_people, np.float32)
-    padded_areas[: len(areas)] = areas
-    return {
-        "keypoints": padded,
-        "areas": padded_areas,
-        "valid": np.arange(max_people) < len(areas),
-        "transform": golden[f"meta_{index}.transform"],
-        "transform_inv": golden[f"meta_{index}.transform_inv"],
-        "flip": np.asarray(golden[f"meta_{index}.HFlip"]),
-    }
 
 
 @pytest.fixture(scope="module")
-def golden():
-    with np.load(GOLDEN / "tiny_loss.npz") as data:
-        return {k: data[k] for k in data.files if not k.startswith(("grad", "bn_after"))}
+def golden(golden_step):
+    return golden_step
 
 
 @pytest.fixture(scope="module")

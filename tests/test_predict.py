@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from jax import monitoring
 
-from logocap_jax import config_utils, postprocess, predict, preprocess, visualize
+from logocap_jax import config_utils, postprocess, predict, preprocess, visualize, weights
 from logocap_jax.keypoints import JOINT_NAMES
 
 GOLDEN = "tests/data/golden"
@@ -58,16 +58,12 @@ def config():
 
 @pytest.fixture(scope="module")
 def variables(config):
-    return predict.load_variables(config, state_dict=STATE_DICT)
+    return weights.load(config, STATE_DICT)
 
 
 @pytest.fixture(scope="module")
-def predictors(config, variables):
-    """Batch-1 Predictors, flip on and off, shared so each input shape compiles once."""
-    return {
-        flip: predict.Predictor.from_config(config, variables, keep_outputs=True, flip_test=flip)
-        for flip in (True, False)
-    }
+def predictors(tiny_predictors):
+    return tiny_predictors
 
 
 @pytest.fixture(scope="module")
@@ -305,6 +301,7 @@ def input_shapes(ids):
     }
 
 
+@pytest.mark.slow
 def test_batch_size_and_buckets_change_nothing(batch_runs):
     runs, _, _ = batch_runs
     assert set(runs[1]) == set(runs[3]) == set(BATCH_IDS)
@@ -328,6 +325,7 @@ def test_batch_size_and_buckets_change_nothing(batch_runs):
         np.testing.assert_array_equal(three.resize.size_wh, one.resize.size_wh)
 
 
+@pytest.mark.slow
 def test_one_compilation_per_size_and_batch_bucket(batch_runs):
     _, predictors, events = batch_runs
     shapes = input_shapes(BATCH_IDS)

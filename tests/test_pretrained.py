@@ -6,6 +6,7 @@ as a torch.save file, so download, extraction, conversion and caching run as the
 seconds.
 """
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -146,6 +147,7 @@ def test_second_call_needs_no_network(server, tmp_path, expected_variables):
         pretrained.load(release, cache_dir=str(tmp_path / "other"), progress=False)
 
 
+@pytest.mark.slow
 def test_other_members_of_a_kept_archive_need_no_network(server, tmp_path, expected_variables):
     cache = str(tmp_path / "cache")
     pretrained.load(tiny_release(f"{server.url}/logocap.tar.gz"), cache_dir=cache, progress=False)
@@ -156,6 +158,7 @@ def test_other_members_of_a_kept_archive_need_no_network(server, tmp_path, expec
     assert os.path.isdir(os.path.join(cache, "w32", "checkpoint"))
 
 
+@pytest.mark.slow
 def test_kept_archive_is_used_offline_and_replaced_when_bad(
     server, tmp_path, logocap_archive, expected_variables
 ):
@@ -271,6 +274,7 @@ def test_unsafe_members_are_refused(server, tmp_path, tiny_pth, unsafe, reason):
     assert not any("evil" in path for path in listing(tmp_path))
 
 
+@pytest.mark.slow
 def test_url_override_by_argument_and_environment(
     server, tmp_path, monkeypatch, logocap_archive, expected_variables
 ):
@@ -411,4 +415,6 @@ def test_pretrained_option_chooses_the_config_unless_given(tmp_path, capsys):
     assert exit_info.value.code == cli.EXIT_USER_ERROR
     assert "--config (or --pretrained)" in capsys.readouterr().err
     with pytest.raises(errors.UsageError, match="exactly one of"):
-        predict.load_variables(args.config, checkpoint="ckpt", pretrained="w32")
+        predict.weights_source(
+            argparse.Namespace(checkpoint="ckpt", state_dict=None, pretrained="w32")
+        )

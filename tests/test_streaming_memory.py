@@ -22,6 +22,8 @@ import numpy as np
 import psutil
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = 300
 MAX_GROWTH_MB = 50

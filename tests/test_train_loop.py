@@ -66,7 +66,7 @@ def stand_in(monkeypatch):
 
 def _slow_step(model, settings, loss_weights, mesh, state, schedule=None):
     """make_train_step's stand-in that computes for a while (a chain of matrix products, about
-    a second on the README's 2-core machine): a step is still running unless the loop waited."""
+    a second on a 2-core machine): a step is still running unless the loop waited."""
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def step(state, batch):

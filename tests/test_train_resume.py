@@ -15,6 +15,8 @@ import pytest
 
 from logocap_jax import checkpoints
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).parent.parent
 STEPS = 6
 

@@ -25,6 +25,8 @@ import release_server
 
 from logocap_jax import pretrained
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 # What the wheel is built from (pyproject.toml maps configs/, data/ and the root's scripts in).
 SOURCES = (

@@ -5,17 +5,14 @@ before JAX starts): python tests/train_step_main.py OUT.npz
 """
 
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 from flax import traverse_util
+from golden_arrays import GOLDEN, ROOT, load, training_batch
 from jax.sharding import NamedSharding, PartitionSpec
-from test_losses import GOLDEN, golden_batch
 
 from logocap_jax import config_utils, convert, train_lib
-
-ROOT = Path(__file__).parent.parent
 
 
 def main(out_path):
@@ -27,8 +24,7 @@ def main(out_path):
         convert.load_state_dict(str(GOLDEN / "tiny_loss_state_dict.npz")),
         convert.model_template(model),
     )
-    with np.load(GOLDEN / "tiny_loss.npz") as golden:
-        pair = golden_batch({k: golden[k] for k in golden.files})
+    pair = training_batch(load("tiny_loss.npz"))
     batch = {key: np.concatenate([value] * 4) for key, value in pair.items()}
 
     mesh = train_lib.make_mesh()

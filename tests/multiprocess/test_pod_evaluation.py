@@ -13,7 +13,9 @@ from harness import ROOT, Job
 
 from logocap_jax import coco_eval
 
-JOB_TIMEOUT = 600  # seconds; a job takes 20-40 s on the README's 2-core machine
+pytestmark = pytest.mark.slow
+
+JOB_TIMEOUT = 600  # seconds; a job takes 20-40 s on a 2-core machine
 # coco_mini images of one network input size at 128 px; an odd count, so the shares differ.
 IMAGE_IDS = (192699, 196141, 488571, 100667, 129648)
 ANNOTATIONS = ROOT / "data" / "coco_mini" / "annotations" / "person_keypoints_mini.json"

@@ -43,6 +43,8 @@ from harness import ROOT, Job
 
 from logocap_jax import checkpoints
 
+pytestmark = pytest.mark.slow
+
 CONFIG = Path(__file__).parent / "pod_config.py"
 NUM_STEPS = 5
 JOB_TIMEOUT = 900  # seconds; a job takes 1-2 minutes on 2 idle cores, 5 on busy ones
