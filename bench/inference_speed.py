@@ -6,8 +6,8 @@ ratios against the official PyTorch implementation timed in the same run on the 
   python bench/inference_speed.py --config configs/w48.py --height 640 --width 640
 
 --official is the JSON-lines file the official timing harness wrote in this run (one record per
-setting: cfg, input, flip_test, instances, model_wall_median_s, stage_median_s); README,
-"Measured", says how to produce it. Without it only this project's times are printed.
+setting: cfg, input, flip_test, instances, model_wall_median_s, stage_median_s); docs/benchmarks.md
+says how to produce it. Without it only this project's times are printed.
 
 Random weights: speed does not depend on them, since every image gets all 30 candidate slots
 (static shapes). Times are medians over --repeats runs after a compiling call; the per-stage

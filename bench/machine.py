@@ -1,7 +1,7 @@
 """What the benchmarks print about the machine, and the official timings they compare with.
 
 Speed claims in this project are ratios against the official PyTorch implementation timed in
-the same run on the same machine (README, "Measured"); these helpers name the CPU and read the
+the same run on the same machine (docs/benchmarks.md); these helpers name the CPU and read the
 official harness's JSON lines.
 """
 

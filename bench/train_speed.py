@@ -6,7 +6,7 @@ training throughput with the real input pipeline.
       --max_instances 2 --official official_train.jsonl
 
 --official is the JSON line the official training timing harness printed in this run (W32 or
-W48, batch 2 at 512; README, "Measured", says how to produce it): the bench prints the ratio of
+W48, batch 2 at 512; docs/benchmarks.md says how to produce it): the bench prints the ratio of
 the two median step times and names the CPU, since a ratio only holds for the machine and the
 run it was measured in.
 
