@@ -22,7 +22,7 @@ import jax
 import machine
 import numpy as np
 
-from logocap_jax import config_utils, pipeline, train_lib
+from logocap_jax import config_utils, device_mesh, pipeline, train_lib
 from logocap_jax.data import input_pipeline, tfds_builders
 
 MODELS = {"w32": "W32", "w48": "W48"}
@@ -87,7 +87,7 @@ def training(max_instances: int, per_device: int, repeats: int):
     local = next(iter(dataset))
     for key in ("image_id", "replaced"):
         local.pop(key, None)
-    mesh = train_lib.make_mesh()
+    mesh = device_mesh.make_mesh()
     model = config_utils.build_model(config, dtype=train_lib.compute_dtype(config))
     tx = train_lib.create_optimizer(config.train, steps_per_epoch=1000)
     state = train_lib.create_train_state(model, tx, jax.random.key(0), 512, mesh)

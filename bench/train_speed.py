@@ -29,7 +29,7 @@ import jax
 import machine
 import numpy as np
 
-from logocap_jax import config_utils, train_lib
+from logocap_jax import config_utils, device_mesh, train_lib
 from logocap_jax.data import input_pipeline, tfds_builders
 
 
@@ -72,7 +72,7 @@ def main():
     batch = next(iter(dataset))
     batch.pop("image_id")
 
-    mesh = train_lib.make_mesh()
+    mesh = device_mesh.make_mesh()
     model = config_utils.build_model(config, dtype=train_lib.compute_dtype(config))
     tx = train_lib.create_optimizer(config.train, steps_per_epoch=1000)
     start = time.perf_counter()

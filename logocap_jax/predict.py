@@ -31,11 +31,12 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from logocap_jax import (
     cli,
     config_utils,
+    device_mesh,
     errors,
     pipeline,
     postprocess,
@@ -157,7 +158,7 @@ class Predictor:
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        mesh = Mesh(np.asarray(self.devices or jax.local_devices()), ("data",))
+        mesh = device_mesh.make_mesh(self.devices or jax.local_devices())
         self._batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
         self._replicated = NamedSharding(mesh, PartitionSpec())
         per_device = -(-self.batch_size // mesh.size)

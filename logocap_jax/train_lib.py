@@ -25,6 +25,7 @@ from logocap_jax import (
     checkpoints,
     config_utils,
     convert,
+    device_mesh,
     errors,
     evaluate,
     losses,
@@ -98,11 +99,6 @@ def check_batch_layout(global_batch_size: int) -> None:
             f"devices of this run ({processes} processes): each device takes an equal slice; "
             "choose a multiple, or run on a device count that divides it"
         )
-
-
-def make_mesh(devices=None) -> Mesh:
-    """A one-axis ('data') mesh over all devices of all processes."""
-    return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
 
 
 def _state_init(model, tx, input_size: int):
@@ -358,7 +354,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     """
     check_batch_layout(config.train.global_batch_size)
     os.makedirs(workdir, exist_ok=True)
-    mesh = make_mesh()
+    mesh = device_mesh.make_mesh()
     print(
         f"Process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} of "
         f"{jax.device_count()} devices"

@@ -3,7 +3,7 @@
 Run as a script by tests/test_cmp_sharding.py with 8 fake CPU devices (XLA_FLAGS must be set
 before JAX starts): python tests/cmp_step_main.py OUT.npz. Per case, the step (masked batch
 statistics, a masked squared error on the KAMs, Adam through `train_lib.TrainState`) runs jitted
-with a replicated state and instances sharded over the 'data' axis of `train_lib.make_mesh`, once
+with a replicated state and instances sharded over the 'data' axis of `device_mesh.make_mesh`, once
 on every device and once on a one-device mesh; loss, gradients and new statistics are saved.
 """
 
@@ -18,7 +18,7 @@ from cmp_variant_cases import NUM_JOINTS, SIDE, cases, features
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
-from logocap_jax import train_lib
+from logocap_jax import device_mesh, train_lib
 from logocap_jax.models import cmp_variants
 
 INSTANCES = 16  # two per device on 8 devices
@@ -77,7 +77,7 @@ def main(out_path):
         "mask": rng.uniform(size=INSTANCES) < 0.6,
     }
     saved = {"device_count": jax.device_count()}
-    meshes = {"all": train_lib.make_mesh(), "one": train_lib.make_mesh(jax.devices()[:1])}
+    meshes = {"all": device_mesh.make_mesh(), "one": device_mesh.make_mesh(jax.devices()[:1])}
     for case, (name, options) in cases().items():
         for label, mesh in meshes.items():
             for key, value in run_case(name, options, mesh, batch).items():

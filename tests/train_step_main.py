@@ -12,7 +12,7 @@ from flax import traverse_util
 from golden_arrays import GOLDEN, ROOT, load, training_batch
 from jax.sharding import NamedSharding, PartitionSpec
 
-from logocap_jax import config_utils, convert, train_lib
+from logocap_jax import config_utils, convert, device_mesh, train_lib
 
 
 def main(out_path):
@@ -27,7 +27,7 @@ def main(out_path):
     pair = training_batch(load("tiny_loss.npz"))
     batch = {key: np.concatenate([value] * 4) for key, value in pair.items()}
 
-    mesh = train_lib.make_mesh()
+    mesh = device_mesh.make_mesh()
     tx = train_lib.create_optimizer(config.train, steps_per_epoch=10)
     state = train_lib.TrainState.create(
         apply_fn=model.apply,

@@ -40,13 +40,8 @@ class Model(nn.Module):
     def __call__(self, features, *, train: bool, mask=None):
         """[N, S, S, K*C] features (only their shape is used) -> [N, S, S, K] KAMs."""
         del train, mask  # no batch statistics
-        count, side = features.shape[0], features.shape[1]
-        if self.learned:
-            kernels = self.param(
-                "kernels",
-                lambda key, shape: gaussian_kernels(side, self.num_joints, self.sigma),
-                (side, side, self.num_joints),
-            )
-        else:
-            kernels = gaussian_kernels(side, self.num_joints, self.sigma)
+        count, side = features.shape[:2]
+        gaussian = gaussian_kernels(side, self.num_joints, self.sigma)
+        # Learned kernels start as the Gaussian; its shape is the parameter's shape.
+        kernels = self.param("kernels", lambda _: gaussian) if self.learned else gaussian
         return jnp.broadcast_to(kernels.astype(self.dtype), (count,) + kernels.shape)
