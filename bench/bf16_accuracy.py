@@ -16,7 +16,9 @@ import os
 import machine
 import numpy as np
 
-from logocap_jax import config_utils, evaluate, predict, weights
+from logocap_jax import config_utils, weights
+from logocap_jax.evaluation import evaluate
+from logocap_jax.inference import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINI = os.path.join(ROOT, "data", "coco_mini")

@@ -22,8 +22,10 @@ import jax
 import machine
 import numpy as np
 
-from logocap_jax import config_utils, device_mesh, pipeline, train_lib
+from logocap_jax import config_utils, device_mesh
 from logocap_jax.data import input_pipeline, tfds_builders
+from logocap_jax.inference import pipeline
+from logocap_jax.training import trainer
 
 MODELS = {"w32": "W32", "w48": "W48"}
 
@@ -88,17 +90,17 @@ def training(max_instances: int, per_device: int, repeats: int):
     for key in ("image_id", "replaced"):
         local.pop(key, None)
     mesh = device_mesh.make_mesh()
-    model = config_utils.build_model(config, dtype=train_lib.compute_dtype(config))
-    tx = train_lib.create_optimizer(config.train, steps_per_epoch=1000)
-    state = train_lib.create_train_state(model, tx, jax.random.key(0), 512, mesh)
-    step = train_lib.make_train_step(
+    model = config_utils.build_model(config, dtype=trainer.compute_dtype(config))
+    tx = trainer.create_optimizer(config.train, steps_per_epoch=1000)
+    state = trainer.create_train_state(model, tx, jax.random.key(0), 512, mesh)
+    step = trainer.make_train_step(
         model,
-        train_lib.train_settings_from(config),
-        train_lib.loss_weights_from(config),
+        trainer.train_settings_from(config),
+        trainer.loss_weights_from(config),
         mesh,
         state,
     )
-    sharded = train_lib.shard_batch(local, mesh)
+    sharded = trainer.shard_batch(local, mesh)
     start = time.perf_counter()
     state, metrics = step(state, sharded)
     jax.block_until_ready(metrics)

@@ -20,7 +20,8 @@ import jax
 import machine
 import numpy as np
 
-from logocap_jax import checkpoints, config_utils, convert
+from logocap_jax import config_utils
+from logocap_jax.weights import checkpoints, convert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTO = os.path.join(ROOT, "data", "coco_mini", "images", "000000000785.jpg")
@@ -43,7 +44,7 @@ def run_predict(config_path: str, checkpoint: str, output_dir: str, extra=()) ->
     command = [
         sys.executable,
         "-m",
-        "logocap_jax.predict",
+        "logocap_jax.commands.predict",
         "--config",
         config_path,
         "--checkpoint",

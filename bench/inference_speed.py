@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import machine
 from jax import lax
 
-from logocap_jax import compile_options, config_utils, logo_ca, pipeline, speed
+from logocap_jax import compile_options, config_utils, logo_ca
+from logocap_jax.inference import pipeline, speed
 
 OFFICIAL_STAGES = dict(
     zip(pipeline.STAGES, ("backbone", "local-kem", "local-kam", "global-kam"), strict=True)

@@ -20,8 +20,8 @@ import cv2
 import machine
 import numpy as np
 
-from logocap_jax import preprocess
 from logocap_jax.data import coco_records, input_pipeline
+from logocap_jax.inference import preprocess
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "data", "coco_mini")
 

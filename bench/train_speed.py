@@ -29,8 +29,9 @@ import jax
 import machine
 import numpy as np
 
-from logocap_jax import config_utils, device_mesh, train_lib
+from logocap_jax import config_utils, device_mesh
 from logocap_jax.data import input_pipeline, tfds_builders
+from logocap_jax.training import trainer
 
 
 def main():
@@ -73,20 +74,20 @@ def main():
     batch.pop("image_id")
 
     mesh = device_mesh.make_mesh()
-    model = config_utils.build_model(config, dtype=train_lib.compute_dtype(config))
-    tx = train_lib.create_optimizer(config.train, steps_per_epoch=1000)
+    model = config_utils.build_model(config, dtype=trainer.compute_dtype(config))
+    tx = trainer.create_optimizer(config.train, steps_per_epoch=1000)
     start = time.perf_counter()
-    state = train_lib.create_train_state(model, tx, jax.random.key(0), args.input_size, mesh)
+    state = trainer.create_train_state(model, tx, jax.random.key(0), args.input_size, mesh)
     jax.block_until_ready(state)
     init_seconds = time.perf_counter() - start
-    step = train_lib.make_train_step(
+    step = trainer.make_train_step(
         model,
-        train_lib.train_settings_from(config),
-        train_lib.loss_weights_from(config),
+        trainer.train_settings_from(config),
+        trainer.loss_weights_from(config),
         mesh,
         state,
     )
-    sharded = train_lib.shard_batch(batch, mesh)
+    sharded = trainer.shard_batch(batch, mesh)
     start = time.perf_counter()
     state, metrics = step(state, sharded)
     jax.block_until_ready(metrics)
@@ -137,7 +138,7 @@ def _stream(args, config, source, mesh, step, state):
         config.data.input_size = args.input_size
         config.data.output_size = args.input_size // 4
         config.data.worker_count = args.workers
-    iterator = iter(train_lib.make_dataset(config, source))
+    iterator = iter(trainer.make_dataset(config, source))
     next(iterator)  # starts the workers and fills the prefetch buffers
     waiting = 0.0
     start = time.perf_counter()
@@ -147,7 +148,7 @@ def _stream(args, config, source, mesh, step, state):
         waiting += time.perf_counter() - before
         batch.pop("image_id")
         batch.pop("replaced", None)
-        state, metrics = step(state, train_lib.shard_batch(batch, mesh))
+        state, metrics = step(state, trainer.shard_batch(batch, mesh))
     jax.block_until_ready(metrics)
     seconds = time.perf_counter() - start
     print(

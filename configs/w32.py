@@ -42,7 +42,7 @@ def get_config():
         )
     )
 
-    # Keyword arguments of logocap_jax.pipeline.DecodeSettings (besides logo_ca).
+    # Keyword arguments of logocap_jax.inference.pipeline.DecodeSettings (besides logo_ca).
     config.decode = ml_collections.ConfigDict(
         dict(
             flip_test=True,
@@ -66,7 +66,8 @@ def get_config():
         )
     )
 
-    # Training data: a TFDS ArrayRecord data set (logocap_jax.data.tfds_builders).
+    # Training data: a TFDS ArrayRecord data set (logocap_jax.data.tfds_builders), built on first
+    # use or by logocap_jax.commands.build_data.
     config.data = ml_collections.ConfigDict(
         dict(
             dataset="coco_person_keypoints/train2017",

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from logocap_jax import errors, resources
+from logocap_jax.inference.pipeline import DecodeSettings
 from logocap_jax.logo_ca import LogoCaSettings
 from logocap_jax.models import LogoCap
-from logocap_jax.pipeline import DecodeSettings
 
 
 def load_config(name_or_path) -> ml_collections.ConfigDict:

@@ -1,6 +1,6 @@
 """User errors: bad input that the user can fix, told apart from bugs.
 
-The command lines (`logocap_jax.cli.run_main`) print a user error as one line and exit with
+The command lines (`logocap_jax.commands.cli.run_main`) print a user error as one line and exit with
 status 2; every other exception is a bug or a failure of the environment and keeps its traceback.
 
 A user error is either

@@ -2,7 +2,7 @@
 
 Run as a script by tests/test_cmp_sharding.py with 8 fake CPU devices (XLA_FLAGS must be set
 before JAX starts): python tests/cmp_step_main.py OUT.npz. Per case, the step (masked batch
-statistics, a masked squared error on the KAMs, Adam through `train_lib.TrainState`) runs jitted
+statistics, a masked squared error on the KAMs, Adam through `trainer.TrainState`) runs jitted
 with a replicated state and instances sharded over the 'data' axis of `device_mesh.make_mesh`, once
 on every device and once on a one-device mesh; loss, gradients and new statistics are saved.
 """
@@ -18,8 +18,9 @@ from cmp_variant_cases import NUM_JOINTS, SIDE, cases, features
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
-from logocap_jax import device_mesh, train_lib
+from logocap_jax import device_mesh
 from logocap_jax.models import cmp_variants
+from logocap_jax.training import trainer
 
 INSTANCES = 16  # two per device on 8 devices
 
@@ -45,7 +46,7 @@ def step(state, batch, *, model):
 def run_case(name, options, mesh, batch):
     model = cmp_variants.create(name, options, num_joints=NUM_JOINTS, dtype=jnp.float32)
     variables = model.init(jax.random.key(0), features(0, count=1), train=False)
-    state = train_lib.TrainState.create(
+    state = trainer.TrainState.create(
         apply_fn=model.apply,
         params=variables.get("params", {}),
         tx=optax.adam(1e-3),
@@ -54,7 +55,7 @@ def run_case(name, options, mesh, batch):
     replicated = NamedSharding(mesh, PartitionSpec())
     state = jax.device_put(state, replicated)
     state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-    sharded = train_lib.shard_batch(batch, mesh)
+    sharded = trainer.shard_batch(batch, mesh)
     assert sharded["features"].sharding.num_devices == len(mesh.devices.flat)
     fn = jax.jit(
         functools.partial(step, model=model),

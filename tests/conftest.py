@@ -12,7 +12,9 @@ a program that several of them compile is compiled once.
 import golden_arrays
 import pytest
 
-from logocap_jax import config_utils, convert, predict
+from logocap_jax import config_utils
+from logocap_jax.inference import predict
+from logocap_jax.weights import convert
 
 TINY_CONFIG = str(golden_arrays.ROOT / "configs" / "tiny.py")
 

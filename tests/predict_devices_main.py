@@ -10,7 +10,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from logocap_jax import config_utils, predict, weights
+from logocap_jax import config_utils, weights
+from logocap_jax.inference import predict
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_IDS = (197388, 129648, 229358, 196141, 211325)

@@ -17,7 +17,7 @@ from collections import OrderedDict
 import numpy as np
 import pth_writer
 
-from logocap_jax import pretrained
+from logocap_jax.weights import pretrained
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden", "tiny_state_dict.npz")
 W32_MEMBER = pretrained.MODELS["w32"].member

@@ -3,7 +3,7 @@ recipe (at 128 px), then a rerun extended to 3 steps.
 
 One variant is written in the test as a single file outside the package (labcmp/window_mlp.py,
 reached through PYTHONPATH, no other edit); the other is a built-in with a per-variant override.
-Both train through `train_lib.train_and_evaluate` with the real sharded train step. Compiled
+Both train through `trainer.train_and_evaluate` with the real sharded train step. Compiled
 programs are shared with the rerun through JAX's persistent cache.
 """
 
@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 from cmp_variant_cases import WINDOW_MLP
 
-from logocap_jax import ablate, config_utils, convert
+from logocap_jax import config_utils
+from logocap_jax.commands import ablate
+from logocap_jax.weights import convert
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +34,7 @@ def _command(workdir, data_dir, steps):
     return [
         sys.executable,
         "-m",
-        "logocap_jax.ablate",
+        "logocap_jax.commands.ablate",
         "--config=configs/mini.py",
         f"--workdir={workdir}",
         "--variants=skeleton_graph,mlp=labcmp.window_mlp",

@@ -10,6 +10,7 @@ Runs use the tiny golden weights without flip test and with the 'partial' adapta
 config overrides), which compile faster; what is tested does not depend on the settings.
 """
 
+import importlib
 import json
 import os
 import re
@@ -22,18 +23,12 @@ import cv2
 import numpy as np
 import pytest
 
-from logocap_jax import (
-    cli,
-    coco_eval,
-    config_utils,
-    errors,
-    evaluate,
-    predict,
-    preprocess,
-    speed,
-    weights,
-)
+from logocap_jax import config_utils, errors, weights
+from logocap_jax.commands import cli
+from logocap_jax.commands import predict as predict_command
 from logocap_jax.data import coco_records
+from logocap_jax.evaluation import coco_eval, evaluate
+from logocap_jax.inference import predict, preprocess, speed
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "tiny.py")
@@ -185,7 +180,7 @@ def cli_run(tmp_path_factory):
     folder, out = make_folder(tmp / "photos"), tmp / "out"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, "-m", "logocap_jax.predict", str(folder), "--config", CONFIG]
+        [sys.executable, "-m", "logocap_jax.commands.predict", str(folder), "--config", CONFIG]
         + ["--state_dict", STATE_DICT, "--output_dir", str(out), "--no_draw", *FAST],
         cwd=ROOT,
         env=env,
@@ -288,7 +283,7 @@ def test_cli_fail_fast_stops_at_the_first_unreadable_image(tmp_path, capsys):
     argv = [str(folder), "--config", CONFIG, "--state_dict", STATE_DICT, *FAST]
     argv += ["--output_dir", str(tmp_path / "out"), "--no_draw", "--fail_fast"]
     with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(predict.main, argv)
+        cli.run_main(predict_command.main, argv)
     captured = capsys.readouterr()
     assert exit_info.value.code == cli.EXIT_USER_ERROR
     [line] = captured.err.splitlines()
@@ -315,12 +310,7 @@ def subset_with(tmp_path, image_ids, annotations=True):
 
 @pytest.fixture(scope="module")
 def eval_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("logocap_eval_bad", ROOT / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("logocap_jax.commands.eval")
 
 
 def test_unreadable_image_counts_as_no_detections(eval_script, tmp_path, capsys):

@@ -15,8 +15,9 @@ import grain
 import numpy as np
 import pytest
 
-from logocap_jax import preprocess
+from logocap_jax.commands import build_data
 from logocap_jax.data import coco_records, input_pipeline, tfds_builders
+from logocap_jax.inference import preprocess
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MINI = REPO / "data" / "coco_mini"
@@ -238,7 +239,7 @@ def test_strict_build_fails_naming_the_record_and_writes_nothing(bad_set, tmp_pa
 
 def _run_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "logocap_jax.data.tfds_builders", *args],
+        [sys.executable, "-m", "logocap_jax.commands.build_data", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -276,7 +277,7 @@ def test_cli_user_error_messages(tmp_path, capsys, args, message):
     (not_json / "annotations" / "person_keypoints_mini.json").write_text("{oops")
     args = [arg.format(tmp=tmp_path, not_json=not_json) for arg in args]
     with pytest.raises(SystemExit) as exit_info:
-        tfds_builders.main([*args, "--data_dir", str(tmp_path / "tfds")])
+        build_data.main([*args, "--data_dir", str(tmp_path / "tfds")])
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert "error: " in line and message in line

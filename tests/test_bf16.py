@@ -13,7 +13,9 @@ import pytest
 from golden_arrays import GOLDEN, training_batch
 from golden_arrays import LOSS_TERMS as TERMS
 
-from logocap_jax import config_utils, convert, train_lib
+from logocap_jax import config_utils
+from logocap_jax.training import trainer
+from logocap_jax.weights import convert
 
 pytestmark = pytest.mark.slow
 
@@ -21,25 +23,25 @@ pytestmark = pytest.mark.slow
 def test_bf16_training_step_is_close_to_float32(tiny_config, golden_step):
     config = tiny_config
     config.train.compute_dtype = "bfloat16"
-    model = config_utils.build_model(config, dtype=train_lib.compute_dtype(config))
+    model = config_utils.build_model(config, dtype=trainer.compute_dtype(config))
     variables = convert.variables_from_state_dict(
         convert.load_state_dict(str(GOLDEN / "tiny_loss_state_dict.npz")),
         convert.model_template(model),
     )
     golden = golden_step
-    state = train_lib.TrainState.create(
+    state = trainer.TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         tx=optax.adam(1e-3),
         batch_stats=variables["batch_stats"],
     )
     terms, grads, batch_stats, _ = jax.jit(
-        lambda s, b: train_lib.loss_and_gradients(
+        lambda s, b: trainer.loss_and_gradients(
             s,
             b,
             model=model,
-            settings=train_lib.train_settings_from(config),
-            loss_weights=train_lib.loss_weights_from(config),
+            settings=trainer.train_settings_from(config),
+            loss_weights=trainer.loss_weights_from(config),
         )
     )(state, training_batch(golden))
 

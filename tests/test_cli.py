@@ -1,13 +1,13 @@
-"""The command lines' shared behaviour (logocap_jax/cli.py): one-line user errors with exit status
-2, --verbose tracebacks, internal errors with tracebacks, and `--config.<key>=<value>` overrides
-that reach the settings of eval.py and the predict CLI as they reach train.py's config.
+"""The command lines' shared behaviour (logocap_jax/commands/cli.py): one-line user errors with
+exit status 2, --verbose tracebacks, internal errors with tracebacks, and `--config.<key>=<value>`
+overrides that reach the settings of eval.py and the predict CLI as they reach train.py's config.
 
 In-process runs go through `cli.run_main` as the `__main__` blocks do; one subprocess per entry
 point checks the real wiring. None of these runs predicts: errors come before the model runs, and
 the override tests stop at the settings.
 """
 
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -18,7 +18,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from logocap_jax import cli, config_utils, convert, errors, predict, weights
+from logocap_jax import config_utils, errors, weights
+from logocap_jax.commands import cli
+from logocap_jax.commands import convert as convert_command
+from logocap_jax.commands import predict as predict_command
+from logocap_jax.inference import predict
+from logocap_jax.weights import convert
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "tiny.py")
@@ -33,10 +38,7 @@ SUBPROCESS_TIMEOUT = 300
 
 @pytest.fixture(scope="module")
 def eval_script():
-    spec = importlib.util.spec_from_file_location("logocap_eval_cli", ROOT / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("logocap_jax.commands.eval")
 
 
 def run_in_process(main, argv, capsys):
@@ -124,7 +126,7 @@ def test_an_override_needs_a_config():
 
 
 def predictor_settings(argv):
-    args = predict.parse_args([IMAGE, "--config", CONFIG, "--output_dir", "unused", *argv])
+    args = predict_command.parse_args([IMAGE, "--config", CONFIG, "--output_dir", "unused", *argv])
     return predict.Predictor.from_config(args.config, None).settings
 
 
@@ -267,7 +269,9 @@ def eval_argv(*extra, annotations=MINI_ANNOTATIONS, images=MINI_IMAGES):
     ],
 )
 def test_predict_user_errors(case, argv, fragments, capsys, tmp_path):
-    status, lines = run_in_process(predict.main, predict_argv(*argv, output=tmp_path), capsys)
+    status, lines = run_in_process(
+        predict_command.main, predict_argv(*argv, output=tmp_path), capsys
+    )
     assert status == 2, case
     assert_one_line(lines, cli._program(), *fragments)
     assert not (tmp_path / "results.json").exists()
@@ -275,7 +279,7 @@ def test_predict_user_errors(case, argv, fragments, capsys, tmp_path):
 
 def test_predict_checkpoint_of_another_config(mismatching_work_directory, capsys, tmp_path):
     argv = predict_argv("--checkpoint", str(mismatching_work_directory), output=tmp_path)
-    status, lines = run_in_process(predict.main, argv, capsys)
+    status, lines = run_in_process(predict_command.main, argv, capsys)
     assert status == 2
     assert_one_line(
         lines, cli._program(), str(mismatching_work_directory), "does not fit the model", "(8,)"
@@ -322,11 +326,11 @@ def test_convert_user_errors(capsys, tmp_path):
         (["--input", str(not_npz)], ["broken.npz is not a readable .npz state dict"]),
     ]
     for argv, fragments in cases:
-        status, lines = run_in_process(convert.main, base + argv, capsys)
+        status, lines = run_in_process(convert_command.main, base + argv, capsys)
         assert status == 2, argv
         assert_one_line(lines, cli._program(), *fragments)
     (tmp_path / "out").mkdir()
-    status, lines = run_in_process(convert.main, base + ["--input", STATE_DICT], capsys)
+    status, lines = run_in_process(convert_command.main, base + ["--input", STATE_DICT], capsys)
     assert status == 2
     assert_one_line(lines, cli._program(), "already exists")
 
@@ -347,23 +351,23 @@ def test_broken_config_files_are_one_line(content, fragments, capsys, tmp_path):
     config = tmp_path / "broken.py"
     config.write_text(content)
     argv = [IMAGE, "--config", str(config), "--output_dir", str(tmp_path)]
-    status, lines = run_in_process(predict.main, argv, capsys)
+    status, lines = run_in_process(predict_command.main, argv, capsys)
     assert status == 2
     assert_one_line(lines, cli._program(), str(config), *fragments)
 
 
 def test_a_state_dict_that_is_a_folder(capsys, tmp_path):
     argv = predict_argv("--state_dict", str(tmp_path), output=tmp_path / "out")
-    status, lines = run_in_process(predict.main, argv, capsys)
+    status, lines = run_in_process(predict_command.main, argv, capsys)
     assert status == 2
     assert_one_line(lines, cli._program(), f"{tmp_path} is neither a variables checkpoint")
 
 
 def test_usage_errors_are_one_line(capsys):
     for main, argv in (
-        (predict.main, ["--config", CONFIG]),
-        (predict.main, predict_argv("--batch_size", "0")),
-        (convert.main, ["--config", CONFIG, "--input", STATE_DICT]),
+        (predict_command.main, ["--config", CONFIG]),
+        (predict_command.main, predict_argv("--batch_size", "0")),
+        (convert_command.main, ["--config", CONFIG, "--input", STATE_DICT]),
     ):
         status, lines = run_in_process(main, argv, capsys)
         assert status == 2 and len(lines) == 1 and ": error: " in lines[0], lines
@@ -374,10 +378,22 @@ def test_usage_errors_are_one_line(capsys):
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["-m", "logocap_jax.predict", *predict_argv("--config.decode.flipp=1")], ["flipp"]),
+        (
+            ["-m", "logocap_jax.commands.predict", *predict_argv("--config.decode.flipp=1")],
+            ["flipp"],
+        ),
         (["eval.py", *eval_argv("--checkpoint", "no_ckpt")], ["No weights at no_ckpt"]),
         (
-            ["-m", "logocap_jax.convert", "--config", CONFIG, "--input", "x.npz", "--output", "o"],
+            [
+                "-m",
+                "logocap_jax.commands.convert",
+                "--config",
+                CONFIG,
+                "--input",
+                "x.npz",
+                "--output",
+                "o",
+            ],
             ["Checkpoint not found: x.npz"],
         ),
         (

@@ -1,6 +1,6 @@
 """Every CMP variant's training step sharded over 8 (fake) CPU devices equals it on one device.
 
-The full sharded train step through `train_lib` is covered by tests/test_train_sharding.py
+The full sharded train step through `trainer` is covered by tests/test_train_sharding.py
 (conv) and tests/test_ablate.py (two other variants through the runner on 8 devices).
 """
 

@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 from cmp_variant_cases import COUNT, MASK, NUM_JOINTS, SIDE, WINDOW_MLP, cases, features
 
-from logocap_jax import cli, config_utils, convert
+from logocap_jax import config_utils
+from logocap_jax.commands import cli
 from logocap_jax.models import LogoCap, cmp_variants
+from logocap_jax.weights import convert
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = cases()

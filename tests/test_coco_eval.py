@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from logocap_jax import coco_eval
-from logocap_jax.coco_eval import STAT_NAMES
+from logocap_jax.evaluation import coco_eval
+from logocap_jax.evaluation.coco_eval import STAT_NAMES
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 COCO_MINI = DATA / "coco_mini" / "annotations" / "person_keypoints_mini.json"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import release_server
 
-from logocap_jax import pretrained
+from logocap_jax.weights import pretrained
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from logocap_jax import convert
+from logocap_jax.weights import convert
 
 torch = pytest.importorskip("torch", reason="reading .pth files needs pip install '.[torch]'")
 

@@ -1,14 +1,14 @@
 """eval.py end to end: golden results and COCOeval stats, OCHuman run, speed report, multi-scale,
 bad input.
 
-eval.py's `main` is imported from the repository root and run in-process. The tiny golden model
+eval.py's `main` (logocap_jax/commands/eval.py) is run in-process. The tiny golden model
 scores AP 0 against the real annotations of image 197388, which would make "same stats" vacuous,
 so a second annotation file turns the official noflip results into ground truth, each person
 shifted by a different fraction of its size: its AP / AR lie strictly between 0 and 1 and depend
 on every predicted keypoint. Tolerances are those of test_predict.py (see there).
 """
 
-import importlib.util
+import importlib
 import json
 import re
 from pathlib import Path
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from logocap_jax import coco_eval, pipeline
+from logocap_jax.evaluation import coco_eval
+from logocap_jax.inference import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "golden"
@@ -35,10 +36,7 @@ OUTPUT_FILES = ("results.json", "stats.json", "speed.json", "report.md")
 
 @pytest.fixture(scope="module")
 def eval_main():
-    spec = importlib.util.spec_from_file_location("logocap_eval_script", ROOT / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return importlib.import_module("logocap_jax.commands.eval").main
 
 
 def read_json(path):

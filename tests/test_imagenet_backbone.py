@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from logocap_jax import config_utils, convert
+from logocap_jax import config_utils
+from logocap_jax.weights import convert
 
 GOLDEN = "tests/data/golden/tiny_state_dict.npz"
 

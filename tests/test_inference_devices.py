@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from predict_devices_main import IMAGE_IDS, ROOT, run
 
-from logocap_jax import config_utils, predict, preprocess, weights
+from logocap_jax import config_utils, weights
+from logocap_jax.inference import predict, preprocess
 
 pytestmark = pytest.mark.slow
 

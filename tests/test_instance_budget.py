@@ -11,7 +11,7 @@ import pytest
 from golden_arrays import LOSS_TERMS as TERMS
 from golden_arrays import training_batch
 
-from logocap_jax import losses, train_forward
+from logocap_jax.training import forward, losses
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +26,9 @@ def runs(golden, tiny_model, tiny_step_variables):
     """Loss terms, gradients, batch statistics and outputs: all slots, budget 16, budget 8."""
     model, variables = tiny_model, tiny_step_variables
     all_settings = {
-        "all": train_forward.TrainSettings(),
-        "budget16": train_forward.TrainSettings(instance_budget=16),
-        "budget8": train_forward.TrainSettings(instance_budget=8),
+        "all": forward.TrainSettings(),
+        "budget16": forward.TrainSettings(instance_budget=16),
+        "budget8": forward.TrainSettings(instance_budget=8),
     }
 
     @jax.jit
@@ -37,7 +37,7 @@ def runs(golden, tiny_model, tiny_step_variables):
         for name, settings in all_settings.items():
 
             def total(params, settings=settings):
-                outputs, batch_stats = train_forward.training_outputs(
+                outputs, batch_stats = forward.training_outputs(
                     model,
                     {"params": params, "batch_stats": variables["batch_stats"]},
                     batch,
@@ -99,4 +99,4 @@ def test_budget_that_overflows_keeps_the_first_selected(runs):
 
 def test_negative_budget_is_rejected():
     with pytest.raises(ValueError, match="instance_budget"):
-        train_forward.TrainSettings(instance_budget=-1)
+        forward.TrainSettings(instance_budget=-1)

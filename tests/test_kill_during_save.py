@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from logocap_jax import checkpoints
+from logocap_jax.weights import checkpoints
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,8 @@ import pytest
 from golden_arrays import LOSS_TERMS as TERMS
 from golden_arrays import nhwc, training_batch
 
-from logocap_jax import convert, losses, train_forward
+from logocap_jax.training import forward, losses
+from logocap_jax.weights import convert
 
 
 def _capture(records: dict):
@@ -53,7 +54,7 @@ def step(golden, tiny_model, tiny_step_variables):
         def terms_fn(params):
             records = {}
             with nn.intercept_methods(_capture(records)):
-                outputs, batch_stats = train_forward.training_outputs(
+                outputs, batch_stats = forward.training_outputs(
                     model, {"params": params, "batch_stats": variables["batch_stats"]}, batch
                 )
             terms = losses.training_losses(outputs, batch)
@@ -278,7 +279,7 @@ def _synthetic_outputs(rng, batch=2, slots=4, window=5, extent=7, joints=17):
     oks_person = rng.uniform(0.2, 0.8, shape + (window, window)).astype(np.float32)
     selected = np.array([[True, False, True, False], [True, False, False, False]])
     oks_person[1, 0] = 0.3  # image 1: nothing passes, slot 0 kept as the fallback
-    return train_forward.TrainingOutputs(
+    return forward.TrainingOutputs(
         heatmaps=None,
         offsets=None,
         centers=None,
@@ -365,7 +366,7 @@ def test_map_losses_formulas():
 
 def test_selected_slots_come_first_in_slot_order():
     selected = jnp.array([[False, True, False, True, True], [False, False, False, False, False]])
-    slots = np.asarray(train_forward.selected_slots(selected, 3))
+    slots = np.asarray(forward.selected_slots(selected, 3))
     np.testing.assert_array_equal(slots, [[1, 3, 4], [0, 1, 2]])
 
 
@@ -373,11 +374,11 @@ def test_compacted_instances_give_the_golden_losses(golden, tiny_model, tiny_ste
     # 6 and 5 instances are selected: carrying 8 slots per image through the CMP and LOGO-CA
     # must give the same losses as carrying all 30.
     model = tiny_model
-    settings = train_forward.TrainSettings(max_instances=8)
+    settings = forward.TrainSettings(max_instances=8)
 
     @jax.jit
     def run(variables, batch):
-        outputs, _ = train_forward.training_outputs(model, variables, batch, settings=settings)
+        outputs, _ = forward.training_outputs(model, variables, batch, settings=settings)
         return outputs.selected, losses.training_losses(outputs, batch)
 
     selected, terms = run(tiny_step_variables, training_batch(golden))

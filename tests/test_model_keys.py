@@ -15,7 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from logocap_jax import checkpoints, config_utils, convert
+from logocap_jax import config_utils
+from logocap_jax.weights import checkpoints, convert
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "data" / "golden"
@@ -172,7 +173,7 @@ def test_convert_cli(tiny_variables, tmp_path):
         [
             sys.executable,
             "-m",
-            "logocap_jax.convert",
+            "logocap_jax.commands.convert",
             "--config",
             "configs/tiny.py",
             "--input",

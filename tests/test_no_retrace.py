@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 from jax import monitoring
 
-from logocap_jax import config_utils, convert, pipeline
+from logocap_jax import config_utils
+from logocap_jax.inference import pipeline
+from logocap_jax.weights import convert
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE_A = (64, 128)

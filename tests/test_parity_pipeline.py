@@ -52,15 +52,8 @@ import numpy as np
 import pytest
 from golden_arrays import nhwc
 
-from logocap_jax import (
-    config_utils,
-    decode,
-    logo_ca,
-    pipeline,
-    postprocess,
-    preprocess,
-    sampling,
-)
+from logocap_jax import config_utils, decode, logo_ca, sampling
+from logocap_jax.inference import pipeline, postprocess, preprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "data" / "golden"

@@ -12,7 +12,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from logocap_jax import checkpoints, config_utils, convert, train_lib
+from logocap_jax import config_utils
+from logocap_jax.training import trainer
+from logocap_jax.weights import checkpoints, convert
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_STATE_DICT = ROOT / "tests" / "data" / "golden" / "tiny_state_dict.npz"
@@ -34,7 +36,7 @@ def _params(seed):
 
 def test_trainable_modules_freeze_the_others():
     params, grads = _params(0), _params(1)
-    tx = train_lib.create_optimizer(_train_config(trainable_modules=("joints_mlp",)), 1)
+    tx = trainer.create_optimizer(_train_config(trainable_modules=("joints_mlp",)), 1)
     state = tx.init(params)
     updates, state = tx.update(grads, state, params)
     np.testing.assert_array_equal(updates["backbone"]["conv"]["kernel"], 0.0)
@@ -46,13 +48,13 @@ def test_trainable_modules_freeze_the_others():
 
 def test_without_trainable_modules_everything_trains():
     params, grads = _params(0), _params(1)
-    tx = train_lib.create_optimizer(_train_config(), 1)
+    tx = trainer.create_optimizer(_train_config(), 1)
     updates, _ = tx.update(grads, tx.init(params), params)
     assert np.all(np.abs(updates["backbone"]["conv"]["kernel"]) > 0)
 
 
 def test_unknown_trainable_module_is_named():
-    tx = train_lib.create_optimizer(_train_config(trainable_modules=("joint_mlp",)), 1)
+    tx = trainer.create_optimizer(_train_config(trainable_modules=("joint_mlp",)), 1)
     with pytest.raises(ValueError, match=r"\['joint_mlp'\].*'backbone', 'joints_mlp'"):
         tx.init(_params(0))
 

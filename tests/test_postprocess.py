@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from logocap_jax import postprocess, preprocess
+from logocap_jax.inference import postprocess, preprocess
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 # Golden image 197388 is 640x392 (w x h), resized with short side 128.

@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 from jax import monitoring
 
-from logocap_jax import config_utils, postprocess, predict, preprocess, visualize, weights
+from logocap_jax import config_utils, weights
+from logocap_jax.commands import predict as predict_command
+from logocap_jax.inference import postprocess, predict, preprocess, visualize
 from logocap_jax.keypoints import JOINT_NAMES
 
 GOLDEN = "tests/data/golden"
@@ -175,7 +177,7 @@ def cli_runs(tmp_path_factory):
             [
                 sys.executable,
                 "-m",
-                "logocap_jax.predict",
+                "logocap_jax.commands.predict",
                 "--config",
                 CONFIG,
                 "--state_dict",
@@ -347,7 +349,7 @@ def test_missing_image_is_named(predictors, variables, config, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
         predict.predict(variables, missing, config=config)
     with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
-        predict.image_files([missing])
+        predict_command.image_files([missing])
 
 
 def test_corrupt_image_is_named(predictors, tmp_path):
@@ -363,9 +365,9 @@ def test_corrupt_image_is_named(predictors, tmp_path):
 def test_empty_folder_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(ValueError, match=f"No image files .* in folder {re.escape(str(tmp_path))}"):
-        predict.image_files([str(tmp_path)])
+        predict_command.image_files([str(tmp_path)])
     with pytest.raises(SystemExit) as exit_info:
-        predict.main(
+        predict_command.main(
             [
                 str(tmp_path),
                 "--config",
@@ -386,7 +388,7 @@ def test_inputs_sharing_a_file_name_are_rejected(tmp_path, capsys):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "photo.jpg").write_bytes(b"")
     with pytest.raises(SystemExit):
-        predict.parse_args(
+        predict_command.parse_args(
             [
                 str(tmp_path / "a"),
                 str(tmp_path / "b" / "photo.jpg"),
@@ -402,7 +404,7 @@ def test_inputs_sharing_a_file_name_are_rejected(tmp_path, capsys):
 @pytest.mark.parametrize("flag, value", [("--panel_joint", "left_tail"), ("--batch_size", "0")])
 def test_bad_cli_options_are_rejected(flag, value, capsys):
     with pytest.raises(SystemExit):
-        predict.parse_args(
+        predict_command.parse_args(
             [GOLDEN_IMAGE, "--config", CONFIG, "--output_dir", "unused", flag, value]
         )
     assert value in capsys.readouterr().err
@@ -414,6 +416,6 @@ def test_batch_size_must_be_positive(config, variables):
 
 
 def test_image_ids_never_collide():
-    assert predict.image_ids(["a/000000197388.jpg", "b/12.png"]) == [197388, 12]
-    assert predict.image_ids(["photo.jpg", "5.jpg", "x.jpg"]) == [0, 1, 2]
-    assert predict.image_ids(["a/7.jpg", "b/007.jpg"]) == [0, 1]
+    assert predict_command.image_ids(["a/000000197388.jpg", "b/12.png"]) == [197388, 12]
+    assert predict_command.image_ids(["photo.jpg", "5.jpg", "x.jpg"]) == [0, 1, 2]
+    assert predict_command.image_ids(["a/7.jpg", "b/007.jpg"]) == [0, 1]

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from logocap_jax import preprocess
+from logocap_jax.inference import preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "golden"

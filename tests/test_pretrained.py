@@ -1,4 +1,4 @@
-"""Official weights in one call (logocap_jax.pretrained), against a local HTTP server.
+"""Official weights in one call (logocap_jax.weights.pretrained), against a local HTTP server.
 
 The server (127.0.0.1 only, tests/release_server.py) serves archives laid out like the official
 release assets, holding the tiny model's official weights (tests/data/golden/tiny_state_dict.npz)
@@ -22,7 +22,10 @@ import pytest
 import release_server
 from release_server import TINY_MEMBER, Server, closed_port_url, make_archive
 
-from logocap_jax import cli, config_utils, convert, errors, predict, pretrained
+from logocap_jax import config_utils, errors
+from logocap_jax.commands import cli, predict
+from logocap_jax.commands import pretrained as pretrained_command
+from logocap_jax.weights import convert, pretrained
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +195,7 @@ def test_download_failure_names_the_url_and_the_manual_way(server, tmp_path, fai
     assert os.path.join(cache, "downloads", "logocap.tar.gz") in message
     assert pretrained.RELEASE_URL_ENV in message
     assert f"tar -xzf logocap.tar.gz {TINY_MEMBER}" in message
-    assert f"python -m logocap_jax.convert --config tiny --input {TINY_MEMBER}" in message
+    assert f"python -m logocap_jax.commands.convert --config tiny --input {TINY_MEMBER}" in message
     assert_no_entry(cache)
 
 
@@ -381,11 +384,12 @@ def test_cli_prints_the_cached_path(server, tmp_path, capsys):
     pretrained.load("w32", cache_dir=cache, url=url, config="tiny", progress=False)
     server.stop()
     capsys.readouterr()
-    pretrained.main(["w32", "--cache_dir", cache])
+    pretrained_command.main(["w32", "--cache_dir", cache])
     assert capsys.readouterr().out == os.path.join(cache, "w32", "checkpoint") + "\n"
     with pytest.raises(SystemExit) as exit_info:
         cli.run_main(
-            pretrained.main, ["w48", "--cache_dir", cache, "--url", closed_port_url(), "--quiet"]
+            pretrained_command.main,
+            ["w48", "--cache_dir", cache, "--url", closed_port_url(), "--quiet"],
         )
     assert exit_info.value.code == cli.EXIT_USER_ERROR
     lines = capsys.readouterr().err.splitlines()

@@ -1,10 +1,9 @@
 """Prediction streams: the predict CLI's resident memory stays flat over a long run.
 
-300 synthetic 240 x 320 photos go through `python -m logocap_jax.predict` (tiny model, no flip
-test, 'partial' adaptation: the path of every image without the slow global stage); the child's
-RSS is read (psutil) after each image it reports. Keeping any per-image data (the decoded image,
-0.23 MB; its network input and outputs, 1 MB; its results) would grow it by tens to hundreds of
-MB over the run.
+300 synthetic 240 x 320 photos go through the predict command (tiny model, no flip test, 'partial'
+adaptation: the path of every image without the slow global stage); the child's RSS is read (psutil)
+after each image it reports. Keeping any per-image data (the decoded image, 0.23 MB; its network
+input and outputs, 1 MB; its results) would grow it by tens to hundreds of MB over the run.
 
 glibc gives each thread that allocates (XLA's and OpenCV's workers) an arena of its own that
 grows to that thread's high-water mark, up to ~50 MB here in the first hundred images whatever the
@@ -46,7 +45,7 @@ def rss_per_image(tmp_path_factory):
         noise = rng.integers(-20, 20, base.shape, dtype=np.int16)
         image = np.clip(base + noise, 0, 255).astype(np.uint8)
         cv2.imwrite(str(folder / f"{index:04d}.jpg"), image)
-    command = [sys.executable, "-m", "logocap_jax.predict", str(folder)]
+    command = [sys.executable, "-m", "logocap_jax.commands.predict", str(folder)]
     command += ["--config", "configs/tiny.py", "--state_dict"]
     command += ["tests/data/golden/tiny_state_dict.npz", "--output_dir", str(folder / "out")]
     command += ["--no_draw", "--config.decode.flip_test=false"]

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from logocap_jax.commands import build_data
 from logocap_jax.data import coco_records, tfds_builders
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -152,7 +153,7 @@ def test_ochuman_from_manual_dir(tmp_path):
     data_dir = str(tmp_path / "tfds")
     arguments = ["--dataset", "ochuman", "--data_dir", data_dir, "--manual_dir", str(manual_dir)]
     with pytest.raises(SystemExit) as exit_info:
-        tfds_builders.main([*arguments, "--configs", "test"])
+        build_data.main([*arguments, "--configs", "test"])
     assert exit_info.value.code == 0
     records = _read(tfds_builders.data_source("ochuman/test", "test", data_dir))
     assert [len(r["area"]) for r in records] == [1, 2, 2]
@@ -216,7 +217,7 @@ def test_split_of_only_bad_records_fails_before_writing(tmp_path):
 
 def test_cli_requires_manual_dir(tmp_path):
     with pytest.raises(SystemExit):
-        tfds_builders.main(["--dataset", "coco", "--data_dir", str(tmp_path)])
+        build_data.main(["--dataset", "coco", "--data_dir", str(tmp_path)])
 
 
 def test_no_tensorflow(tmp_path):
@@ -234,17 +235,18 @@ def test_no_tensorflow(tmp_path):
 
 
 def test_train_source_keeps_the_configured_image_ids(mini_dir):
-    from logocap_jax import config_utils, train_lib
+    from logocap_jax import config_utils
+    from logocap_jax.training import trainer
 
     data = config_utils.load_config(str(REPO / "configs" / "mini.py")).data
     data.data_dir = str(mini_dir)
     data.image_ids = (40083, 785)
-    source = train_lib.open_train_source(data)
+    source = trainer.open_train_source(data)
     assert [record["image_id"] for record in source] == [40083, 785]
     by_id = {r["image_id"]: r for r in _mini_records("coco_mini", False)}
     _assert_records_equal(source, [by_id[40083], by_id[785]])
     data.max_examples = 1
-    assert [record["image_id"] for record in train_lib.open_train_source(data)] == [40083]
+    assert [record["image_id"] for record in trainer.open_train_source(data)] == [40083]
     data.image_ids = (785, 123456789)
     with pytest.raises(ValueError, match=r"data.image_ids not in coco_mini train: \[123456789\]"):
-        train_lib.open_train_source(data)
+        trainer.open_train_source(data)

@@ -1,4 +1,4 @@
-"""Reading torch.save files without PyTorch (logocap_jax.torch_checkpoint).
+"""Reading torch.save files without PyTorch (logocap_jax.weights.torch_checkpoint).
 
 The fixtures in tests/data/torch_save were written by torch 2.13 (tests/make_torch_fixtures.py),
 in the zip format of torch >= 1.6 and in the legacy format of older torch; expected.npz holds
@@ -22,7 +22,8 @@ import numpy as np
 import pth_writer
 import pytest
 
-from logocap_jax import config_utils, convert, torch_checkpoint
+from logocap_jax import config_utils
+from logocap_jax.weights import convert, torch_checkpoint
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "data", "torch_save")
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden", "tiny_state_dict.npz")

@@ -12,7 +12,9 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from logocap_jax import checkpoints, config_utils, train_lib, training_io
+from logocap_jax import config_utils
+from logocap_jax.training import run_io, trainer
+from logocap_jax.weights import checkpoints
 
 NUM_STEPS = 6
 MINI = Path(__file__).parent.parent / "configs" / "mini.py"
@@ -32,7 +34,7 @@ def _config(tmp_path, **train):
 
 def _stand_in_state(model, tx, rng, input_size, mesh):
     del model, tx, rng, input_size
-    state = train_lib.TrainState.create(
+    state = trainer.TrainState.create(
         apply_fn=None, params={"w": jnp.zeros(3)}, tx=optax.sgd(0.1), batch_stats={}
     )
     return jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
@@ -60,8 +62,8 @@ def _stand_in_step(nan_at=None):
 
 @pytest.fixture
 def stand_in(monkeypatch):
-    monkeypatch.setattr(train_lib, "create_train_state", _stand_in_state)
-    monkeypatch.setattr(train_lib, "make_train_step", _stand_in_step())
+    monkeypatch.setattr(trainer, "create_train_state", _stand_in_state)
+    monkeypatch.setattr(trainer, "make_train_step", _stand_in_step())
 
 
 def _slow_step(model, settings, loss_weights, mesh, state, schedule=None):
@@ -92,8 +94,8 @@ def test_steps_between_log_steps_never_wait_for_the_device(monkeypatch, tmp_path
     metric) would have let it finish. The explicit fetches are counted per step as well."""
     outputs, ready, fetches = [], {}, []
     compile_together, shard_batch, device_get = (
-        training_io.compile_together,
-        train_lib.shard_batch,
+        run_io.compile_together,
+        trainer.shard_batch,
         jax.device_get,
     )
 
@@ -116,13 +118,13 @@ def test_steps_between_log_steps_never_wait_for_the_device(monkeypatch, tmp_path
         fetches.append(len(outputs))
         return device_get(tree)
 
-    monkeypatch.setattr(train_lib, "create_train_state", _stand_in_state)
-    monkeypatch.setattr(train_lib, "make_train_step", _slow_step)
-    monkeypatch.setattr(training_io, "compile_together", recording_compile)
-    monkeypatch.setattr(train_lib, "shard_batch", handing_over)
+    monkeypatch.setattr(trainer, "create_train_state", _stand_in_state)
+    monkeypatch.setattr(trainer, "make_train_step", _slow_step)
+    monkeypatch.setattr(run_io, "compile_together", recording_compile)
+    monkeypatch.setattr(trainer, "shard_batch", handing_over)
     monkeypatch.setattr(jax, "device_get", counting_device_get)
     config = _config(tmp_path, log_every_steps=2, checkpoint_every_steps=NUM_STEPS)
-    train_lib.train_and_evaluate(config, str(tmp_path / "work"))
+    trainer.train_and_evaluate(config, str(tmp_path / "work"))
     assert ready == {1: False, 2: True, 3: False, 4: True, 5: False}, ready
     per_step = {s: fetches.count(s) for s in range(1, NUM_STEPS + 1)}
     # One jax.device_get fetches the pending steps' metrics at each log step.
@@ -134,11 +136,11 @@ def test_steps_between_log_steps_never_wait_for_the_device(monkeypatch, tmp_path
 
 
 def test_non_finite_loss_names_its_steps_and_the_last_good_checkpoint(monkeypatch, tmp_path):
-    monkeypatch.setattr(train_lib, "create_train_state", _stand_in_state)
-    monkeypatch.setattr(train_lib, "make_train_step", _stand_in_step(nan_at=5))
+    monkeypatch.setattr(trainer, "create_train_state", _stand_in_state)
+    monkeypatch.setattr(trainer, "make_train_step", _stand_in_step(nan_at=5))
     workdir = tmp_path / "work"
     with pytest.raises(FloatingPointError) as error:
-        train_lib.train_and_evaluate(_config(tmp_path), str(workdir))
+        trainer.train_and_evaluate(_config(tmp_path), str(workdir))
     message = str(error.value)
     assert "in steps 4-6" in message and "first at step 5" in message, message
     assert f"last good checkpoint is step 3 in {workdir / checkpoints.LATEST_DIR}" in message
@@ -147,13 +149,13 @@ def test_non_finite_loss_names_its_steps_and_the_last_good_checkpoint(monkeypatc
 
 def test_stop_signals_stop_once_and_restore_the_handlers():
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    with training_io.StopSignals() as stop:
+    with run_io.StopSignals() as stop:
         assert signal.getsignal(signal.SIGTERM) != before[signal.SIGTERM]
         assert not stop.reached(1)
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.reached(2)
     assert {s: signal.getsignal(s) for s in before} == before
-    with training_io.StopSignals() as stop:
+    with run_io.StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.reached(1)
         # The first Ctrl-C asked for a stop and gave SIGINT back: a second one interrupts.
@@ -165,12 +167,12 @@ def test_stop_signals_stop_once_and_restore_the_handlers():
 
 def test_the_loop_restores_signal_handlers(stand_in, tmp_path):
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    train_lib.train_and_evaluate(_config(tmp_path), str(tmp_path / "work"))
+    trainer.train_and_evaluate(_config(tmp_path), str(tmp_path / "work"))
     assert {s: signal.getsignal(s) for s in before} == before
 
 
 def test_metrics_mean_covers_the_fetched_steps():
-    metrics = training_io.StepMetrics("unused")
+    metrics = run_io.StepMetrics("unused")
     for step in (1, 2, 3):
         metrics.add(step, {"total": jnp.float32(step)})
     metrics.fetch(last_saved=None)

@@ -1,6 +1,6 @@
 """Five training steps against the official five (golden tiny_trajectory.npz).
 
-`train_lib.train_step` runs five steps from the official state `tiny_loss_state_dict.npz` with
+`trainer.train_step` runs five steps from the official state `tiny_loss_state_dict.npz` with
 the training config's optimiser (a fresh Adam at lr 1e-5), on the official batch of
 `tiny_loss.npz` (its stored images and targets: rebuilding them through OpenCV's warp gives
 inputs that differ between CPUs, a few pixels one level off, enough to decode another centre at
@@ -42,8 +42,10 @@ import numpy as np
 import pytest
 from golden_arrays import GOLDEN, ROOT, load, training_batch
 
-from logocap_jax import config_utils, convert, decode, oks, train_lib
+from logocap_jax import config_utils, decode, oks
 from logocap_jax.models import layers
+from logocap_jax.training import trainer
+from logocap_jax.weights import convert
 
 pytestmark = pytest.mark.slow
 
@@ -100,13 +102,13 @@ def run_trajectory() -> dict:
     model = config_utils.build_model(config)
     before = convert.load_state_dict(str(GOLDEN / "tiny_loss_state_dict.npz"))
     variables = convert.variables_from_state_dict(before, convert.model_template(model))
-    settings = train_lib.train_settings_from(config)
+    settings = trainer.train_settings_from(config)
     # One step per epoch: the first learning-rate drop (epoch 90) lies far beyond five steps.
-    assert train_lib.learning_rate_schedule(config.train, 1)(STEPS) == LEARNING_RATE
-    state = train_lib.TrainState.create(
+    assert trainer.learning_rate_schedule(config.train, 1)(STEPS) == LEARNING_RATE
+    state = trainer.TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
-        tx=train_lib.create_optimizer(config.train, 1),
+        tx=trainer.create_optimizer(config.train, 1),
         batch_stats=variables["batch_stats"],
     )
 
@@ -114,12 +116,12 @@ def run_trajectory() -> dict:
     def step(state, batch):
         records = {}
         with nn.intercept_methods(_capture(records)):
-            state, metrics = train_lib.train_step(
+            state, metrics = trainer.train_step(
                 state,
                 batch,
                 model=model,
                 settings=settings,
-                loss_weights=train_lib.loss_weights_from(config),
+                loss_weights=trainer.loss_weights_from(config),
             )
         # The candidates the step decoded, from its own predictions, to read their OKS.
         predictions = records["predictions"]
@@ -147,9 +149,7 @@ def run_trajectory() -> dict:
         **{k: np.stack([d[k] for _, d in steps]) for k in steps[0][1]},
         "min_oks": settings.min_oks,
         "before": before,
-        "after": convert.state_dict_from_variables(
-            jax.device_get(train_lib.model_variables(state))
-        ),
+        "after": convert.state_dict_from_variables(jax.device_get(trainer.model_variables(state))),
     }
 
 

@@ -2,7 +2,9 @@
 
 import numpy as np
 
-from logocap_jax import decode, pipeline, preprocess, upper_bound
+from logocap_jax import decode
+from logocap_jax.evaluation import upper_bound
+from logocap_jax.inference import pipeline, preprocess
 
 
 def _outputs(initial):

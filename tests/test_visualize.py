@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from logocap_jax import visualize
+from logocap_jax.inference import visualize
 from logocap_jax.keypoints import JOINT_NAMES, NUM_JOINTS
 
 LEFT_SHOULDER, LEFT_ELBOW, LEFT_WRIST = (

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from golden_arrays import GOLDEN, ROOT
 
-from logocap_jax import checkpoints, config_utils, errors, weights
+from logocap_jax import config_utils, errors, weights
+from logocap_jax.weights import checkpoints
 
 LEGACY_PTH = ROOT / "tests" / "data" / "torch_save" / "tiny_state_dict_legacy.pth"
 

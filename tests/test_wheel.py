@@ -23,17 +23,15 @@ from pathlib import Path
 import pytest
 import release_server
 
-from logocap_jax import pretrained
+from logocap_jax.weights import pretrained
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-# What the wheel is built from (pyproject.toml maps configs/, data/ and the root's scripts in).
+# What the wheel is built from (pyproject.toml maps configs/ and data/ in).
 SOURCES = (
     "pyproject.toml",
     "README.md",
-    "eval.py",
-    "train.py",
     "logocap_jax",
     "configs",
     "data",
@@ -97,7 +95,7 @@ def run(command, *, cwd, env=None) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_wheel_holds_the_packages_configs_data_weights_and_scripts(wheel):
+def test_wheel_holds_the_packages_configs_data_weights_and_commands(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     packages = {
         path.parent.relative_to(ROOT).as_posix()
@@ -111,12 +109,10 @@ def test_wheel_holds_the_packages_configs_data_weights_and_scripts(wheel):
                 relative = path.relative_to(ROOT / folder).as_posix()
                 assert f"logocap_jax/{shipped}/{relative}" in names, path
     assert "logocap_jax/tiny_weights/tiny_state_dict.npz" in names
-    for script in ROOT.glob("*.py"):
-        assert f"logocap_jax/commands/{script.name}" in names, script
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     )
-    for command in ("logocap-predict", "logocap-eval", "logocap-convert"):
+    for command in ("logocap-predict", "logocap-eval", "logocap-convert", "logocap-train"):
         assert command.encode() in entry_points
 
 
@@ -178,7 +174,9 @@ def test_installed_wheel_predicts_with_pretrained_and_evaluates(venv, tmp_path):
     assert (work / "out" / IMAGE.replace(".jpg", ".png")).stat().st_size > 1000
 
     # From the cache, with the server gone.
-    printed = run([bin_dir / "python", "-m", "logocap_jax.pretrained", "w32"], cwd=work, env=env)
+    printed = run(
+        [bin_dir / "python", "-m", "logocap_jax.commands.pretrained", "w32"], cwd=work, env=env
+    )
     assert printed.stdout == str(cache / "w32" / "checkpoint") + "\n"
     evaluated = run(
         [

@@ -12,7 +12,9 @@ from flax import traverse_util
 from golden_arrays import GOLDEN, ROOT, load, training_batch
 from jax.sharding import NamedSharding, PartitionSpec
 
-from logocap_jax import config_utils, convert, device_mesh, train_lib
+from logocap_jax import config_utils, device_mesh
+from logocap_jax.training import trainer
+from logocap_jax.weights import convert
 
 
 def main(out_path):
@@ -28,25 +30,25 @@ def main(out_path):
     batch = {key: np.concatenate([value] * 4) for key, value in pair.items()}
 
     mesh = device_mesh.make_mesh()
-    tx = train_lib.create_optimizer(config.train, steps_per_epoch=10)
-    state = train_lib.TrainState.create(
+    tx = trainer.create_optimizer(config.train, steps_per_epoch=10)
+    state = trainer.TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         tx=tx,
         batch_stats=variables["batch_stats"],
     )
     state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
-    settings = train_lib.train_settings_from(config)
-    weights = train_lib.loss_weights_from(config)
-    batch = train_lib.shard_batch(batch, mesh)
+    settings = trainer.train_settings_from(config)
+    weights = trainer.loss_weights_from(config)
+    batch = trainer.shard_batch(batch, mesh)
     gradients = jax.jit(
-        lambda s, b: train_lib.loss_and_gradients(
+        lambda s, b: trainer.loss_and_gradients(
             s, b, model=model, settings=settings, loss_weights=weights
         )[1]
     )(state, batch)
-    step = train_lib.make_train_step(model, settings, weights, mesh, state)
+    step = trainer.make_train_step(model, settings, weights, mesh, state)
     state, metrics = step(state, batch)
-    flat = traverse_util.flatten_dict(jax.device_get(train_lib.model_variables(state)), sep="/")
+    flat = traverse_util.flatten_dict(jax.device_get(trainer.model_variables(state)), sep="/")
     flat.update(traverse_util.flatten_dict({"grad": jax.device_get(gradients)}, sep="/"))
     np.savez(
         out_path,

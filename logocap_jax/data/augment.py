@@ -16,8 +16,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from logocap_jax.inference.preprocess import SCALE_UNIT_PX
 from logocap_jax.keypoints import FLIP_INDEX_WITH_CENTER, NUM_JOINTS
-from logocap_jax.preprocess import SCALE_UNIT_PX
 
 # Persons smaller than this (segmentation area, original px^2) get no center joint.
 _MIN_CENTER_AREA = 32**2

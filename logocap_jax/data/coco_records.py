@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from logocap_jax import errors, preprocess
+from logocap_jax import errors
+from logocap_jax.inference import preprocess
 from logocap_jax.keypoints import NUM_JOINTS
 
 _IMAGE_KEYS = ("id", "file_name", "height", "width")

@@ -18,7 +18,7 @@ any worker or process count. Each bad record is logged once per process as a war
 its image and the reason; MAX_CONSECUTIVE_BAD_RECORDS bad records in a row stop the pipeline
 with an error, as the data set rather than a record is then broken.
 
-Example keys are the names `train_forward.training_outputs` and `losses.training_losses` read,
+Example keys are the names `forward.training_outputs` and `losses.training_losses` read,
 so a batch feeds both directly. R = input_size, r = output_size, G = max_people below:
 
   images float32 [R, R, 3] ImageNet-normalised RGB;
@@ -49,8 +49,8 @@ from logocap_jax.data.coco_records import (
     read_checked_image,
     valid_mask,
 )
+from logocap_jax.inference.preprocess import normalize
 from logocap_jax.keypoints import STRIDE
-from logocap_jax.preprocess import normalize
 
 _LOG = logging.getLogger(__name__)
 # Set once this process has warned that an image has more GT persons than max_people.

@@ -17,7 +17,7 @@ the `tfds` CLI, `tfds.testing` and `tfds.list_builders` need it.
 
 Command line:
 
-  python -m logocap_jax.data.tfds_builders --dataset coco --data_dir DIR --manual_dir COCO
+  python -m logocap_jax.commands.build_data --dataset coco --data_dir DIR --manual_dir COCO
 
 A user error (missing file or folder, file not in COCO format, bad records under --strict,
 unknown config) prints one line and exits with status 2; --verbose shows the traceback.
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from logocap_jax import cli, errors, resources
+from logocap_jax import errors, resources
 from logocap_jax.data import coco_records
 from logocap_jax.keypoints import NUM_JOINTS
 
@@ -538,7 +538,7 @@ def data_source(name: str, split: str, data_dir: str) -> RecordSource:
             f"data set {name!r} is not built in {data_dir}: expected one of "
             f"{', '.join(MINI_DATASETS)} (bundled), coco_person_keypoints/<train2017|val2017> "
             "(built from data.manual_dir), or a set built there with "
-            "python -m logocap_jax.data.tfds_builders"
+            "python -m logocap_jax.commands.build_data"
         )
     return RecordSource(tfds.data_source(name, split=split, data_dir=data_dir, download=False))
 
@@ -551,47 +551,3 @@ def _summary(builder: tfds.core.DatasetBuilder) -> str:
     )
     report = os.path.join(builder.data_dir, REPORT_FILE)
     return f"{builder.info.full_name}: {splits}; report {report}"
-
-
-def main(argv: Sequence[str] | None = None):
-    """The command line: builds one data set into --data_dir; a user error is one line with
-    exit status 2 (`cli.run_main`)."""
-    cli.run_main(_build, argv)
-
-
-def _build(argv: Sequence[str]) -> None:
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True, choices=("coco", "ochuman") + MINI_DATASETS)
-    parser.add_argument("--data_dir", required=True, help="TFDS data dir to write into")
-    parser.add_argument(
-        "--manual_dir",
-        help="source files of coco / ochuman (for a mini "
-        "set: its folder, default the bundled copy)",
-    )
-    parser.add_argument("--configs", help="comma-separated configs (default: all)")
-    parser.add_argument(
-        "--strict", action="store_true", help="fail on a bad record instead of skipping it"
-    )
-    parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
-    args = parser.parse_args(argv)
-    if not args.verbose:
-        # TFDS warns through absl that a config object was passed, which the mini sets do.
-        logging.getLogger("absl").setLevel(logging.ERROR)
-    if args.dataset not in MINI_DATASETS and not args.manual_dir:
-        parser.error(f"--manual_dir is required for --dataset {args.dataset}")
-    if args.dataset in MINI_DATASETS:
-        builders = [build_mini(args.dataset, args.data_dir, args.manual_dir, strict=args.strict)]
-    else:
-        builders = build_named(
-            CocoPersonKeypoints if args.dataset == "coco" else OCHuman,
-            args.data_dir,
-            args.manual_dir,
-            args.configs.split(",") if args.configs else None,
-            strict=args.strict,
-        )
-    for builder in builders:
-        print(_summary(builder))
-
-
-if __name__ == "__main__":
-    main()

@@ -9,7 +9,7 @@ coordinator on a free localhost port (`JAX_COORDINATOR_PORT`).
 Jobs share compiled programs through JAX's persistent compilation cache. JAX keys a
 multi-process program by process and writes it from process 0 only, so in a multi-process job
 only process 0 finds its programs there; the training loop compiles the train step ahead of
-time and waits for every process before its first collective (`training_io.compile_together`).
+time and waits for every process before its first collective (`run_io.compile_together`).
 
 Every job has a deadline; a job that misses it, or a process that fails, has all its processes
 killed (each runs in its own process group, so grain workers go too) and the error carries the

@@ -11,7 +11,7 @@ import json
 import pytest
 from harness import ROOT, Job
 
-from logocap_jax import coco_eval
+from logocap_jax.evaluation import coco_eval
 
 pytestmark = pytest.mark.slow
 

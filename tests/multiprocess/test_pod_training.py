@@ -41,7 +41,7 @@ import numpy as np
 import pytest
 from harness import ROOT, Job
 
-from logocap_jax import checkpoints
+from logocap_jax.weights import checkpoints
 
 pytestmark = pytest.mark.slow
 

@@ -18,11 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from logocap_jax.keypoints import SKELETON
-from logocap_jax.models.cmp_variants import (
-    depthwise_conv,
-    joint_kernel_init,
-    per_joint,
-)
+from logocap_jax.models.cmp_variants import depthwise_conv, joint_kernel_init, per_joint
 from logocap_jax.models.layers import Dtype, batch_mask, batch_norm, relu
 
 

@@ -185,7 +185,7 @@ def _variables_checkpoint(path: str) -> _ModelCheckpoint:
         reason = ""
     if metadata is None:
         raise errors.InputFormatError(
-            f"{path} is neither a variables checkpoint (logocap_jax.convert, "
+            f"{path} is neither a variables checkpoint (the convert command, "
             "checkpoints.save_variables) nor a training work directory with a complete "
             f"checkpoint in {BEST_DIR}/ or {LATEST_DIR}/{reason}"
         )
@@ -213,7 +213,7 @@ def restore_variables(directory: str, template=None):
     """Reads model variables ({'params', 'batch_stats'}) as numpy arrays.
 
     Args:
-      directory: a checkpoint written by `save_variables` (e.g. by `logocap_jax.convert`), or a
+      directory: a checkpoint written by `save_variables` (e.g. by the convert command), or a
         training work directory: its best model if an evaluation has run, else (with a
         warning) the latest training state.
       template: optional variables or `jax.eval_shape` structs fixing tree, shapes and dtypes;

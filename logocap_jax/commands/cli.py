@@ -1,8 +1,8 @@
 """What the command lines share: exit statuses, one-line user errors, config overrides.
 
-Every entry point (`train.py`, `eval.py`, `python -m logocap_jax.predict`,
-`python -m logocap_jax.convert`) runs its `main` through `run_main` (argparse) or `run_absl`
-(absl), which turn a user error (`logocap_jax.errors`) into one line on stderr,
+Every command of this package (train, eval, predict, convert, pretrained, build_data, ablate) runs
+its `main` through `run_main` (argparse) or `run_absl` (absl), which turn a user error
+(`logocap_jax.errors`) into one line on stderr,
 
   <program>: error: <what is wrong, naming the file, key or value, and what was expected>
 

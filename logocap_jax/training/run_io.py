@@ -16,7 +16,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from logocap_jax import checkpoints, errors
+from logocap_jax import errors
+from logocap_jax.weights import checkpoints
 
 
 class MetricsWriter:

@@ -8,8 +8,9 @@ can reach.
 
 import numpy as np
 
-from logocap_jax import oks, pipeline, postprocess
+from logocap_jax import oks
 from logocap_jax.data import coco_records
+from logocap_jax.inference import pipeline, postprocess
 
 
 def _ground_truth(record):

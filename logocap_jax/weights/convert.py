@@ -4,7 +4,7 @@ Flax module names equal the official module paths, so a variable's PyTorch key i
 joined with dots plus a renamed leaf (kernel/scale -> weight, mean/var -> running_mean/var).
 Convolution kernels go from PyTorch OIHW to Flax HWIO.
 
-  python -m logocap_jax.convert --config configs/w32.py --input logocap-w32.pth.tar \
+  python -m logocap_jax.commands.convert --config configs/w32.py --input logocap-w32.pth.tar \
       --output ckpt/w32
 
 A user error (missing or unreadable file, a state dict that does not fit the config's model, an
@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from logocap_jax import errors, torch_checkpoint
+from logocap_jax import errors
+from logocap_jax.weights import torch_checkpoint
 
 _LEAF_TO_TORCH = {
     ("params", "kernel"): "weight",
@@ -227,34 +228,3 @@ def model_template(model, image_size: int = 64):
     """Variable shapes of `model` (no computation)."""
     images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     return jax.eval_shape(lambda: model.init(jax.random.key(0), images, method=model.initialize))
-
-
-def main(argv=None):
-    """Converts --input into an orbax checkpoint at --output (see the module docstring)."""
-    from logocap_jax import checkpoints, cli, config_utils
-
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    cli.add_config_arguments(parser)
-    parser.add_argument("--input", required=True, help="official .pth/.pth.tar or .npz state dict")
-    parser.add_argument(
-        "--output", required=True, help="directory of the orbax checkpoint to write"
-    )
-    args = cli.parse_args(parser, argv)
-    if os.path.exists(args.output):
-        raise errors.OutputExistsError(f"Checkpoint directory already exists: {args.output}")
-    model = config_utils.build_model(args.config)
-    variables = variables_from_state_dict(load_state_dict(args.input), model_template(model))
-    checkpoints.save_variables(args.output, variables)
-    count = sum(np.size(x) for x in jax.tree_util.tree_leaves(variables["params"]))
-    print(f"Wrote {args.output}: {count:,} parameters")
-
-
-def entry_point():
-    """The `logocap-convert` command: `main` with one-line user errors."""
-    from logocap_jax import cli
-
-    cli.run_main(main)
-
-
-if __name__ == "__main__":
-    entry_point()

@@ -3,7 +3,7 @@
   config, variables = pretrained.load("w32")       # COCO-trained LOGO-CAP, HRNet-W32
   predict.predict(variables, "photo.jpg", config=config)
   config.train.imagenet_checkpoint = pretrained.imagenet_checkpoint("w32")  # for training
-  python -m logocap_jax.pretrained w32             # prints the cached checkpoint's path
+  python -m logocap_jax.commands.pretrained w32             # prints the cached checkpoint's path
 
 The weights are the release assets of the official LOGO-CAP implementation (CVPR 2022):
 `logocap.tar.gz` holds the COCO-trained models, `imagenet.tar.gz` the ImageNet-pretrained HRNet
@@ -30,7 +30,7 @@ Mirrors and air-gapped copies: pass `url=` (the archive's URL, `file://` URL or 
 set `$LOGOCAP_JAX_RELEASE_URL` to a folder (URL or path) that holds the official archives under
 their release names. A `sha256=` given is checked against the archive, also on later cache hits.
 
-`.pth` files are read with PyTorch if it is installed, else with `logocap_jax.torch_checkpoint`
+`.pth` files are read with PyTorch if it is installed, else with `weights.torch_checkpoint`
 (see `convert.load_state_dict`), so neither download nor conversion needs PyTorch.
 """
 
@@ -58,7 +58,8 @@ import zlib
 import numpy as np
 import tqdm
 
-from logocap_jax import checkpoints, cli, config_utils, convert, errors
+from logocap_jax import config_utils, errors
+from logocap_jax.weights import checkpoints, convert
 
 try:
     import fcntl
@@ -195,7 +196,7 @@ def _manual_hint(release: Release, url: str, root: str, config) -> str:
         config_arg = config if isinstance(config, str) else "<config file>"
         steps.append(
             f"or extract and convert it yourself: tar -xzf {archive} {member} && python -m "
-            f"logocap_jax.convert --config {config_arg} --input {member} "
+            f"logocap_jax.commands.convert --config {config_arg} --input {member} "
             "--output <checkpoint directory>, then use that directory as the checkpoint"
         )
     else:
@@ -553,44 +554,3 @@ def imagenet_checkpoint(
         progress=progress,
     )
     return os.path.join(entry, "state_dict.npz")
-
-
-def main(argv=None) -> None:
-    """Prints the path of the cached weights, downloading and converting them if needed.
-
-    Raises:
-      PretrainedError: a user error (`cli.run_main` prints it as one line).
-    """
-    parser = cli.ArgumentParser(
-        description="Prints the path of cached official weights, downloading and converting "
-        "them on first use."
-    )
-    parser.add_argument("name", choices=sorted(MODELS), help="the model (its HRNet width)")
-    parser.add_argument(
-        "--imagenet",
-        action="store_true",
-        help="the ImageNet-pretrained backbone for training instead of the COCO-trained model",
-    )
-    parser.add_argument(
-        "--cache_dir", help=f"cache directory (default ${CACHE_DIR_ENV} or ~/.cache/logocap_jax)"
-    )
-    parser.add_argument(
-        "--url", help=f"archive URL or path (default ${RELEASE_URL_ENV} or the release)"
-    )
-    parser.add_argument("--sha256", help="expected sha256 of the archive")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument(
-        cli.VERBOSE_FLAG, action="store_true", help="show the traceback of an error"
-    )
-    args = parser.parse_args(argv)
-    options = dict(
-        cache_dir=args.cache_dir, url=args.url, sha256=args.sha256, progress=not args.quiet
-    )
-    if args.imagenet:
-        print(imagenet_checkpoint(args.name, **options))
-    else:
-        print(checkpoint_path(args.name, **options))
-
-
-if __name__ == "__main__":
-    cli.run_main(main)

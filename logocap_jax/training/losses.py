@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from logocap_jax.oks import MIN_OKS
-from logocap_jax.train_forward import TrainingOutputs
+from logocap_jax.training.forward import TrainingOutputs
 
 # Transition point of the offsets' smooth-L1 loss, grid pixels.
 SMOOTH_L1_BETA = 1.0 / 9.0
@@ -102,7 +102,7 @@ def training_losses(
     """The four weighted loss terms and their sum.
 
     Args:
-      outputs: `train_forward.training_outputs`.
+      outputs: `forward.training_outputs`.
       targets: channels-last maps of `data.targets`, batched: 'heatmaps' [B, h, w, K + 1],
         'heatmap_weights' [B, h, w, 1], 'offsets' and 'offset_weights' [B, h, w, 2K].
       weights: factors of the terms.

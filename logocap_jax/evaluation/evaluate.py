@@ -22,9 +22,12 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from logocap_jax import coco_eval, errors, postprocess, predict, preprocess, speed, training_io
-from logocap_jax import upper_bound as upper_bound_lib
+from logocap_jax import errors
 from logocap_jax.data import coco_records
+from logocap_jax.evaluation import coco_eval
+from logocap_jax.evaluation import upper_bound as upper_bound_lib
+from logocap_jax.inference import postprocess, predict, preprocess, speed
+from logocap_jax.training import run_io
 
 # name -> (annotation file, image folder), relative to the data root.
 DATASETS = {
@@ -100,7 +103,7 @@ def run_evaluation(
       image_ids: evaluate only these images, in this order (before max_images applies);
         empty: all.
       keep_people: keep every image's `People` (with pipeline outputs) in the result.
-      upper_bound: score the oracle local search of `logocap_jax.upper_bound` instead of the
+      upper_bound: score the oracle local search of `evaluation.upper_bound` instead of the
         model's poses (the paper's Fig. 2 bound; needs ground truth).
       on_problem: called with the `predict.ImageProblem` (key: image id) of each image that
         cannot be read (skipped: no detections) or decodes only partially; default
@@ -186,7 +189,7 @@ def _from_every_process(value) -> list:
     """
     if jax.process_count() == 1:
         return [value]
-    training_io.wait_for_all_processes("evaluation_gathered")
+    run_io.wait_for_all_processes("evaluation_gathered")
     data = np.frombuffer(json.dumps(value).encode(), np.uint8)
     sizes = multihost_utils.process_allgather(np.asarray([data.size])).reshape(-1)
     padded = np.zeros(int(sizes.max()), np.uint8)

@@ -14,7 +14,8 @@ Every failure names the source and what is wrong with it.
 
 import os
 
-from logocap_jax import checkpoints, config_utils, convert, errors, pretrained
+from logocap_jax import config_utils, errors
+from logocap_jax.weights import checkpoints, convert, pretrained
 
 
 def load(config, source: str, **download) -> dict:

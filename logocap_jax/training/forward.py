@@ -8,7 +8,7 @@
       + Gaussian target maps around the assigned ground-truth keypoints
 
 Every slot is computed; `selected` says which ones the official code keeps, and the losses
-(`logocap_jax.losses`) weigh the others out. Two static budgets bound what the CMP and LOGO-CA
+(`training.losses`) weigh the others out. Two static budgets bound what the CMP and LOGO-CA
 compute, both "select first, then compute" (docs/design.md §6.5): `max_instances`
 slots per image, or `instance_budget` instances per batch, the selected ones first.
 """
@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 
 from logocap_jax import decode, logo_ca, oks
+from logocap_jax.inference.pipeline import sample_local_features
 from logocap_jax.logo_ca import LogoCaSettings
 from logocap_jax.models import LogoCap
-from logocap_jax.pipeline import sample_local_features
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ import time
 import jax
 import numpy as np
 
-from logocap_jax.pipeline import STAGES
+from logocap_jax.inference.pipeline import STAGES
 
 
 @dataclasses.dataclass

@@ -21,19 +21,12 @@ from flax import traverse_util
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from logocap_jax import (
-    checkpoints,
-    config_utils,
-    convert,
-    device_mesh,
-    errors,
-    evaluate,
-    losses,
-    predict,
-    train_forward,
-    training_io,
-)
+from logocap_jax import config_utils, device_mesh, errors
 from logocap_jax.data import coco_records, input_pipeline, tfds_builders
+from logocap_jax.evaluation import evaluate
+from logocap_jax.inference import predict
+from logocap_jax.training import forward, losses, run_io
+from logocap_jax.weights import checkpoints, convert
 
 
 class TrainState(train_state.TrainState):
@@ -142,9 +135,7 @@ def loss_and_gradients(state: TrainState, batch, *, model, settings, loss_weight
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
-        outputs, batch_stats = train_forward.training_outputs(
-            model, variables, batch, settings=settings
-        )
+        outputs, batch_stats = forward.training_outputs(model, variables, batch, settings=settings)
         terms = losses.training_losses(outputs, batch, weights=loss_weights)
         return terms["total"], (terms, batch_stats, outputs.selected.sum())
 
@@ -160,7 +151,7 @@ def train_step(state: TrainState, batch, *, model, settings, loss_weights, sched
     Args:
       state: the train state.
       batch: images [B, H, W, 3], the map targets and the padded OKS ground truth (see
-        `train_forward.training_outputs` and `losses.training_losses`).
+        `forward.training_outputs` and `losses.training_losses`).
       schedule: optional learning-rate schedule; its rate for this step joins the metrics.
 
     Returns:
@@ -211,8 +202,8 @@ def loss_weights_from(config) -> losses.LossWeights:
     return losses.LossWeights(**config.train.loss_weights.to_dict())
 
 
-def train_settings_from(config) -> train_forward.TrainSettings:
-    return train_forward.TrainSettings(
+def train_settings_from(config) -> forward.TrainSettings:
+    return forward.TrainSettings(
         num_centers=config.decode.num_centers,
         max_instances=config.train.max_instances,
         instance_budget=config.train.instance_budget,
@@ -269,7 +260,7 @@ def _in_turn(function):
     for index in range(jax.process_count()):
         if index == jax.process_index():
             function()
-        training_io.wait_for_all_processes(f"data_set_built_by_{index}")
+        run_io.wait_for_all_processes(f"data_set_built_by_{index}")
 
 
 def make_dataset(config, source, start_index: int = 0):
@@ -373,7 +364,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     best = checkpoints.best_manager(workdir)
     next_example = 0
     if latest.latest_step() is not None:
-        state, next_example = training_io.restore_checkpoint(
+        state, next_example = run_io.restore_checkpoint(
             latest, abstract_train_state(model, tx, config.data.input_size, mesh), batch_size
         )
     else:
@@ -420,9 +411,9 @@ class _Loop:
         self.latest, self.best = latest, best
         self.iterator, self.next_example = iterator, next_example
         self.predictor = predictor
-        self.writer = training_io.MetricsWriter(workdir)
-        self.image_ids = training_io.ImageIdLog(workdir, config.train.log_image_ids)
-        self.metrics = training_io.StepMetrics(workdir)
+        self.writer = run_io.MetricsWriter(workdir)
+        self.image_ids = run_io.ImageIdLog(workdir, config.train.log_image_ids)
+        self.metrics = run_io.StepMetrics(workdir)
         self.last_saved = None
         self.replaced = 0  # Unusable records the pipeline replaced (this process) since the log.
 
@@ -435,14 +426,14 @@ class _Loop:
         progress = tqdm.tqdm(
             initial=first, total=num_steps, unit="step", disable=jax.process_index() != 0
         )
-        with progress, training_io.StopSignals() as stop_signals:
+        with progress, run_io.StopSignals() as stop_signals:
             for step in range(first + 1, num_steps + 1):
                 local = next(self.iterator)
                 self.image_ids.write(step, local.pop("image_id", ()))
                 self.replaced += int(np.sum(local.pop("replaced", 0)))
                 batch = shard_batch(local, self.mesh)
                 if step == first + 1:
-                    step_fn = training_io.compile_together(step_fn, state, batch)
+                    step_fn = run_io.compile_together(step_fn, state, batch)
                 state, step_metrics = step_fn(state, batch)
                 self.next_example += train.global_batch_size
                 self.metrics.add(step, step_metrics)
@@ -465,7 +456,7 @@ class _Loop:
                     self.replaced = 0
                     progress.set_postfix(loss=f"{values['total']:.4g}")
                 if save:
-                    training_io.save_checkpoint(
+                    run_io.save_checkpoint(
                         self.latest, step, state, self.next_example, train.global_batch_size
                     )
                     self.last_saved = step

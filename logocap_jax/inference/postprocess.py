@@ -8,7 +8,7 @@ comparisons there are strict.
 
 import numpy as np
 
-from logocap_jax.preprocess import ResizeInfo, affine_transform_matrix
+from logocap_jax.inference.preprocess import ResizeInfo, affine_transform_matrix
 
 
 def _check_poses(poses: np.ndarray, last: int, name: str) -> None:

@@ -1,12 +1,12 @@
 """Ablation runner: trains, evaluates and compares CMP variants under one recipe.
 
-  python -m logocap_jax.ablate --config configs/mini.py --workdir workdir/ablation \
+  python -m logocap_jax.commands.ablate --config configs/mini.py --workdir workdir/ablation \
       --variants conv,skeleton_graph,attention_window=joint_attention --steps 100 \
       --set attention_window:model.cmp_options.window_attention=True
 
 Each entry of --variants is a CMP variant name (`logocap_jax.models.cmp_variants`, or the import
 path of a variant module elsewhere), or LABEL=NAME to run a variant under another label, e.g.
-twice with different options. Every variant trains with `train_lib.train_and_evaluate` in
+twice with different options. Every variant trains with `trainer.train_and_evaluate` in
 <workdir>/<label> from the same config: the same seed and batches, and the same initialisation of
 the backbone and heads (Flax derives each parameter's initialisation from the seed and its module
 path, and only the CMP's modules differ). A variant other than the config's starts from its own
@@ -41,17 +41,13 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from logocap_jax import (
-    checkpoints,
-    cli,
-    config_utils,
-    evaluate,
-    pipeline,
-    predict,
-    train_lib,
-    training_io,
-)
+from logocap_jax import config_utils
+from logocap_jax.commands import cli
+from logocap_jax.evaluation import evaluate
+from logocap_jax.inference import pipeline, predict
 from logocap_jax.models import LogoCap, cmp_variants
+from logocap_jax.training import run_io, trainer
+from logocap_jax.weights import checkpoints
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -215,14 +211,14 @@ def read_metrics(workdir: str) -> dict[str, dict[int, dict]]:
 
 
 def train_variant(config, workdir: str) -> None:
-    """`train_lib.train_and_evaluate`, with the signal handlers it installs removed afterwards.
+    """`trainer.train_and_evaluate`, with the signal handlers it installs removed afterwards.
 
     Raises:
       KeyboardInterrupt: a signal stopped the training (its checkpoint is saved).
     """
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        train_lib.train_and_evaluate(config, workdir)
+        trainer.train_and_evaluate(config, workdir)
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
@@ -245,7 +241,7 @@ def evaluate_checkpoint(config, workdir: str, step: int) -> None:
         progress=False,
     )
     if result.stats is not None:
-        training_io.MetricsWriter(workdir).write(step, "eval", result.stats)
+        run_io.MetricsWriter(workdir).write(step, "eval", result.stats)
 
 
 def measure_cost(config, repeats: int) -> dict:

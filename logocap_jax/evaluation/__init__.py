@@ -1,0 +1,2 @@
+"""Evaluation: COCO-format data sets through the Predictor, pycocotools scoring, and the
+local-search upper bound."""
