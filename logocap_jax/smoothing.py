@@ -65,20 +65,28 @@ def smoothing_factor(cutoff, dt: float):
     return 1.0 / (1.0 + 1.0 / (2.0 * np.pi * np.asarray(cutoff) * dt))
 
 
+def _observed_mask(observed, shape: tuple) -> np.ndarray:
+    """A new bool array of `shape`: all True for None, else `observed` broadcast to it."""
+    if observed is None:
+        return np.ones(shape, bool)
+    return np.broadcast_to(np.asarray(observed, bool), shape).copy()
+
+
 def one_euro_start(values, timestamp: float, observed=None) -> OneEuroState:
     """A fresh state whose first sample is `values`: the filter outputs it unchanged.
 
     Args:
       values: [...] the first sample.
       timestamp: its time, seconds.
-      observed: optional [...] bool; unobserved entries start at their next observed sample.
+      observed: optional bool, broadcast to `values`; unobserved entries start at their next
+        observed sample.
 
     Returns:
       `OneEuroState` with zero speed.
     """
     values = np.asarray(values, dtype=np.float64)
-    started = np.ones(values.shape, bool) if observed is None else np.asarray(observed, bool)
-    return OneEuroState(values.copy(), np.zeros_like(values), started.copy(), float(timestamp))
+    started = _observed_mask(observed, values.shape)
+    return OneEuroState(values.copy(), np.zeros_like(values), started, float(timestamp))
 
 
 def one_euro_step(
@@ -95,7 +103,7 @@ def one_euro_step(
       values: [...] the new sample, same shape as the state.
       timestamp: its time, seconds; must be later than `state.timestamp`.
       settings: the filter's parameters.
-      observed: optional [...] bool, default all True.
+      observed: optional bool, broadcast to `values`; default all True.
 
     Returns:
       (filtered [...] float64, the new state).
@@ -113,7 +121,7 @@ def one_euro_step(
         raise ValueError(
             f"timestamps must increase, got {timestamp} after {state.timestamp} (seconds)"
         )
-    observed = np.ones(values.shape, bool) if observed is None else np.asarray(observed, bool)
+    observed = _observed_mask(observed, values.shape)
     raw_speed = (values - state.value) / dt
     speed = state.speed + smoothing_factor(settings.d_cutoff, dt) * (raw_speed - state.speed)
     cutoff = settings.min_cutoff + settings.beta * np.abs(speed)
@@ -122,4 +130,4 @@ def one_euro_step(
     keep = observed & state.started
     filtered = np.where(keep, filtered, values)
     speed = np.where(keep, speed, 0.0)
-    return filtered, OneEuroState(filtered, speed, observed.copy(), float(timestamp))
+    return filtered, OneEuroState(filtered, speed, observed, float(timestamp))
