@@ -1,0 +1,1 @@
+"""Poses over time: ids that persist across frames, and keypoint smoothing."""
