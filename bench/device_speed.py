@@ -90,13 +90,13 @@ def training(max_instances: int, per_device: int, repeats: int):
     for key in ("image_id", "replaced"):
         local.pop(key, None)
     mesh = device_mesh.make_mesh()
-    model = config_utils.build_model(config, dtype=trainer.compute_dtype(config))
+    model = config_utils.build_model(config, dtype=config_utils.train_dtype(config))
     tx = trainer.create_optimizer(config.train, steps_per_epoch=1000)
     state = trainer.create_train_state(model, tx, jax.random.key(0), 512, mesh)
     step = trainer.make_train_step(
         model,
-        trainer.train_settings_from(config),
-        trainer.loss_weights_from(config),
+        config_utils.train_settings(config),
+        config_utils.loss_weights(config),
         mesh,
         state,
     )

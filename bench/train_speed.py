@@ -74,7 +74,7 @@ def main():
     batch.pop("image_id")
 
     mesh = device_mesh.make_mesh()
-    model = config_utils.build_model(config, dtype=trainer.compute_dtype(config))
+    model = config_utils.build_model(config, dtype=config_utils.train_dtype(config))
     tx = trainer.create_optimizer(config.train, steps_per_epoch=1000)
     start = time.perf_counter()
     state = trainer.create_train_state(model, tx, jax.random.key(0), args.input_size, mesh)
@@ -82,8 +82,8 @@ def main():
     init_seconds = time.perf_counter() - start
     step = trainer.make_train_step(
         model,
-        trainer.train_settings_from(config),
-        trainer.loss_weights_from(config),
+        config_utils.train_settings(config),
+        config_utils.loss_weights(config),
         mesh,
         state,
     )

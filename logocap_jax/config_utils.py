@@ -18,9 +18,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from logocap_jax import errors, resources
+from logocap_jax.data.input_pipeline import Augmentation
 from logocap_jax.inference.pipeline import DecodeSettings
 from logocap_jax.logo_ca import LogoCaSettings
 from logocap_jax.models import LogoCap
+from logocap_jax.training.forward import TrainSettings
+from logocap_jax.training.losses import LossWeights
 
 
 def load_config(name_or_path) -> ml_collections.ConfigDict:
@@ -109,8 +112,9 @@ def _where(error: Exception, path: str) -> str:
     return f"{type(error).__name__}: {error}{where}"
 
 
-def checked_section(config, section: str, settings_class, *, exclude=()) -> dict:
-    """`config.<section>` as keyword arguments of `settings_class` (a dataclass).
+def checked_section(config, section: str, settings_class, *, exclude=(), ignore=()) -> dict:
+    """`config.<section>` as keyword arguments of `settings_class` (a dataclass): its fields
+    but `exclude`, without the section's keys in `ignore` (read elsewhere).
 
     Raises:
       ConfigError: the config has no such section, or the section has a key that is not a
@@ -118,7 +122,7 @@ def checked_section(config, section: str, settings_class, *, exclude=()) -> dict
     """
     if section not in config:
         raise errors.ConfigError(f"the config has no section {section!r}")
-    values = config[section].to_dict()
+    values = {k: v for k, v in config[section].to_dict().items() if k not in ignore}
     fields = {f.name for f in dataclasses.fields(settings_class) if f.init} - set(exclude)
     unknown = sorted(set(values) - fields)
     if unknown:
@@ -163,6 +167,31 @@ def decode_settings(config, **overrides) -> DecodeSettings:
     )
 
 
+def train_settings(config) -> TrainSettings:
+    """The training path's settings: config.train's instance limits, config.decode's number of
+    centers and config.logo_ca."""
+    return _settings(
+        TrainSettings,
+        "train",
+        num_centers=config.decode.num_centers,
+        max_instances=config.train.max_instances,
+        instance_budget=config.train.instance_budget,
+        logo_ca=logo_ca_settings(config),
+    )
+
+
+def loss_weights(config) -> LossWeights:
+    """LossWeights(**config.train.loss_weights)."""
+    weights = config.train.loss_weights
+    return _settings(LossWeights, "train.loss_weights", **weights.to_dict())
+
+
+def augmentation(config) -> Augmentation:
+    """Augmentation of the config.data fields of that name."""
+    fields = {f.name for f in dataclasses.fields(Augmentation)}
+    return _settings(Augmentation, "data", **{k: config.data[k] for k in fields})
+
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -178,6 +207,11 @@ def dtype_named(name: str):
 def inference_dtype(config):
     """The compute dtype of inference, config.test.compute_dtype."""
     return dtype_named(config.test.compute_dtype)
+
+
+def train_dtype(config):
+    """The compute dtype of training (config.train.compute_dtype)."""
+    return dtype_named(config.train.compute_dtype)
 
 
 def validate(config) -> None:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def test_bf16_training_step_is_close_to_float32(tiny_config, golden_step):
     config = tiny_config
     config.train.compute_dtype = "bfloat16"
-    model = config_utils.build_model(config, dtype=trainer.compute_dtype(config))
+    model = config_utils.build_model(config, dtype=config_utils.train_dtype(config))
     variables = convert.variables_from_state_dict(
         convert.load_state_dict(str(GOLDEN / "tiny_loss_state_dict.npz")),
         convert.model_template(model),
@@ -40,8 +40,8 @@ def test_bf16_training_step_is_close_to_float32(tiny_config, golden_step):
             s,
             b,
             model=model,
-            settings=trainer.train_settings_from(config),
-            loss_weights=trainer.loss_weights_from(config),
+            settings=config_utils.train_settings(config),
+            loss_weights=config_utils.loss_weights(config),
         )
     )(state, training_batch(golden))
 

@@ -7,7 +7,6 @@ import pytest
 from logocap_jax import config_utils, errors
 from logocap_jax.inference.pipeline import DecodeSettings
 from logocap_jax.logo_ca import LogoCaSettings
-from logocap_jax.training import trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,7 +20,7 @@ def test_test_time_and_training_share_the_config_logo_ca_section(config):
     config.logo_ca.reweigh = False
     config.logo_ca.local_half_size = 3
     decode = config_utils.decode_settings(config)
-    train = trainer.train_settings_from(config)
+    train = config_utils.train_settings(config)
     assert decode.logo_ca == train.logo_ca == LogoCaSettings(**config.logo_ca.to_dict())
     assert (decode.logo_ca.reweigh, decode.logo_ca.local_half_size) == (False, 3)
     assert decode.logo_ca.global_half_size == 24  # the mini config's halved window

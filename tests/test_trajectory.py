@@ -102,7 +102,7 @@ def run_trajectory() -> dict:
     model = config_utils.build_model(config)
     before = convert.load_state_dict(str(GOLDEN / "tiny_loss_state_dict.npz"))
     variables = convert.variables_from_state_dict(before, convert.model_template(model))
-    settings = trainer.train_settings_from(config)
+    settings = config_utils.train_settings(config)
     # One step per epoch: the first learning-rate drop (epoch 90) lies far beyond five steps.
     assert trainer.learning_rate_schedule(config.train, 1)(STEPS) == LEARNING_RATE
     state = trainer.TrainState.create(
@@ -121,7 +121,7 @@ def run_trajectory() -> dict:
                 batch,
                 model=model,
                 settings=settings,
-                loss_weights=trainer.loss_weights_from(config),
+                loss_weights=config_utils.loss_weights(config),
             )
         # The candidates the step decoded, from its own predictions, to read their OKS.
         predictions = records["predictions"]

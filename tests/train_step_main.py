@@ -38,8 +38,8 @@ def main(out_path):
         batch_stats=variables["batch_stats"],
     )
     state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
-    settings = trainer.train_settings_from(config)
-    weights = trainer.loss_weights_from(config)
+    settings = config_utils.train_settings(config)
+    weights = config_utils.loss_weights(config)
     batch = trainer.shard_batch(batch, mesh)
     gradients = jax.jit(
         lambda s, b: trainer.loss_and_gradients(

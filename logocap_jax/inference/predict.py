@@ -158,15 +158,11 @@ class Predictor:
     ):
         """A Predictor for `config` (configs/*.py), computing in config.test.compute_dtype;
         overrides replace config.decode fields."""
-        test = config.test
         return cls(
             config_utils.build_model(config, dtype=config_utils.inference_dtype(config)),
             variables,
             config_utils.decode_settings(config, **overrides),
-            input_size=test.input_size,
-            max_people=test.max_people,
-            nms_distance_ratio=test.nms_distance_ratio,
-            nms_min_joints=test.nms_min_joints,
+            **config_utils.checked_section(config, "test", cls, ignore=("compute_dtype",)),
             batch_size=batch_size,
             keep_outputs=keep_outputs,
             time_stages=time_stages,

@@ -198,23 +198,6 @@ def host_copy(tree):
     return jax.device_get(jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree))
 
 
-def loss_weights_from(config) -> losses.LossWeights:
-    return losses.LossWeights(**config.train.loss_weights.to_dict())
-
-
-def train_settings_from(config) -> forward.TrainSettings:
-    return forward.TrainSettings(
-        num_centers=config.decode.num_centers,
-        max_instances=config.train.max_instances,
-        instance_budget=config.train.instance_budget,
-        logo_ca=config_utils.logo_ca_settings(config),
-    )
-
-
-def compute_dtype(config):
-    return config_utils.dtype_named(config.train.compute_dtype)
-
-
 def open_train_source(data_config):
     """The training split as a random-access source, building the TFDS data set if needed.
 
@@ -266,13 +249,6 @@ def _in_turn(function):
 def make_dataset(config, source, start_index: int = 0):
     """The training stream of `config` over `source`, from stream position `start_index`."""
     data = config.data
-    augmentation = input_pipeline.Augmentation(
-        max_rotation=data.max_rotation,
-        min_scale=data.min_scale,
-        max_scale=data.max_scale,
-        max_translate=data.max_translate,
-        flip_prob=data.flip_prob,
-    )
     return input_pipeline.make_train_dataset(
         source,
         batch_size=config.train.global_batch_size,
@@ -280,7 +256,7 @@ def make_dataset(config, source, start_index: int = 0):
         input_size=data.input_size,
         output_size=data.output_size,
         max_people=data.max_people,
-        augmentation=augmentation,
+        augmentation=config_utils.augmentation(config),
         worker_count=data.worker_count,
         start_index=start_index,
     )
@@ -358,7 +334,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
         if config.train.num_steps > 0
         else config.train.num_epochs * steps_per_epoch
     )
-    model = config_utils.build_model(config, dtype=compute_dtype(config))
+    model = config_utils.build_model(config, dtype=config_utils.train_dtype(config))
     tx = create_optimizer(config.train, steps_per_epoch)
     latest = checkpoints.latest_manager(workdir, max_to_keep=config.train.keep_checkpoints)
     best = checkpoints.best_manager(workdir)
@@ -377,8 +353,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
             state = _load_imagenet(state, config.train.imagenet_checkpoint)
     step_fn = make_train_step(
         model,
-        train_settings_from(config),
-        loss_weights_from(config),
+        config_utils.train_settings(config),
+        config_utils.loss_weights(config),
         mesh,
         state,
         learning_rate_schedule(config.train, steps_per_epoch),
