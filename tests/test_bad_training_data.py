@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from logocap_jax.commands import build_data
-from logocap_jax.data import coco_records, input_pipeline, tfds_builders
+from logocap_jax.data import coco_records, input_pipeline, record_checks, tfds_builders
 from logocap_jax.inference import preprocess
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -49,18 +49,18 @@ CASES = {
     "random_bytes": (
         "file",
         lambda path: path.write_bytes(np.random.default_rng(0).bytes(5000)),
-        "not_an_image",
+        "not_decodable",
         "cannot decode",
     ),
-    "truncated_jpeg": ("file", _truncate, "damaged_image", "end-of-image marker"),
-    "empty_file": ("file", lambda path: path.write_bytes(b""), "empty_image", "empty"),
+    "truncated_jpeg": ("file", _truncate, "partially_decoded", "end-of-image marker"),
+    "empty_file": ("file", lambda path: path.write_bytes(b""), "empty", "empty"),
     "text_named_jpg": (
         "file",
         lambda path: path.write_text("not an image\n"),
-        "not_an_image",
+        "not_decodable",
         "cannot decode",
     ),
-    "missing_file": ("file", lambda path: path.unlink(), "missing_image", "not found"),
+    "missing_file": ("file", lambda path: path.unlink(), "missing", "not found"),
     "wrong_keypoint_count": (
         "annotation",
         lambda annotation: annotation["keypoints"].pop(),
@@ -188,7 +188,7 @@ def test_build_skips_and_reports_bad_records(bad_set, tmp_path):
     for split, keep in SPLITS.items():
         expected = {image_id: CASES[case][2] for image_id, case in cases.items()}
         if keep:
-            expected[NO_PEOPLE["id"]] = "not_an_image"
+            expected[NO_PEOPLE["id"]] = "not_decodable"
         entry = report["splits"][split]
         assert {e["image_id"]: e["problem"] for e in entry["skipped_records"]} == expected
         assert entry["skipped"] == len(expected) and entry["records"] == NUM_GOOD
@@ -390,7 +390,7 @@ def test_repeated_image_id_skips_every_entry(tmp_path):
 def test_good_images_read_as_preprocess_does():
     for path in sorted((MINI / "images").glob("*.jpg"))[:5]:
         np.testing.assert_array_equal(
-            coco_records.read_checked_image(str(path)), preprocess.read_image(str(path))
+            record_checks.read_checked_image(str(path)), preprocess.read_image(str(path))
         )
 
 
@@ -405,30 +405,30 @@ def test_truncated_jpegs_are_caught(tmp_path, params):
     data = encoded.tobytes()
     path = tmp_path / "image.jpg"
     path.write_bytes(data + b"bytes a camera appended")
-    assert coco_records.read_checked_image(str(path), 426, 640).shape == (426, 640, 3)
+    assert record_checks.read_checked_image(str(path), 426, 640).shape == (426, 640, 3)
     # About 100 cuts, from inside the headers to the last byte before the end marker.
     for end in [*range(3, len(data) - 2, len(data) // 97), len(data) - 2, len(data) - 1]:
         path.write_bytes(data[:end])
-        with pytest.raises(coco_records.BadImageError) as error:
-            coco_records.read_checked_image(str(path))
+        with pytest.raises(record_checks.BadImageError) as error:
+            record_checks.read_checked_image(str(path))
         # Cut inside the headers OpenCV decodes nothing; later it fills the rest in.
-        assert error.value.problem in ("not_an_image", "damaged_image"), end
+        assert error.value.problem in ("not_decodable", "partially_decoded"), end
 
 
 @pytest.mark.parametrize(
     "make, problem",
     [
-        (lambda path: path.mkdir(), "unreadable_image"),
-        (lambda path: path.write_bytes(b"\xff\xd8\xff\x01garbage"), "not_an_image"),
-        (lambda path: path.write_bytes(_png()[:-20]), "not_an_image"),
+        (lambda path: path.mkdir(), "not_a_file"),
+        (lambda path: path.write_bytes(b"\xff\xd8\xff\x01garbage"), "not_decodable"),
+        (lambda path: path.write_bytes(_png()[:-20]), "not_decodable"),
     ],
     ids=["directory", "jpeg_header_then_garbage", "truncated_png"],
 )
 def test_other_unusable_files(tmp_path, make, problem):
     path = tmp_path / "image.jpg"
     make(path)
-    with pytest.raises(coco_records.BadImageError, match=str(path)) as error:
-        coco_records.read_checked_image(str(path))
+    with pytest.raises(record_checks.BadImageError, match=str(path)) as error:
+        record_checks.read_checked_image(str(path))
     assert error.value.problem == problem
 
 

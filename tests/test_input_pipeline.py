@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from logocap_jax.data import coco_records, input_pipeline, tfds_builders
+from logocap_jax.data import input_pipeline, record_checks, tfds_builders
 
 INPUT, OUTPUT, PEOPLE = 128, 32, 4
 SIZES = dict(input_size=INPUT, output_size=OUTPUT, max_people=PEOPLE)
@@ -189,7 +189,7 @@ def test_unreadable_image_names_the_file(source, tmp_path, contents, message):
     if contents is not None:
         path.write_bytes(contents)
     record = {**source[0], "image_path": str(path)}
-    with pytest.raises(coco_records.BadImageError, match=f"{message}.*: {path}$"):
+    with pytest.raises(record_checks.BadImageError, match=f"{message}.*: {path}$"):
         input_pipeline.train_example(record, input_pipeline.example_rng(0, 0), **SIZES)
     # With no usable record to take its place, the pipeline fails naming it.
     with pytest.raises(ValueError, match=f"1 training records in a row.*{message}.*{path}"):

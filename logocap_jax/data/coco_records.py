@@ -12,7 +12,7 @@ P below is the number of kept persons of an image; it may be 0.
 
 `image_records` fails on the first problem of a file. `screen_records`, for the data set
 builders, instead checks every record, image files decoded (OpenCV), and lists the bad ones by
-class of problem (`PROBLEMS`) so that they can be skipped.
+class of problem (`record_checks.PROBLEMS`) so that they can be skipped.
 """
 
 import concurrent.futures
@@ -26,22 +26,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from logocap_jax import errors
-from logocap_jax.inference import preprocess
+from logocap_jax.data import record_checks
 from logocap_jax.keypoints import NUM_JOINTS
-
-_IMAGE_KEYS = ("id", "file_name", "height", "width")
-# What COCOeval and the training records read; `segmentation` is needed only for the ignore
-# mask (crowd regions and persons without keypoints) and checked there.
-_ANNOTATION_KEYS = (
-    "id",
-    "image_id",
-    "category_id",
-    "iscrowd",
-    "num_keypoints",
-    "keypoints",
-    "area",
-    "bbox",
-)
 
 
 class CocoFormatError(errors.InputFormatError):
@@ -72,13 +58,15 @@ def load_annotations(annotation_file: str) -> dict[str, Any]:
     image_ids = set()
     for i, image in enumerate(dataset["images"]):
         where = f"{annotation_file}: images[{i}]"
-        _raise_problem(_image_entry_problem(image), where, image, "image")
+        _raise_problem(record_checks.image_entry_problem(image), where, image, "image")
         if image["id"] in image_ids:
             raise CocoFormatError(f"{where} repeats image id {image['id']}")
         image_ids.add(image["id"])
     for i, annotation in enumerate(dataset.get("annotations", [])):
         where = f"{annotation_file}: annotations[{i}]"
-        _raise_problem(_annotation_problem(annotation), where, annotation, "annotation")
+        _raise_problem(
+            record_checks.annotation_problem(annotation), where, annotation, "annotation"
+        )
         if annotation["image_id"] not in image_ids:
             raise CocoFormatError(
                 f"{where}: annotation {annotation['id']} refers to image id "
@@ -257,7 +245,8 @@ def _segmentation_rles(
         # Polygons go through frPyObjects unchanged, as in the official get_mask, so its
         # quirks (a 4-value first polygon is read as a box) are reproduced too.
         if not all(
-            isinstance(polygon, list) and all(map(_is_finite, polygon)) for polygon in segmentation
+            isinstance(polygon, list) and all(map(record_checks.is_finite, polygon))
+            for polygon in segmentation
         ):
             raise CocoFormatError(
                 f"{where}: 'segmentation' polygons hold other values than finite numbers"
@@ -304,86 +293,6 @@ def valid_mask(record: dict[str, Any]) -> np.ndarray:
     """
     rle = {"size": [record["height"], record["width"]], "counts": record["ignore_rle"]}
     return mask_utils.decode(rle) == 0
-
-
-# Screening for the data set builders: every record is checked before anything is written, and
-# a bad one is skipped with its reason instead of failing the build. What counts as bad, by
-# class of problem (the keys are the `problem` of a `BadEntry`):
-PROBLEMS = {
-    "missing_key": "an images entry or annotation is not an object or lacks a required key",
-    "bad_value": "an image id, file name, height or width, or an annotation's image_id, "
-    "iscrowd (0/1), num_keypoints (>= 0), area (finite, >= 0) or bbox (4 finite numbers, "
-    "w, h >= 0) of the wrong type or range",
-    "bad_keypoints": "keypoints are not 51 finite numbers with visibility 0, 1 or 2",
-    "bad_segmentation": "the segmentation needed for the ignore region is neither polygons of "
-    "finite numbers nor an RLE of the image's size, or pycocotools rejects it",
-    "repeated_image_id": "several images entries share an id (all of them are skipped)",
-    "unknown_image_id": "an annotation names an image id no images entry has (no record is "
-    "skipped; the annotation is listed)",
-    "missing_image": "the image file does not exist",
-    "unreadable_image": "the image file cannot be opened or read",
-    "empty_image": "the image file is empty",
-    "not_an_image": "OpenCV cannot decode the file",
-    "damaged_image": "the file decodes only partially (truncated or corrupt data)",
-    "image_size_mismatch": "the decoded image is not the height x width the annotation gives",
-}
-
-
-class BadImageError(ValueError):
-    """An image file that cannot be used; the message names the file.
-
-    Attributes:
-      problem: the class of problem, a key of `PROBLEMS`.
-      path: the image file.
-    """
-
-    def __init__(self, problem: str, path: str, message: str):
-        super().__init__(f"{message}: {path}")
-        self.problem = problem
-        self.path = path
-
-
-def read_checked_image(path: str, height: int | None = None, width: int | None = None):
-    """Reads an image as `preprocess.read_image` does, refusing partial decodes and images of
-    another size than the annotation's.
-
-    Args:
-      path: image file.
-      height: the height the annotation gives, checked if not None.
-      width: the width the annotation gives, checked if not None.
-
-    Returns:
-      [h, w, 3] uint8 RGB image.
-
-    Raises:
-      BadImageError: the file is missing, unreadable, empty, not decodable, damaged
-        (`preprocess.decode_image_file`), or of another size than height x width.
-    """
-    try:
-        decoded = preprocess.decode_image_file(path)
-    except preprocess.ImageReadError as error:
-        raise BadImageError(_IMAGE_PROBLEM[error.problem], error.path, error.reason) from None
-    if decoded.damage is not None:
-        raise BadImageError("damaged_image", os.fspath(path), decoded.damage)
-    image = decoded.image
-    if height is not None and width is not None and image.shape[:2] != (height, width):
-        raise BadImageError(
-            "image_size_mismatch",
-            os.fspath(path),
-            f"image is {image.shape[0]}x{image.shape[1]} (height x width) but the annotation "
-            f"says {height}x{width}",
-        )
-    return image
-
-
-# preprocess's classes of unreadable image files -> the record problems of PROBLEMS.
-_IMAGE_PROBLEM = {
-    "missing": "missing_image",
-    "not_a_file": "unreadable_image",
-    "unreadable": "unreadable_image",
-    "empty": "empty_image",
-    "not_decodable": "not_an_image",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -442,8 +351,8 @@ class ScreenedRecords:
         image = self.images[index]
         path = os.path.join(self.image_dir, image["file_name"])
         try:
-            read_checked_image(path, int(image["height"]), int(image["width"]))
-        except BadImageError as e:
+            record_checks.read_checked_image(path, int(image["height"]), int(image["width"]))
+        except record_checks.BadImageError as e:
             return e.problem, str(e)
         return None
 
@@ -485,10 +394,10 @@ def screen_records(
     bad: dict[int, BadEntry] = {}
     indices_by_id: dict[Any, list[int]] = {}
     for i, image in enumerate(images):
-        problem = _image_entry_problem(image)
+        problem = record_checks.image_entry_problem(image)
         if problem is not None:
             bad[i] = _bad_image(i, image, *problem)
-        if isinstance(image, dict) and _is_int(image.get("id")):
+        if isinstance(image, dict) and record_checks.is_int(image.get("id")):
             indices_by_id.setdefault(image["id"], []).append(i)
     for image_id, indices in indices_by_id.items():
         if len(indices) > 1:
@@ -502,8 +411,8 @@ def screen_records(
         if isinstance(annotation, dict) and "id" in annotation:
             where += f" (annotation {annotation['id']})"
         image_id = annotation.get("image_id") if isinstance(annotation, dict) else None
-        indices = indices_by_id.get(image_id, []) if _is_int(image_id) else []
-        problem = _annotation_problem(annotation)
+        indices = indices_by_id.get(image_id, []) if record_checks.is_int(image_id) else []
+        problem = record_checks.annotation_problem(annotation)
         if not indices:
             if problem is None:
                 problem = ("unknown_image_id", f"image id {image_id!r} is not in 'images'")
@@ -537,84 +446,6 @@ def screen_records(
 def _bad_image(index: int, image: Any, problem: str, reason: str) -> BadEntry:
     known = image if isinstance(image, dict) else {}
     return BadEntry(f"images[{index}]", problem, reason, known.get("id"), known.get("file_name"))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return _is_number(value) and float(value).is_integer()
-
-
-def _is_finite(value: Any) -> bool:
-    return _is_number(value) and bool(np.isfinite(value))
-
-
-def _object_problem(entry: Any, keys) -> tuple[str, str] | None:
-    """The problem of an entry that is not a JSON object with all of `keys`, or None."""
-    if not isinstance(entry, dict):
-        return "missing_key", "is not a JSON object"
-    missing = [key for key in keys if key not in entry]
-    return ("missing_key", f"lacks key(s) {missing}") if missing else None
-
-
-def _image_entry_problem(image: Any) -> tuple[str, str] | None:
-    problem = _object_problem(image, _IMAGE_KEYS)
-    if problem:
-        return problem
-    if not _is_int(image["id"]):
-        return "bad_value", f"'id' is {image['id']!r}, expected an integer"
-    if not isinstance(image["file_name"], str) or not image["file_name"]:
-        return "bad_value", f"'file_name' is {image['file_name']!r}, expected a file name"
-    for key in ("height", "width"):
-        if not _is_int(image[key]) or image[key] <= 0:
-            return "bad_value", f"'{key}' is {image[key]!r}, expected a positive integer"
-    return None
-
-
-def _annotation_problem(annotation: Any) -> tuple[str, str] | None:
-    problem = _object_problem(annotation, _ANNOTATION_KEYS)
-    if problem:
-        return problem
-    keypoints = annotation["keypoints"]
-    if not isinstance(keypoints, list) or len(keypoints) != 3 * NUM_JOINTS:
-        found = (
-            f"has {len(keypoints)} values" if isinstance(keypoints, list) else f"is {keypoints!r}"
-        )
-        return "bad_keypoints", f"'keypoints' {found}, expected {3 * NUM_JOINTS} numbers"
-    if not all(_is_finite(value) for value in keypoints):
-        bad = next(value for value in keypoints if not _is_finite(value))
-        return "bad_keypoints", f"'keypoints' holds {bad!r}, expected finite numbers"
-    visibility = keypoints[2::3]
-    if any(v not in (0, 1, 2) for v in visibility):
-        bad = next(v for v in visibility if v not in (0, 1, 2))
-        return "bad_keypoints", f"'keypoints' has visibility {bad!r}, expected 0, 1 or 2"
-    checks = {
-        "image_id": (_is_int(annotation["image_id"]), "an integer"),
-        "category_id": (_is_int(annotation["category_id"]), "an integer"),
-        "iscrowd": (annotation["iscrowd"] in (0, 1), "0 or 1"),
-        "num_keypoints": (
-            _is_int(annotation["num_keypoints"]) and annotation["num_keypoints"] >= 0,
-            "a non-negative integer",
-        ),
-        "area": (_is_finite(annotation["area"]) and annotation["area"] >= 0, "a number >= 0"),
-        "bbox": (_is_box(annotation["bbox"]), "[x, y, w, h], finite, w and h >= 0"),
-    }
-    for key, (ok, expected) in checks.items():
-        if not ok:
-            return "bad_value", f"'{key}' is {annotation[key]!r}, expected {expected}"
-    return None
-
-
-def _is_box(box: Any) -> bool:
-    return (
-        isinstance(box, list)
-        and len(box) == 4
-        and all(_is_finite(value) for value in box)
-        and box[2] >= 0
-        and box[3] >= 0
-    )
 
 
 def _ignore_region_problem(

@@ -11,7 +11,7 @@ on the worker count, the process count or on when the iterator was restored.
 
 One bad record never stops training. When the image of the record at stream position i cannot
 be used (missing, unreadable, undecodable, truncated, or of another size than the record says:
-`coco_records.read_checked_image`), position i takes the record of the first position i + k
+`record_checks.read_checked_image`), position i takes the record of the first position i + k
 whose image can, still with the generator of position i, and its `replaced` is k. Being a
 function of (seed, i) and the data alone, the replacement is the same on every rerun and for
 any worker or process count. Each bad record is logged once per process as a warning naming
@@ -43,12 +43,8 @@ from absl import flags
 
 from logocap_jax.data import augment as augment_lib
 from logocap_jax.data import targets
-from logocap_jax.data.coco_records import (
-    BadImageError,
-    labelled_people,
-    read_checked_image,
-    valid_mask,
-)
+from logocap_jax.data.coco_records import labelled_people, valid_mask
+from logocap_jax.data.record_checks import BadImageError, read_checked_image
 from logocap_jax.inference.preprocess import normalize
 from logocap_jax.keypoints import STRIDE
 
@@ -109,7 +105,7 @@ def train_example(
       The example dict described in the module docstring, without `replaced`.
 
     Raises:
-      coco_records.BadImageError: the image file cannot be used (the message names it and
+      record_checks.BadImageError: the image file cannot be used (the message names it and
         says why).
     """
     return _example_from_image(

@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from logocap_jax import errors, resources
-from logocap_jax.data import coco_records
+from logocap_jax.data import coco_records, record_checks
 from logocap_jax.keypoints import NUM_JOINTS
 
 _LOG = logging.getLogger(__name__)
@@ -300,7 +300,7 @@ def _build_report(
         "image_dir": screened.image_dir,
         "splits": per_split,
         "ignored_annotations": [dataclasses.asdict(e) for e in screened.ignored_annotations],
-        "problems": coco_records.PROBLEMS,
+        "problems": record_checks.PROBLEMS,
     }
     return good, report
 
