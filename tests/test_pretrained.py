@@ -25,7 +25,7 @@ from release_server import TINY_MEMBER, Server, closed_port_url, make_archive
 from logocap_jax import config_utils, errors
 from logocap_jax.commands import cli, predict
 from logocap_jax.commands import pretrained as pretrained_command
-from logocap_jax.weights import convert, pretrained
+from logocap_jax.weights import archives, convert, pretrained
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_second_call_needs_no_network(server, tmp_path, expected_variables):
     config, variables = pretrained.load(release, cache_dir=cache, progress=False)
     assert_same_tree(variables, expected_variables)
     assert config.test.input_size == 128
-    with pytest.raises(pretrained.DownloadError):
+    with pytest.raises(archives.DownloadError):
         pretrained.load(release, cache_dir=str(tmp_path / "other"), progress=False)
 
 
@@ -186,7 +186,7 @@ def test_kept_archive_is_used_offline_and_replaced_when_bad(
 def test_download_failure_names_the_url_and_the_manual_way(server, tmp_path, failure):
     cache = str(tmp_path / "cache")
     url = closed_port_url() if failure == "offline" else f"{server.url}/missing/logocap.tar.gz"
-    with pytest.raises(pretrained.DownloadError) as error:
+    with pytest.raises(archives.DownloadError) as error:
         pretrained.load(tiny_release(url), cache_dir=cache, progress=False)
     message = str(error.value)
     assert f"Could not download {url}" in message
@@ -204,7 +204,7 @@ def test_interrupted_download_leaves_no_cache_entry(server, tmp_path, expected_v
     release = tiny_release(f"{server.url}/logocap.tar.gz")
     server.truncate = True
     size = len(server.files["/logocap.tar.gz"])
-    with pytest.raises(pretrained.DownloadError, match=f"after {size // 2} of {size} bytes"):
+    with pytest.raises(archives.DownloadError, match=f"after {size // 2} of {size} bytes"):
         pretrained.load(release, cache_dir=cache, progress=False)
     assert_no_entry(cache)
     server.truncate = False
@@ -226,7 +226,7 @@ def test_corrupt_archive_is_a_clear_error_and_is_deleted(server, tmp_path, logoc
     server.files["/logocap.tar.gz"] = served
     cache = str(tmp_path / "cache")
     message = "holds no file" if damage == "no_member" else "Not a readable .tar.gz archive"
-    with pytest.raises(pretrained.ArchiveError, match=message) as error:
+    with pytest.raises(archives.ArchiveError, match=message) as error:
         pretrained.load(
             tiny_release(f"{server.url}/logocap.tar.gz"), cache_dir=cache, progress=False
         )
@@ -238,18 +238,18 @@ def test_sha256_is_checked_when_given(server, tmp_path, logocap_archive):
     cache = str(tmp_path / "cache")
     release = tiny_release(f"{server.url}/logocap.tar.gz")
     digest = hashlib.sha256(logocap_archive).hexdigest()
-    with pytest.raises(pretrained.ArchiveError, match=f"sha256 mismatch.*{digest}"):
+    with pytest.raises(archives.ArchiveError, match=f"sha256 mismatch.*{digest}"):
         pretrained.load(release, cache_dir=cache, sha256="0" * 64, progress=False)
     assert_no_entry(cache)
     pretrained.load(release, cache_dir=cache, sha256=digest.upper(), progress=False)
     server.stop()
     pretrained.load(release, cache_dir=cache, sha256=digest, progress=False)
     with pytest.raises(
-        pretrained.ArchiveError, match=f"converted from an archive with sha256 {digest}"
+        archives.ArchiveError, match=f"converted from an archive with sha256 {digest}"
     ):
         pretrained.load(release, cache_dir=cache, sha256="1" * 64, progress=False)
     pinned = dataclasses.replace(release, sha256="2" * 64)
-    with pytest.raises(pretrained.ArchiveError, match="2222"):
+    with pytest.raises(archives.ArchiveError, match="2222"):
         pretrained.load(pinned, cache_dir=cache, progress=False)
 
 
@@ -269,7 +269,7 @@ def test_unsafe_members_are_refused(server, tmp_path, tiny_pth, unsafe, reason):
         members.append((TINY_MEMBER, tiny_pth))
     server.files["/logocap.tar.gz"] = make_archive(members)
     cache = str(tmp_path / "cache")
-    with pytest.raises(pretrained.ArchiveError, match=re.escape(f"{unsafe[0]!r} {reason}")):
+    with pytest.raises(archives.ArchiveError, match=re.escape(f"{unsafe[0]!r} {reason}")):
         pretrained.load(
             tiny_release(f"{server.url}/logocap.tar.gz"), cache_dir=cache, progress=False
         )
@@ -363,7 +363,7 @@ def test_concurrent_first_use_downloads_and_converts_once(server, tmp_path):
 
 def test_weights_that_do_not_fit_the_config(server, tmp_path):
     cache = str(tmp_path / "cache")
-    with pytest.raises(pretrained.PretrainedError, match="does not fit the model of config w32"):
+    with pytest.raises(archives.PretrainedError, match="does not fit the model of config w32"):
         pretrained.load("w32", cache_dir=cache, url=f"{server.url}/logocap.tar.gz", progress=False)
     assert not os.path.exists(os.path.join(cache, "w32"))
     assert {p for p in listing(cache)} == {".lock", "downloads/", "downloads/logocap.tar.gz"}

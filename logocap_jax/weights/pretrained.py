@@ -34,43 +34,28 @@ their release names. A `sha256=` given is checked against the archive, also on l
 (see `convert.load_state_dict`), so neither download nor conversion needs PyTorch.
 """
 
-import contextlib
 import dataclasses
 import datetime
-import gzip
-import hashlib
-import http.client
 import json
-import lzma
 import os
 import pathlib
 import posixpath
 import re
 import shutil
 import sys
-import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
-import zlib
 
 import numpy as np
-import tqdm
 
 from logocap_jax import config_utils, errors
-from logocap_jax.weights import checkpoints, convert
-
-try:
-    import fcntl
-except ImportError:  # Windows: concurrent first uses rely on the atomic rename alone.
-    fcntl = None
+from logocap_jax.weights import archives, checkpoints, convert
+from logocap_jax.weights.archives import ArchiveError, PretrainedError
 
 RELEASE_URL = "https://github.com/cherubicXN/logocap/releases/download/checkpoints"
 CACHE_DIR_ENV = "LOGOCAP_JAX_CACHE_DIR"
 RELEASE_URL_ENV = "LOGOCAP_JAX_RELEASE_URL"
-_TIMEOUT_S = 60
-_CHUNK = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,19 +96,6 @@ IMAGENET = {
         "imagenet/hrnetv2_w48_imagenet_pretrained.pth",
     ),
 }
-
-
-class PretrainedError(errors.UserError, RuntimeError):
-    """Base of the errors of this module; a user error (the command lines print it as one line):
-    the message says how to get the weights by hand."""
-
-
-class DownloadError(PretrainedError):
-    """The archive could not be downloaded (offline, HTTP error, interrupted transfer)."""
-
-
-class ArchiveError(PretrainedError):
-    """The archive is damaged, unsafe, lacks the member or does not match its sha256."""
 
 
 def cache_root(cache_dir: str | None = None) -> str:
@@ -207,125 +179,6 @@ def _manual_hint(release: Release, url: str, root: str, config) -> str:
     return "; ".join(steps) + "."
 
 
-@contextlib.contextmanager
-def _locked(root: str, progress: bool):
-    """Holds the cache's lock file (other processes' first uses wait)."""
-    with open(os.path.join(root, ".lock"), "a") as lock:
-        if fcntl is None:
-            yield
-            return
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if progress:
-                print(f"Waiting for another process using {root} ...", file=sys.stderr)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _download(url: str, path: str, hint: str, progress: bool) -> None:
-    """Downloads `url` to `path` through a temporary file renamed only when complete."""
-    try:
-        response = urllib.request.urlopen(url, timeout=_TIMEOUT_S)
-    except urllib.error.HTTPError as error:
-        raise DownloadError(
-            f"Could not download {url}: HTTP {error.code} {error.reason}. {hint}"
-        ) from error
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-        reason = getattr(error, "reason", error)
-        raise DownloadError(f"Could not download {url}: {reason}. {hint}") from error
-    part = _temporary_path(path, ".part")
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with response, os.fdopen(fd, "wb") as file:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            received = 0
-            with tqdm.tqdm(
-                total=total,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=os.path.basename(path),
-                disable=not progress,
-            ) as bar:
-                while chunk := response.read(_CHUNK):
-                    file.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-        if total is not None and received != total:
-            raise DownloadError(
-                f"Download of {url} was interrupted after {received} of {total} bytes. {hint}"
-            )
-        os.replace(part, path)
-    except (OSError, http.client.HTTPException) as error:
-        raise DownloadError(f"Download of {url} failed: {error!r}. {hint}") from error
-    finally:
-        if os.path.exists(part):
-            os.remove(part)
-
-
-def _temporary_path(path: str, suffix: str) -> str:
-    """A unique hidden sibling of `path` that does not look finished (permissions per umask)."""
-    directory, name = os.path.split(path)
-    return os.path.join(directory, f".{name}.{uuid.uuid4().hex}{suffix}")
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _refuse(archive: str, url: str, problem: str) -> ArchiveError:
-    """Deletes a downloaded archive that failed verification; the error to raise."""
-    os.remove(archive)
-    return ArchiveError(f"{problem} (archive {archive}, from {url}). The archive was deleted.")
-
-
-def _member_problem(info: tarfile.TarInfo) -> str | None:
-    """Why an archive member is refused, or None."""
-    parts = pathlib.PurePosixPath(info.name).parts
-    if info.name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", info.name):
-        return "has an absolute path"
-    if ".." in parts:
-        return "has '..' in its path"
-    if info.issym() or info.islnk():
-        return "is a link"
-    if not (info.isfile() or info.isdir()):
-        return "is not a regular file or directory"
-    return None
-
-
-def _extract(archive: str, url: str, member: str, directory: str) -> str:
-    """Extracts `member` from a .tar.gz into `directory`, checking every member on the way."""
-    target = os.path.join(directory, posixpath.basename(member))
-    found, problem = False, None
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            for info in tar:
-                why = _member_problem(info)
-                if why:
-                    problem = f"Refused: archive member {info.name!r} {why}"
-                    break
-                if info.isfile() and posixpath.normpath(info.name) == member:
-                    with tar.extractfile(info) as source, open(target, "wb") as file:
-                        shutil.copyfileobj(source, file, _CHUNK)
-                    found = True
-    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as error:
-        problem = f"Not a readable .tar.gz archive ({error})"
-    if problem is None and not found:
-        problem = f"The archive holds no file {member}"
-    if problem:
-        raise _refuse(archive, url, problem)
-    return target
-
-
 def _read_source(entry: str) -> dict:
     with open(os.path.join(entry, "source.json")) as file:
         return json.load(file)
@@ -348,7 +201,7 @@ def _cached(
     expected_sha = (sha256 or release.sha256 or "").lower() or None
     if not os.path.exists(os.path.join(entry, product)):
         os.makedirs(os.path.join(root, "downloads"), exist_ok=True)
-        with _locked(root, progress):
+        with archives.locked(root, progress):
             if not os.path.exists(os.path.join(entry, product)):
                 if os.path.exists(entry):
                     raise PretrainedError(
@@ -377,22 +230,22 @@ def _create(release, entry, build, url, expected_sha, config, progress) -> None:
         except ArchiveError as error:
             if progress:
                 print(f"{error} Downloading it again.", file=sys.stderr)
-    _download(url, archive, _manual_hint(release, url, root, config), progress)
+    archives.download(url, archive, _manual_hint(release, url, root, config), progress)
     _convert_archive(release, entry, build, archive, url, expected_sha, config, progress)
 
 
 def _convert_archive(release, entry, build, archive, url, expected_sha, config, progress):
     """Verifies the archive, extracts and converts its member, renames the result into place."""
-    sha = _file_sha256(archive)
+    sha = archives.file_sha256(archive)
     if expected_sha and sha != expected_sha:
-        raise _refuse(
+        raise archives.refuse(
             archive, url, f"sha256 mismatch: the archive has {sha}, expected {expected_sha}"
         )
     size = os.path.getsize(archive)
-    work = _temporary_path(entry, ".partial")
+    work = archives.temporary_path(entry, ".partial")
     os.mkdir(work)
     try:
-        member = _extract(archive, url, release.member, work)
+        member = archives.extract(archive, url, release.member, work)
         if progress:
             print(f"Converting {release.member} ...", file=sys.stderr)
         build(member, work)
