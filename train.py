@@ -26,6 +26,11 @@ flags.DEFINE_bool(
     False,
     "Keep the libraries' INFO logs (orbax logs every save) and show the traceback of an error.",
 )
+flags.DEFINE_bool(
+    "quiet",
+    False,
+    "No progress: neither the bar (on a terminal) nor the progress lines (in a log file).",
+)
 flags.DEFINE_string(
     "compilation_cache",
     None,
@@ -46,7 +51,7 @@ def main(argv, config):
     # A work directory of another config fails here in one line, not deep in the restore.
     template = convert.model_template(config_utils.build_model(config))
     checkpoints.check_fits(FLAGS.workdir, template, missing_ok=True)
-    train_lib.train_and_evaluate(config, FLAGS.workdir)
+    train_lib.train_and_evaluate(config, FLAGS.workdir, progress=not FLAGS.quiet)
 
 
 if __name__ == "__main__":

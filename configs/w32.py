@@ -134,6 +134,8 @@ def get_config():
             max_images=500,
             image_ids=(),
             batch_size=1,
+            # Skeleton drawings of the first images, logged to TensorBoard at each evaluation.
+            logged_images=4,
         )
     )
     return config

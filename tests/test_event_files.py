@@ -3,6 +3,9 @@ TensorBoard's own readers; trimming on resume (no step twice, none out of order)
 records, file order."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,6 +13,8 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator, event_file_loader
 
 from logocap_jax import event_files
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def accumulator(logdir):
@@ -109,6 +114,50 @@ def test_a_partial_last_record_is_dropped(tmp_path):
 def test_a_new_file_sorts_after_the_others_within_the_same_second(tmp_path):
     paths = [_write_run(tmp_path, [step], last_step=step - 1) for step in (1, 2, 3)]
     assert event_files.event_file_paths(str(tmp_path)) == paths
+
+
+def test_writing_never_imports_tensorflow(tmp_path):
+    """Not even an attempt: TensorBoard's `compat.tf` imports TensorFlow when it is installed,
+    so an import that merely failed here would import it elsewhere."""
+    code = f"""
+import sys
+
+attempts = []
+
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            attempts.append(name)
+        return None
+
+
+sys.meta_path.insert(0, Watch())
+import numpy as np
+import ml_collections
+from logocap_jax import training_log
+
+config = ml_collections.ConfigDict({{"train": {{"wandb_project": ""}}}})
+log = training_log.TrainingLog({str(tmp_path)!r}, config, last_step=None)
+log.write(1, "train", {{"total": 0.5}})
+log.write(1, "eval", {{"AP": 0.1}}, images={{7: np.zeros((8, 8, 3), np.uint8)}})
+log.close()
+log = training_log.TrainingLog({str(tmp_path)!r}, config, last_step=0)
+log.close()
+assert not attempts, attempts
+assert "tensorflow" not in sys.modules
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The second log trimmed the first one's files back to step 0.
+    assert summaries(tmp_path / "tensorboard") == [("config", 0)]
 
 
 @pytest.mark.parametrize("last_step", [None, 0, 5])

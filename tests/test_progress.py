@@ -1,13 +1,16 @@
 """logocap_jax.progress: a bar with rate and ETA on a terminal, one plain line every N items
-elsewhere (no carriage returns), nothing when disabled."""
+elsewhere (no carriage returns), nothing when disabled; and the evaluation's progress."""
 
 import io
+import json
 import re
+from pathlib import Path
 
 import pytest
 
-from logocap_jax import progress
+from logocap_jax import evaluate, progress
 
+MINI = Path(__file__).resolve().parents[1] / "data" / "coco_mini"
 LINE = re.compile(
     r"^train: (\d+)/(\d+) step \(\d+%\), [\d.]+ (step/s|s/step)(, ETA [\d:]+)?(, loss=[\d.]+)?$"
 )
@@ -105,3 +108,32 @@ def test_unknown_total_and_slow_rates():
     assert progress.format_rate(1234.4, "img") == "1234 img/s"
     with pytest.raises(ValueError, match="every must be at least 1"):
         progress.Progress([], every=0)
+
+
+def _two_images(tmp_path):
+    """coco_mini's annotations of two images, as a COCO-format file, and its images."""
+    data = json.loads((MINI / "annotations" / "person_keypoints_mini.json").read_text())
+    keep = {785, 197388}
+    data["images"] = [image for image in data["images"] if image["id"] in keep]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps(data))
+    return str(path), data["images"]
+
+
+def test_evaluation_reports_progress_and_draws_the_first_images(tiny_predictors, tmp_path, capsys):
+    annotations, images = _two_images(tmp_path)
+    result = evaluate.run_evaluation(
+        tiny_predictors[False], annotations, str(MINI / "images"), progress=True, draw_images=1
+    )
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert re.search(r"^images: 2/2 img \(100%\), [\d.]+ (img/s|s/img)$", err, re.M), err
+    first = images[0]
+    assert list(result.drawings) == [first["id"]]
+    drawing = result.drawings[first["id"]]
+    assert drawing.dtype.name == "uint8" and drawing.shape == (first["height"], first["width"], 3)
+    evaluate.run_evaluation(
+        tiny_predictors[False], annotations, str(MINI / "images"), progress=False
+    )
+    assert "images:" not in capsys.readouterr().err
