@@ -123,6 +123,8 @@ def get_config():
             eval_every_steps=10000,
             # Write the image ids each process fed at each step to <workdir>/image_ids/.
             log_image_ids=False,
+            # Also log to this Weights & Biases project (needs the wandb extra); empty: off.
+            wandb_project="",
         )
     )
 

@@ -344,13 +344,13 @@ def _evaluate(config, predictor, state: TrainState) -> evaluate.EvaluationResult
 def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> TrainState:
     """Trains with `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
-    Writes (process 0) metrics.jsonl (train rows average the steps since the previous row) and
-    TensorBoard event files in tensorboard/ (`training_log`); (all processes) checkpoints/
-    (latest keep-N, with the input position), best/ (model variables of the best evaluation
-    AP) and, with train.log_image_ids, image_ids/ (the images each process fed). Run by every
-    process of a multi-host job; any process count resumes any checkpoint. `progress` shows
-    the steps on process 0 (`logocap_jax.progress`: a bar on a terminal, else a line per log
-    step).
+    Writes (process 0) metrics.jsonl (train rows average the steps since the previous row),
+    TensorBoard event files in tensorboard/ and, with train.wandb_project, a W&B run
+    (`training_log`); (all processes) checkpoints/ (latest keep-N, with the input position),
+    best/ (model variables of the best evaluation AP) and, with train.log_image_ids,
+    image_ids/ (the images each process fed). Run by every process of a multi-host job; any
+    process count resumes any checkpoint. `progress` shows the steps on process 0
+    (`logocap_jax.progress`: a bar on a terminal, else a line per log step).
 
     SIGTERM to any process (a preemption notice) or Ctrl-C makes every process checkpoint
     after the same step and return; the signal handlers are restored on return.
@@ -358,6 +358,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> TrainS
     Raises:
       ConfigError: the global batch does not split over this run's devices, or the work
         directory's checkpoint has another global batch size.
+      MissingDependencyError: train.wandb_project is set and wandb is not installed.
       FloatingPointError: a loss became NaN or infinite (the message names the steps and the
         last good checkpoint).
     """

@@ -1,18 +1,19 @@
-"""What a training run reports, from process 0: metrics.jsonl and TensorBoard event files in
-<workdir>/tensorboard/.
+"""What a training run reports, from process 0: metrics.jsonl, TensorBoard event files in
+<workdir>/tensorboard/ and, with train.wandb_project set, Weights & Biases.
 
-Both get the same values: a train row's or an evaluation's values become the scalars
+The three get the same values: a train row's or an evaluation's values become the scalars
 `train/<name>` and `eval/<name>` at the row's step; an evaluation's drawings become the images
 `eval_images/<image id>`. The config goes to TensorBoard as the text `config` when a run starts
 from scratch (a resumed run is the same run).
 """
 
+import json
 import os
 
 import jax
 import numpy as np
 
-from logocap_jax import event_files, training_io
+from logocap_jax import event_files, training_io, wandb_log
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -35,11 +36,18 @@ class TrainingLog:
           config: the training config.
           last_step: the step the run resumes after (its restored checkpoint's); None for a run
             that starts from scratch.
+
+        Raises:
+          MissingDependencyError: train.wandb_project is set and wandb is not installed.
         """
         self.rows = training_io.MetricsWriter(workdir)
-        self.events = None
+        self.events = self.wandb = None
         if jax.process_index() != 0:
             return
+        project = config.train.wandb_project
+        if project:
+            plain = json.loads(config.to_json_best_effort())
+            self.wandb = wandb_log.WandbRun(project, workdir, plain)
         self.events = event_files.EventWriter(
             os.path.join(workdir, TENSORBOARD_DIR), last_step=last_step
         )
@@ -65,8 +73,12 @@ class TrainingLog:
         self.events.scalars(step, scalars)
         if tagged:
             self.events.images(step, tagged)
+        if self.wandb is not None:
+            self.wandb.log(step, scalars, tagged)
 
     def close(self) -> None:
         if self.events is not None:
             self.events.close()
-        self.events = None
+        if self.wandb is not None:
+            self.wandb.finish()
+        self.events = self.wandb = None
