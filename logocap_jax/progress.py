@@ -4,7 +4,7 @@ On a terminal the loop gets a tqdm bar with its rate and ETA. Where the output i
 pipe (a SLURM log, CI, `> train.log`), a bar's carriage-return redraws would pile up as
 fragments, so the loop prints one plain line every `every` items instead, and one at the end:
 
-  train: 150/200 step (75%), 2.41 step/s, ETA 0:00:20, loss=0.0123, examples/s=9.64
+  train: 150/200 step (75%), 2.41 step/s, ETA 00:20, loss=0.0123, examples/s=9.64
 
   with progress.Progress(images, total=len(images), unit="img", desc="images") as bar:
       for image in bar:
