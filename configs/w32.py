@@ -124,6 +124,8 @@ def get_config():
             eval_every_steps=10000,
             # Write the image ids each process fed at each step to <workdir>/image_ids/.
             log_image_ids=False,
+            # Also log to this Weights & Biases project (needs the wandb extra); empty: off.
+            wandb_project="",
         )
     )
 
@@ -135,6 +137,8 @@ def get_config():
             max_images=500,
             image_ids=(),
             batch_size=1,
+            # Skeleton drawings of the first images, logged to TensorBoard at each evaluation.
+            logged_images=4,
         )
     )
     return config

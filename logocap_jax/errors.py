@@ -8,7 +8,8 @@ A user error is either
 * an exception of the classes below, raised where input enters the package: a file or folder that
   is missing, a file whose content is not what it should be, a config file, key or value that does
   not exist or does not fit, a checkpoint that does not fit the config's model, an unknown data
-  set name, a command line that does not parse; or
+  set name, a command line that does not parse, a feature asked for whose optional package is
+  not installed; or
 * an `OSError` that names a file (its `filename` is set: permission denied, is a directory, no
   space left), raised by the operating system while the inputs are read or the outputs written.
 
@@ -59,6 +60,11 @@ class UsageError(UserError, ValueError):
 
 class OutputExistsError(UserError, FileExistsError):
     """An output that would overwrite existing data."""
+
+
+class MissingDependencyError(UserError, ImportError):
+    """An optional package that an asked-for feature needs is not installed (the message names
+    the package extra to install)."""
 
 
 def is_user_error(error: BaseException) -> bool:

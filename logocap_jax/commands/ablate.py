@@ -17,7 +17,7 @@ under model.cmp_options).
 After each variant the runner writes <workdir>/ablation.json, ablation.md and ablation.png: per
 variant the CMP's parameter count, its FLOPs on one image's candidate slots (XLA cost analysis),
 the CPU time of the local KAMs stage at those slots, the final loss terms, AP and AP50 at each
-evaluation, and a plot of the loss and AP against the step.
+evaluation, and a plot of the loss and AP against the step (`logocap_jax.commands.curves`).
 
 Resumable: rerunning the same command skips finished variants and resumes an interrupted one
 from its latest checkpoint (a SIGTERM or Ctrl-C checkpoints the variant in training and stops
@@ -41,12 +41,12 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from logocap_jax import config_utils
-from logocap_jax.commands import cli
+from logocap_jax import config_utils, errors
+from logocap_jax.commands import cli, curves
 from logocap_jax.evaluation import evaluate
 from logocap_jax.inference import pipeline, predict
 from logocap_jax.models import LogoCap, cmp_variants
-from logocap_jax.training import run_io, trainer
+from logocap_jax.training import trainer, training_log
 from logocap_jax.weights import checkpoints
 
 FLAGS = flags.FLAGS
@@ -73,7 +73,6 @@ flags.mark_flags_as_required(["config", "variants", "steps", "workdir"])
 _CONFIG = {}
 
 CMP_MODULE = "joints_mlp"
-LOSS_TERMS = ("total", "heatmaps", "offsets", "oks", "refined_heatmaps")
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -197,19 +196,6 @@ def checkpoint_step(workdir: str) -> int:
     return max(checkpoints.training_steps(workdir), default=0)
 
 
-def read_metrics(workdir: str) -> dict[str, dict[int, dict]]:
-    """{'train': {step: row}, 'eval': {step: row}} of metrics.jsonl; a step logged twice (a
-    resumed interruption) keeps its last row."""
-    rows = {"train": {}, "eval": {}}
-    path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                row = json.loads(line)
-                rows[row["split"]][row["step"]] = row
-    return rows
-
-
 def train_variant(config, workdir: str) -> None:
     """`trainer.train_and_evaluate`, with the signal handlers it installs removed afterwards.
 
@@ -227,8 +213,9 @@ def train_variant(config, workdir: str) -> None:
 
 
 def evaluate_checkpoint(config, workdir: str, step: int) -> None:
-    """Evaluates the training checkpoint of `step` and logs it, as the training loop does
-    (for a run interrupted between its last checkpoint and its last evaluation)."""
+    """Evaluates the training checkpoint of `step` and logs it with its drawings, as the
+    training loop does (for a run interrupted between its last checkpoint and its last
+    evaluation)."""
     state, _ = checkpoints.read_training_checkpoint(workdir, step)
     variables = {name: state[name] for name in checkpoints.MODEL_COLLECTIONS}
     predictor = predict.Predictor.from_config(config, variables, batch_size=config.eval.batch_size)
@@ -239,9 +226,14 @@ def evaluate_checkpoint(config, workdir: str, step: int) -> None:
         max_images=config.eval.max_images,
         image_ids=config.eval.image_ids,
         progress=False,
+        draw_images=config.eval.logged_images,
     )
     if result.stats is not None:
-        run_io.MetricsWriter(workdir).write(step, "eval", result.stats)
+        log = training_log.TrainingLog(workdir, config, last_step=step)
+        try:
+            log.write(step, "eval", result.stats, images=result.drawings)
+        finally:
+            log.close()
 
 
 def measure_cost(config, repeats: int) -> dict:
@@ -294,9 +286,9 @@ def measure_cost(config, repeats: int) -> dict:
 
 def variant_record(label: str, name: str, overrides, config, workdir: str, cost: dict) -> dict:
     """What the report shows of one variant."""
-    metrics = read_metrics(workdir)
+    metrics = curves.read_metrics(workdir)
     train = [
-        {"step": step, **{k: row[k] for k in LOSS_TERMS}}
+        {"step": step, **{k: row[k] for k in curves.LOSS_TERMS}}
         for step, row in sorted(metrics["train"].items())
     ]
     evaluations = [
@@ -313,7 +305,7 @@ def variant_record(label: str, name: str, overrides, config, workdir: str, cost:
         "workdir": workdir,
         **cost,
         "final_step": train[-1]["step"] if train else 0,
-        "final_loss": {k: train[-1][k] for k in LOSS_TERMS} if train else None,
+        "final_loss": {k: train[-1][k] for k in curves.LOSS_TERMS} if train else None,
         "train": train,
         "evaluations": evaluations,
     }
@@ -364,7 +356,7 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {name} | {options} | {r['cmp_parameters']:,} | {r['cmp_flops'] / 1e9:.3g} "
             f"| {r['local_kams_ms']:.1f} | "
-            + " | ".join(_number(loss.get(k), ".4g") for k in LOSS_TERMS)
+            + " | ".join(_number(loss.get(k), ".4g") for k in curves.LOSS_TERMS)
             + f" | {ap} |"
         )
     steps = sorted({e["step"] for r in records for e in r["evaluations"]})
@@ -390,37 +382,13 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict, path: str) -> None:
-    """ablation.png: total loss (log scale) and AP against the step, one line per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (loss_axis, ap_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in report["variants"]:
-        if r["train"]:
-            steps = [row["step"] for row in r["train"]]
-            loss_axis.plot(steps, [row["total"] for row in r["train"]], label=r["label"])
-        if r["evaluations"]:
-            steps = [e["step"] for e in r["evaluations"]]
-            ap_axis.plot(steps, [e["AP"] for e in r["evaluations"]], "o-", label=r["label"])
-    loss_axis.set(xlabel="step", ylabel="total loss", yscale="log", title="training loss")
-    ap_axis.set(xlabel="step", ylabel="AP (%)", title="keypoint AP")
-    for axis in (loss_axis, ap_axis):
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
 def write_report(report: dict, workdir: str) -> None:
     with open(os.path.join(workdir, "ablation.json"), "w") as f:
         json.dump(report, f, indent=2)
     with open(os.path.join(workdir, "ablation.md"), "w") as f:
         f.write(markdown(report))
-    plot(report, os.path.join(workdir, "ablation.png"))
+    runs = [(r["label"], curves.read_metrics(r["workdir"])) for r in report["variants"]]
+    curves.plot(runs, os.path.join(workdir, "ablation.png"), panels=("total", "AP"))
 
 
 def run(
@@ -481,7 +449,7 @@ def run(
         if steps > 0 and checkpoint_step(directory) < steps:
             print(f"[{label}] training {name} from step {checkpoint_step(directory)} to {steps}")
             train_variant(config, directory)
-        evaluated = read_metrics(directory)["eval"]
+        evaluated = curves.read_metrics(directory)["eval"]
         final, eval_every = checkpoint_step(directory), config.train.eval_every_steps
         if steps > 0 and final == steps and eval_every > 0 and steps not in evaluated:
             print(f"[{label}] evaluating step {steps}")
@@ -506,11 +474,9 @@ def main(argv):
     if not FLAGS.verbose:
         logging.set_verbosity(logging.WARNING)
     try:
-        import matplotlib  # noqa: F401  (checked before hours of training, used by plot())
-    except ImportError:
-        raise app.UsageError(
-            "The plot needs matplotlib: pip install 'logocap-jax[ablate]'"
-        ) from None
+        curves.require_matplotlib()  # Before hours of training.
+    except errors.MissingDependencyError as error:
+        raise app.UsageError(str(error)) from None
     try:
         variants = parse_variants(FLAGS.variants)
         overrides = parse_overrides(FLAGS.set, [label for label, _ in variants])

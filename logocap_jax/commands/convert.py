@@ -17,7 +17,9 @@ from logocap_jax.weights.convert import load_state_dict, model_template, variabl
 
 def main(argv=None):
     """Converts --input into an orbax checkpoint at --output (see the module docstring)."""
-    from logocap_jax import checkpoints, cli, config_utils
+    from logocap_jax import config_utils
+    from logocap_jax.commands import cli
+    from logocap_jax.weights import checkpoints
 
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_config_arguments(parser)
@@ -37,7 +39,7 @@ def main(argv=None):
 
 def entry_point():
     """The `logocap-convert` command: `main` with one-line user errors."""
-    from logocap_jax import cli
+    from logocap_jax.commands import cli
 
     cli.run_main(main)
 

@@ -73,6 +73,11 @@ def parse_args(argv=None):
         "process 0 writes the outputs)",
     )
     parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress: neither the bar (on a terminal) nor the progress lines (in a log file)",
+    )
+    parser.add_argument(
         "--upper_bound",
         action="store_true",
         help="score the oracle 11x11 local search against the ground truth "
@@ -130,6 +135,7 @@ def main(argv=None) -> evaluate.EvaluationResult:
         image_ids=args.image_ids,
         upper_bound=args.upper_bound,
         on_problem=_print_problem,
+        progress=not args.quiet,
     )
     if jax.process_index() == 0:
         report = evaluate.write_outputs(

@@ -29,6 +29,11 @@ flags.DEFINE_bool(
     False,
     "Keep the libraries' INFO logs (orbax logs every save) and show the traceback of an error.",
 )
+flags.DEFINE_bool(
+    "quiet",
+    False,
+    "No progress: neither the bar (on a terminal) nor the progress lines (in a log file).",
+)
 flags.DEFINE_string(
     "compilation_cache",
     None,
@@ -49,7 +54,7 @@ def main(argv, config):
     # A work directory of another config fails here in one line, not deep in the restore.
     template = convert.model_template(config_utils.build_model(config))
     checkpoints.check_fits(FLAGS.workdir, template, missing_ok=True)
-    trainer.train_and_evaluate(config, FLAGS.workdir)
+    trainer.train_and_evaluate(config, FLAGS.workdir, progress=not FLAGS.quiet)
 
 
 def entry_point():

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -139,6 +140,8 @@ class _CocoFormatBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         Raises:
           BuildError: a strict build met a bad record, or all records of a split are bad.
         """
+        # TFDS's bars redraw with carriage returns, which pile up as fragments in a log file.
+        tfds.display_progress_bar(sys.stderr.isatty())
         super().download_and_prepare(**kwargs)
         metadata = self.info.metadata
         if self.strict and (

@@ -19,14 +19,14 @@ import warnings
 
 import jax
 import numpy as np
-import tqdm
 from jax.experimental import multihost_utils
 
 from logocap_jax import errors
+from logocap_jax import progress as progress_lib
 from logocap_jax.data import coco_records
 from logocap_jax.evaluation import coco_eval
 from logocap_jax.evaluation import upper_bound as upper_bound_lib
-from logocap_jax.inference import postprocess, predict, preprocess, speed
+from logocap_jax.inference import postprocess, predict, preprocess, speed, visualize
 from logocap_jax.training import run_io
 
 # name -> (annotation file, image folder), relative to the data root.
@@ -56,7 +56,8 @@ class EvaluationResult:
     process's images); people ({image_id: People} of this process's images) when kept; skipped
     and partially_decoded (`predict.ImageProblem`s keyed by image id, of every process: images
     that could not be read and count as having no detections, images evaluated on a partial
-    decode); images (how many the evaluated set holds)."""
+    decode); images (how many the evaluated set holds); drawings ({image_id: RGB uint8
+    [h, w, 3]} of the images `run_evaluation` was asked to draw, see `drawing`)."""
 
     results: list
     stats: dict | None
@@ -65,6 +66,7 @@ class EvaluationResult:
     skipped: list = dataclasses.field(default_factory=list)
     partially_decoded: list = dataclasses.field(default_factory=list)
     images: int = 0
+    drawings: dict = dataclasses.field(default_factory=dict)
 
 
 def warn_about(problem: predict.ImageProblem) -> None:
@@ -88,6 +90,7 @@ def run_evaluation(
     progress: bool = True,
     upper_bound: bool = False,
     on_problem=None,
+    draw_images: int = 0,
 ) -> EvaluationResult:
     """Predicts every image of a COCO-format set and scores the results with COCOeval.
 
@@ -103,11 +106,14 @@ def run_evaluation(
       image_ids: evaluate only these images, in this order (before max_images applies);
         empty: all.
       keep_people: keep every image's `People` (with pipeline outputs) in the result.
+      progress: show the progress (`logocap_jax.progress`: a bar on a terminal, else lines).
       upper_bound: score the oracle local search of `evaluation.upper_bound` instead of the
         model's poses (the paper's Fig. 2 bound; needs ground truth).
       on_problem: called with the `predict.ImageProblem` (key: image id) of each image that
         cannot be read (skipped: no detections) or decodes only partially; default
         `warn_about`.
+      draw_images: draw the first `draw_images` images this process predicts (in file order)
+        into the result's `drawings`.
 
     Raises:
       InputNotFoundError: the annotation file or an image it lists is missing (named, with its
@@ -141,19 +147,24 @@ def run_evaluation(
         report(problem)
 
     items = ((r["image_id"], r["image_path"]) for r in mine)
-    for image_id, people in tqdm.tqdm(
+    drawn = {r["image_id"] for r in mine[:draw_images]}
+    drawings = {}
+    predictions = progress_lib.Progress(
         predictor.predict_many(items, on_problem=collect),
         total=len(mine),
-        disable=not progress,
-        desc="images",
         unit="img",
-    ):
+        desc="images",
+        enabled=progress,
+    )
+    for image_id, people in predictions:
         if upper_bound:
             people = _oracle_people(predictor, people, records[position[image_id]])
         results = postprocess.coco_results(image_id, people.keypoints, people.scores)
         entries.append((position[image_id], results))
         if keep_people:
             people_by_image[image_id] = people
+        if image_id in drawn:
+            drawings[image_id] = drawing(records[position[image_id]], people)
     # The Predictor yields images grouped by size: back to the file's order.
     entries, problems = _gathered_in_order((entries, problems), position)
     results = [entry for _, image_results in entries for entry in image_results]
@@ -170,7 +181,16 @@ def run_evaluation(
         skipped=[p for p in problems if p.skipped],
         partially_decoded=[p for p in problems if not p.skipped],
         images=len(records),
+        drawings=dict(sorted(drawings.items(), key=lambda item: position[item[0]])),
     )
+
+
+def drawing(record: dict, people: predict.People) -> np.ndarray:
+    """An evaluated image with its ground truth (white, hollow joints) under the predicted
+    people (colored, with their scores): RGB uint8 [h, w, 3]."""
+    image = preprocess.decode_image_file(record["image_path"]).image
+    image = visualize.draw_poses(image, record["keypoints"], style="gt")
+    return visualize.draw_poses(image, people.keypoints, scores=people.scores)
 
 
 def _gathered_in_order(shares, position: dict):

@@ -5,6 +5,7 @@ processes together (orbax), metrics.jsonl is written by process 0, and a stop si
 reaches any one process stops every process after the same step (`StopSignals`).
 """
 
+import contextlib
 import itertools
 import json
 import os
@@ -99,6 +100,56 @@ class StepMetrics:
         """The mean of each metric over the fetched steps since the last call."""
         rows, self._fetched = self._fetched, []
         return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
+
+
+class Throughput:
+    """Step time, examples per second and the share of the time spent waiting for the input,
+    over the steps since the previous `summary`.
+
+    Wall time of this process, so it covers the device work too: the loop waits for the device
+    at every row. Time inside `excluded` (compiling, evaluating) is left out.
+    """
+
+    def __init__(self, global_batch_size: int):
+        self.global_batch_size = global_batch_size
+        self._restart(time.perf_counter())
+
+    def _restart(self, now: float):
+        self._start, self._waiting, self._excluded, self._steps = now, 0.0, 0.0, 0
+
+    @contextlib.contextmanager
+    def waiting_for_input(self):
+        """Counts the time in the block as waiting for the input."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._waiting += time.perf_counter() - start
+
+    @contextlib.contextmanager
+    def excluded(self):
+        """Leaves the time in the block out of the figures."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._excluded += time.perf_counter() - start
+
+    def step_done(self):
+        self._steps += 1
+
+    def summary(self) -> dict:
+        """{'step_time' (s), 'examples_per_second', 'input_wait_share'} over the steps since the
+        previous call (at least one)."""
+        now = time.perf_counter()
+        seconds = now - self._start - self._excluded
+        values = {
+            "step_time": seconds / self._steps,
+            "examples_per_second": self.global_batch_size * self._steps / seconds,
+            "input_wait_share": self._waiting / seconds,
+        }
+        self._restart(now)
+        return values
 
 
 def _last_good(workdir: str, last_saved: int | None) -> str:

@@ -16,16 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import tqdm
 from flax import traverse_util
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from logocap_jax import config_utils, device_mesh, errors
+from logocap_jax import progress as progress_lib
 from logocap_jax.data import coco_records, input_pipeline, tfds_builders
 from logocap_jax.evaluation import evaluate
 from logocap_jax.inference import predict
-from logocap_jax.training import forward, losses, run_io
+from logocap_jax.training import forward, losses, run_io, training_log
 from logocap_jax.weights import checkpoints, convert
 
 
@@ -288,27 +288,31 @@ def _load_init_checkpoint(state: TrainState, train_config) -> TrainState:
     return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
 
-def _evaluate(config, predictor, state: TrainState) -> dict | None:
+def _evaluate(config, predictor, state: TrainState) -> evaluate.EvaluationResult:
     # Every process predicts its share of the images (evaluate.run_evaluation) and gets the
     # same stats, so the best-checkpoint save, which is collective, is decided the same way.
-    result = evaluate.run_evaluation(
+    # Only process 0's drawings are logged.
+    return evaluate.run_evaluation(
         predictor.with_variables(host_copy(model_variables(state))),
         config.eval.annotations,
         config.eval.images,
         max_images=config.eval.max_images,
         image_ids=config.eval.image_ids,
         progress=False,
+        draw_images=config.eval.logged_images if jax.process_index() == 0 else 0,
     )
-    return result.stats
 
 
-def train_and_evaluate(config, workdir: str) -> TrainState:
+def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> TrainState:
     """Trains with `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
-    Writes metrics.jsonl (process 0; train rows average the steps since the previous row),
-    checkpoints/ (latest keep-N, with the input position), best/ (model variables of the best
-    evaluation AP) and, with train.log_image_ids, image_ids/ (the images each process fed).
-    Run by every process of a multi-host job; any process count resumes any checkpoint.
+    Writes (process 0) metrics.jsonl (train rows average the steps since the previous row),
+    TensorBoard event files in tensorboard/ and, with train.wandb_project, a W&B run
+    (`training_log`); (all processes) checkpoints/ (latest keep-N, with the input position),
+    best/ (model variables of the best evaluation AP) and, with train.log_image_ids,
+    image_ids/ (the images each process fed). Run by every process of a multi-host job; any
+    process count resumes any checkpoint. `progress` shows the steps on process 0
+    (`logocap_jax.progress`: a bar on a terminal, else a line per log step).
 
     SIGTERM to any process (a preemption notice) or Ctrl-C makes every process checkpoint
     after the same step and return; the signal handlers are restored on return.
@@ -316,6 +320,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     Raises:
       ConfigError: the global batch does not split over this run's devices, or the work
         directory's checkpoint has another global batch size.
+      MissingDependencyError: train.wandb_project is set and wandb is not installed.
       FloatingPointError: a loss became NaN or infinite (the message names the steps and the
         last good checkpoint).
     """
@@ -338,8 +343,9 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     tx = create_optimizer(config.train, steps_per_epoch)
     latest = checkpoints.latest_manager(workdir, max_to_keep=config.train.keep_checkpoints)
     best = checkpoints.best_manager(workdir)
+    restored_step = latest.latest_step()
     next_example = 0
-    if latest.latest_step() is not None:
+    if restored_step is not None:
         state, next_example = run_io.restore_checkpoint(
             latest, abstract_train_state(model, tx, config.data.input_size, mesh), batch_size
         )
@@ -359,58 +365,73 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
         state,
         learning_rate_schedule(config.train, steps_per_epoch),
     )
-    loop = _Loop(
-        config,
-        workdir,
-        mesh,
-        latest=latest,
-        best=best,
-        iterator=iter(make_dataset(config, source, start_index=next_example)),
-        next_example=next_example,
-        predictor=predict.Predictor.from_config(
-            config, host_copy(model_variables(state)), batch_size=config.eval.batch_size
-        ),
-    )
+    log = training_log.TrainingLog(workdir, config, last_step=restored_step)
     try:
-        return loop.run(state, step_fn, num_steps)
+        loop = _Loop(
+            config,
+            workdir,
+            mesh,
+            latest=latest,
+            best=best,
+            iterator=iter(make_dataset(config, source, start_index=next_example)),
+            next_example=next_example,
+            predictor=predict.Predictor.from_config(
+                config, host_copy(model_variables(state)), batch_size=config.eval.batch_size
+            ),
+            log=log,
+        )
+        return loop.run(state, step_fn, num_steps, progress=progress)
     finally:
         # Also after an error: the last good checkpoint that the error names is complete.
         latest.wait_until_finished()
         best.wait_until_finished()
+        log.close()
 
 
 class _Loop:
     """The step loop of `train_and_evaluate` and what it writes."""
 
-    def __init__(self, config, workdir, mesh, *, latest, best, iterator, next_example, predictor):
+    def __init__(
+        self, config, workdir, mesh, *, latest, best, iterator, next_example, predictor, log
+    ):
         self.config, self.mesh = config, mesh
         self.latest, self.best = latest, best
         self.iterator, self.next_example = iterator, next_example
         self.predictor = predictor
-        self.writer = run_io.MetricsWriter(workdir)
+        self.training_log = log
         self.image_ids = run_io.ImageIdLog(workdir, config.train.log_image_ids)
         self.metrics = run_io.StepMetrics(workdir)
         self.last_saved = None
         self.replaced = 0  # Unusable records the pipeline replaced (this process) since the log.
 
-    def run(self, state: TrainState, step_fn, num_steps: int) -> TrainState:
+    def run(self, state: TrainState, step_fn, num_steps: int, *, progress: bool) -> TrainState:
         train = self.config.train
         first = int(jax.device_get(state.step))
         self.last_saved = first if first else None
         if first == 0 and train.eval_every_steps > 0:
             self.evaluate(state, 0)
-        progress = tqdm.tqdm(
-            initial=first, total=num_steps, unit="step", disable=jax.process_index() != 0
+        throughput = run_io.Throughput(train.global_batch_size)
+        steps = progress_lib.Progress(
+            range(first + 1, num_steps + 1),
+            total=num_steps,
+            initial=first,
+            unit="step",
+            desc="train",
+            every=train.log_every_steps,
+            enabled=progress and jax.process_index() == 0,
         )
-        with progress, run_io.StopSignals() as stop_signals:
-            for step in range(first + 1, num_steps + 1):
-                local = next(self.iterator)
+        with steps, run_io.StopSignals() as stop_signals:
+            for step in steps:
+                with throughput.waiting_for_input():
+                    local = next(self.iterator)
                 self.image_ids.write(step, local.pop("image_id", ()))
                 self.replaced += int(np.sum(local.pop("replaced", 0)))
                 batch = shard_batch(local, self.mesh)
                 if step == first + 1:
-                    step_fn = run_io.compile_together(step_fn, state, batch)
+                    with throughput.excluded():
+                        step_fn = run_io.compile_together(step_fn, state, batch)
                 state, step_metrics = step_fn(state, batch)
+                throughput.step_done()
                 self.next_example += train.global_batch_size
                 self.metrics.add(step, step_metrics)
                 # Agreed by all processes; asked after every step, counting from 1.
@@ -427,18 +448,22 @@ class _Loop:
                     # The only wait for the device; it checks the losses before a save.
                     self.metrics.fetch(self.last_saved)
                 if log:
-                    values = self.metrics.mean()
-                    self.writer.write(step, "train", dict(values, replaced_records=self.replaced))
+                    values = dict(self.metrics.mean(), **throughput.summary())
+                    self.training_log.write(
+                        step, "train", dict(values, replaced_records=self.replaced)
+                    )
                     self.replaced = 0
-                    progress.set_postfix(loss=f"{values['total']:.4g}")
+                    steps.set_postfix(
+                        loss=values["total"], **{"examples/s": values["examples_per_second"]}
+                    )
                 if save:
                     run_io.save_checkpoint(
                         self.latest, step, state, self.next_example, train.global_batch_size
                     )
                     self.last_saved = step
                 if evaluate_now:
-                    self.evaluate(state, step)
-                progress.update()
+                    with throughput.excluded():
+                        self.evaluate(state, step)
                 if stopping:
                     print(
                         f"Stopped by a signal after step {step}; checkpoint saved, rerun to resume."
@@ -447,11 +472,13 @@ class _Loop:
         return state
 
     def evaluate(self, state: TrainState, step: int):
-        """Evaluates `state` (every process its share) and writes the stats; after step 0 the
-        model also goes to best/ (saved by all processes, with the same stats)."""
-        stats = _evaluate(self.config, self.predictor, state)
-        if stats is None:
+        """Evaluates `state` (every process its share) and writes the stats and drawings; after
+        step 0 the model also goes to best/ (saved by all processes, with the same stats)."""
+        result = _evaluate(self.config, self.predictor, state)
+        if result.stats is None:
             return
-        self.writer.write(step, "eval", stats)
+        self.training_log.write(step, "eval", result.stats, images=result.drawings)
         if step > 0:
-            self.best.save(step, args=ocp.args.StandardSave(model_variables(state)), metrics=stats)
+            self.best.save(
+                step, args=ocp.args.StandardSave(model_variables(state)), metrics=result.stats
+            )
