@@ -226,7 +226,9 @@ def test_run_main_passes_the_exit_status(capsys):
 
 
 def test_internal_error_keeps_its_traceback_in_a_subprocess():
-    proc = run_command(["-c", "from logocap_jax import cli; cli.run_main(lambda argv: 1 / 0)"])
+    proc = run_command(
+        ["-c", "from logocap_jax.commands import cli; cli.run_main(lambda argv: 1 / 0)"]
+    )
     assert proc.returncode == cli.EXIT_INTERNAL_ERROR
     assert "Traceback (most recent call last)" in proc.stderr
     assert proc.stderr.strip().endswith("ZeroDivisionError: division by zero")
