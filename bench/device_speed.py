@@ -23,7 +23,7 @@ import machine
 import numpy as np
 
 from logocap_jax import config_utils, device_mesh
-from logocap_jax.data import input_pipeline, tfds_builders
+from logocap_jax.data import input_pipeline, record_source, tfds_builders
 from logocap_jax.inference import pipeline
 from logocap_jax.training import trainer
 
@@ -82,7 +82,7 @@ def training(max_instances: int, per_device: int, repeats: int):
     batch = per_device * jax.device_count()
     data_dir = os.path.expanduser(config.data.data_dir)
     tfds_builders.build_mini("coco_mini", data_dir)
-    source = tfds_builders.data_source("coco_format/coco_mini", "train", data_dir)
+    source = record_source.data_source("coco_format/coco_mini", "train", data_dir)
     dataset = input_pipeline.make_train_dataset(
         source, batch_size=batch, seed=0, input_size=512, output_size=128, max_people=30
     )

@@ -30,7 +30,7 @@ import machine
 import numpy as np
 
 from logocap_jax import config_utils, device_mesh
-from logocap_jax.data import input_pipeline, tfds_builders
+from logocap_jax.data import input_pipeline, record_source, tfds_builders
 from logocap_jax.training import trainer
 
 
@@ -61,7 +61,7 @@ def main():
             raise SystemExit(f"{args.official} has no record for W{width}")
     data_dir = os.path.expanduser(args.data_dir or config.data.data_dir)
     tfds_builders.build_mini("coco_mini", data_dir)
-    source = tfds_builders.data_source("coco_format/coco_mini", "train", data_dir)
+    source = record_source.data_source("coco_format/coco_mini", "train", data_dir)
     dataset = input_pipeline.make_train_dataset(
         source,
         batch_size=args.batch_size,

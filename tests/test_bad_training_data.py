@@ -16,7 +16,13 @@ import numpy as np
 import pytest
 
 from logocap_jax.commands import build_data
-from logocap_jax.data import coco_records, input_pipeline, record_checks, tfds_builders
+from logocap_jax.data import (
+    coco_records,
+    input_pipeline,
+    record_checks,
+    record_source,
+    tfds_builders,
+)
 from logocap_jax.inference import preprocess
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -199,7 +205,7 @@ def test_build_skips_and_reports_bad_records(bad_set, tmp_path):
             assert skipped["entry"].startswith("images[") and skipped["file_name"], case
             if CASES[case][0] == "file":
                 assert skipped["reason"].endswith(str(root / "images" / skipped["file_name"]))
-        records = tfds_builders.data_source("coco_format/bad_set", split, str(tmp_path / "tfds"))
+        records = record_source.data_source("coco_format/bad_set", split, str(tmp_path / "tfds"))
         assert [records[i]["image_id"] for i in range(len(records))] == good
         clean = _clean_records(bad_set, tmp_path, keep)
         for got, want in zip([records[i] for i in range(len(records))], clean):
@@ -446,7 +452,7 @@ def pipeline_set(tmp_path_factory):
     _write_set(root, *_mini_subset(10))
     data_dir = str(root / "tfds")
     tfds_builders.build_mini("coco_mini", data_dir, str(root))
-    return root, tfds_builders.data_source("coco_format/coco_mini", "train", data_dir)
+    return root, record_source.data_source("coco_format/coco_mini", "train", data_dir)
 
 
 def _batches(source, count, shard_options=SINGLE, **kwargs):

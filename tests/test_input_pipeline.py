@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from logocap_jax.data import input_pipeline, record_checks, tfds_builders
+from logocap_jax.data import input_pipeline, record_checks, record_source, tfds_builders
 
 INPUT, OUTPUT, PEOPLE = 128, 32, 4
 SIZES = dict(input_size=INPUT, output_size=OUTPUT, max_people=PEOPLE)
@@ -19,7 +19,7 @@ SINGLE = grain.sharding.NoSharding()
 def source(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     tfds_builders.build_mini("coco_mini", data_dir)
-    return tfds_builders.data_source("coco_format/coco_mini", "train", data_dir)
+    return record_source.data_source("coco_format/coco_mini", "train", data_dir)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from logocap_jax.commands import build_data
-from logocap_jax.data import coco_records, tfds_builders
+from logocap_jax.data import coco_records, record_source, tfds_builders
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
@@ -61,7 +61,7 @@ def mini_dir(tmp_path_factory):
 @pytest.mark.parametrize("name", tfds_builders.MINI_DATASETS)
 @pytest.mark.parametrize("split, keep", [("train", False), ("val", True)])
 def test_mini_round_trip(mini_dir, name, split, keep):
-    source = tfds_builders.data_source(f"coco_format/{name}", split, str(mini_dir))
+    source = record_source.data_source(f"coco_format/{name}", split, str(mini_dir))
     expected = _mini_records(name, keep)
     _assert_records_equal(_read(source), expected)
     _assert_records_equal(source.__getitems__([1, 0]), [expected[1], expected[0]])
@@ -71,7 +71,7 @@ def test_build_is_idempotent(mini_dir):
     before = _split_files(mini_dir)
     builder = tfds_builders.build_mini("coco_mini", str(mini_dir))
     assert _split_files(mini_dir) == before
-    source = tfds_builders.RecordSource(builder.as_data_source("val"))
+    source = record_source.RecordSource(builder.as_data_source("val"))
     _assert_records_equal(_read(source), _mini_records("coco_mini", True))
 
 
@@ -88,7 +88,7 @@ def test_a_build_from_images_elsewhere_is_rebuilt(tmp_path):
     tfds_builders.build_mini("ochuman_mini", data_dir, str(first))
     builder = tfds_builders.build_mini("ochuman_mini", data_dir, str(second))
     paths = [
-        r["image_path"] for r in _read(tfds_builders.RecordSource(builder.as_data_source("val")))
+        r["image_path"] for r in _read(record_source.RecordSource(builder.as_data_source("val")))
     ]
     assert paths and all(path.startswith(str(second / "images")) for path in paths)
     assert builder.info.metadata["image_dir"] == str(second / "images")
@@ -123,7 +123,7 @@ def test_coco_person_keypoints_from_manual_dir(tmp_path):
     tfds_builders.build_named(
         tfds_builders.CocoPersonKeypoints, data_dir, str(manual_dir), ["val2017", "test_dev2017"]
     )
-    val = tfds_builders.data_source("coco_person_keypoints/val2017", "val2017", data_dir)
+    val = record_source.data_source("coco_person_keypoints/val2017", "val2017", data_dir)
     expected = list(
         coco_records.image_records(
             str(manual_dir / "annotations/person_keypoints_val2017.json"),
@@ -133,7 +133,7 @@ def test_coco_person_keypoints_from_manual_dir(tmp_path):
     )
     _assert_records_equal(_read(val), expected)
     (test_dev,) = _read(
-        tfds_builders.data_source("coco_person_keypoints/test_dev2017", "test_dev2017", data_dir)
+        record_source.data_source("coco_person_keypoints/test_dev2017", "test_dev2017", data_dir)
     )
     assert test_dev["image_id"] == 1 and test_dev["keypoints"].shape == (0, 17, 3)
     assert coco_records.valid_mask(test_dev).all()
@@ -155,7 +155,7 @@ def test_ochuman_from_manual_dir(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         build_data.main([*arguments, "--configs", "test"])
     assert exit_info.value.code == 0
-    records = _read(tfds_builders.data_source("ochuman/test", "test", data_dir))
+    records = _read(record_source.data_source("ochuman/test", "test", data_dir))
     assert [len(r["area"]) for r in records] == [1, 2, 2]
     assert records[0]["image_path"] == str(manual_dir / "images" / "003799.jpg")
 
@@ -198,7 +198,7 @@ def test_crowd_only_image_round_trip(tmp_path):
                 str(annotation_file), images, keep_images_without_people=keep
             )
         )
-        got = _read(tfds_builders.RecordSource(builder.as_data_source(split)))
+        got = _read(record_source.RecordSource(builder.as_data_source(split)))
         _assert_records_equal(got, expected)
     assert (~coco_records.valid_mask(got[0])).sum() == 30
 
@@ -225,7 +225,7 @@ def test_no_tensorflow(tmp_path):
         "import sys\n"
         "from logocap_jax.data import tfds_builders\n"
         f"tfds_builders.build_mini('ochuman_mini', {str(tmp_path)!r})\n"
-        "source = tfds_builders.data_source('coco_format/ochuman_mini', 'val', "
+        "source = record_source.data_source('coco_format/ochuman_mini', 'val', "
         f"{str(tmp_path)!r})\n"
         "assert len(source) == 3 and source[2]['keypoints'].shape == (2, 17, 3)\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"

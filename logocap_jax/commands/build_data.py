@@ -5,14 +5,17 @@ python -m logocap_jax.commands.build_data --dataset coco_mini --data_dir ~/tfds
 """
 
 import logging
+import os
 from collections.abc import Sequence
+
+import tensorflow_datasets as tfds
 
 from logocap_jax.commands import cli
 from logocap_jax.data.tfds_builders import (
     MINI_DATASETS,
+    REPORT_FILE,
     CocoPersonKeypoints,
     OCHuman,
-    _summary,
     build_mini,
     build_named,
 )
@@ -56,6 +59,16 @@ def _build(argv: Sequence[str]) -> None:
         )
     for builder in builders:
         print(_summary(builder))
+
+
+def _summary(builder: tfds.core.DatasetBuilder) -> str:
+    skipped = builder.info.metadata.get("skipped_records", {})
+    splits = ", ".join(
+        f"{split} {info.num_examples} records ({skipped.get(split, 0)} skipped)"
+        for split, info in builder.info.splits.items()
+    )
+    report = os.path.join(builder.data_dir, REPORT_FILE)
+    return f"{builder.info.full_name}: {splits}; report {report}"
 
 
 if __name__ == "__main__":

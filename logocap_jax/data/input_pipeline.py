@@ -235,7 +235,7 @@ def make_train_dataset(
     with `ocp.args.JsonSave`. A state is only valid for the same worker_count.
 
     Args:
-      source: random-access records, e.g. `tfds_builders.data_source(...)` or a list of
+      source: random-access records, e.g. `record_source.data_source(...)` or a list of
         `image_records` records.
       batch_size: global batch size, divisible by the shard count.
       seed: seed of the shuffle and of the augmentation, in [0, 2**32).

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from logocap_jax import config_utils, device_mesh, errors
 from logocap_jax import progress as progress_lib
-from logocap_jax.data import coco_records, input_pipeline, tfds_builders
+from logocap_jax.data import coco_records, input_pipeline, record_source, tfds_builders
 from logocap_jax.evaluation import evaluate
 from logocap_jax.inference import predict
 from logocap_jax.training import forward, losses, run_io, training_log
@@ -221,7 +221,7 @@ def open_train_source(data_config):
                 configs=[data_config.split],
             )
         )
-    source = tfds_builders.data_source(name, data_config.split, data_dir)
+    source = record_source.data_source(name, data_config.split, data_dir)
     if data_config.image_ids:
         source = coco_records.select_images(
             (source[i] for i in range(len(source))),
