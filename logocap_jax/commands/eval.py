@@ -147,8 +147,7 @@ def main(argv=None) -> evaluate.EvaluationResult:
 
 
 def _print_problem(problem: predict.ImageProblem) -> None:
-    what = ", counted as having no detections" if problem.skipped else ""
-    print(f"warning: image {problem.key}: {problem.describe()}{what}", file=sys.stderr, flush=True)
+    print(f"warning: {evaluate.describe(problem)}", file=sys.stderr, flush=True)
 
 
 def exit_status(result: evaluate.EvaluationResult) -> int:

@@ -15,7 +15,6 @@ gathered, COCOeval runs on process 0 and every process gets its stats.
 import dataclasses
 import json
 import os
-import warnings
 
 import jax
 import numpy as np
@@ -69,14 +68,11 @@ class EvaluationResult:
     drawings: dict = dataclasses.field(default_factory=dict)
 
 
-def warn_about(problem: predict.ImageProblem) -> None:
-    """The default problem report of `run_evaluation`: a warning through the warnings module."""
-    if problem.skipped:
-        message = f"image {problem.key}: {problem.describe()}, counted as having no detections"
-        warnings.warn(message, predict.SkippedImageWarning, stacklevel=2)
-    else:
-        message = f"image {problem.key}: {problem.describe()}"
-        warnings.warn(message, preprocess.PartialImageWarning, stacklevel=2)
+def describe(problem: predict.ImageProblem) -> str:
+    """One line for an image of the set that could not be read, or only partially: its id, the
+    file, what is wrong, and how it counts."""
+    counted = ", counted as having no detections" if problem.skipped else ""
+    return f"image {problem.key}: {problem.describe()}{counted}"
 
 
 def run_evaluation(
@@ -110,8 +106,8 @@ def run_evaluation(
       upper_bound: score the oracle local search of `evaluation.upper_bound` instead of the
         model's poses (the paper's Fig. 2 bound; needs ground truth).
       on_problem: called with the `predict.ImageProblem` (key: image id) of each image that
-        cannot be read (skipped: no detections) or decodes only partially; default
-        `warn_about`.
+        cannot be read (skipped: no detections) or decodes only partially; default a
+        warning (`predict.warn_about`) saying `describe(problem)`.
       draw_images: draw the first `draw_images` images this process predicts (in file order)
         into the result's `drawings`.
 
@@ -140,7 +136,7 @@ def run_evaluation(
     position = {r["image_id"]: i for i, r in enumerate(records)}
     mine = records[jax.process_index() :: jax.process_count()]
     entries, people_by_image, problems = [], {}, []
-    report = warn_about if on_problem is None else on_problem
+    report = on_problem or (lambda problem: predict.warn_about(problem, describe(problem)))
 
     def collect(problem):
         problems.append(problem)

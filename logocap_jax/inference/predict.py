@@ -57,11 +57,12 @@ class ImageProblem(NamedTuple):
         return f"{self.path}: {self.reason}; {action}"
 
 
-def warn_about(problem: ImageProblem) -> None:
-    """The default problem report of `predict_many`: a warning through the warnings module."""
+def warn_about(problem: ImageProblem, message: str | None = None) -> None:
+    """The default problem report of `predict_many` (and of evaluation runs): a
+    SkippedImageWarning or PartialImageWarning saying `message`, default `problem.describe()`."""
     category = SkippedImageWarning if problem.skipped else preprocess.PartialImageWarning
     # Attributed to the code that iterates over predict_many.
-    warnings.warn(problem.describe(), category, stacklevel=3)
+    warnings.warn(message or problem.describe(), category, stacklevel=3)
 
 
 class People(NamedTuple):

@@ -118,22 +118,21 @@ class Throughput:
         self._start, self._waiting, self._excluded, self._steps = now, 0.0, 0.0, 0
 
     @contextlib.contextmanager
+    def _adding_to(self, total: str):
+        """Adds the time in the block to the attribute `total`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, total, getattr(self, total) + time.perf_counter() - start)
+
     def waiting_for_input(self):
         """Counts the time in the block as waiting for the input."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._waiting += time.perf_counter() - start
+        return self._adding_to("_waiting")
 
-    @contextlib.contextmanager
     def excluded(self):
         """Leaves the time in the block out of the figures."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._excluded += time.perf_counter() - start
+        return self._adding_to("_excluded")
 
     def step_done(self):
         self._steps += 1
