@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from logocap_jax.data import targets
 from logocap_jax.keypoints import IMAGENET_MEAN, IMAGENET_STD
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -45,19 +46,14 @@ def nhwc(array) -> np.ndarray:
 
 def padded_ground_truth(golden: dict, index: int, max_people: int = MAX_PEOPLE) -> dict:
     """One golden image's OKS ground truth, padded to max_people rows as the data pipeline does."""
-    keypoints, areas = golden[f"meta_{index}.kpts"], golden[f"meta_{index}.areas"]
-    padded = np.zeros((max_people, 17, 3), np.float32)
-    padded[: len(keypoints)] = keypoints
-    padded_areas = np.zeros(max_people, np.float32)
-    padded_areas[: len(areas)] = areas
-    return {
-        "keypoints": padded,
-        "areas": padded_areas,
-        "valid": np.arange(max_people) < len(areas),
-        "transform": golden[f"meta_{index}.transform"],
-        "transform_inv": golden[f"meta_{index}.transform_inv"],
-        "flip": np.asarray(golden[f"meta_{index}.HFlip"]),
-    }
+    return targets.padded_people(
+        golden[f"meta_{index}.kpts"],
+        golden[f"meta_{index}.areas"],
+        golden[f"meta_{index}.transform"],
+        golden[f"meta_{index}.transform_inv"],
+        golden[f"meta_{index}.HFlip"],
+        max_people,
+    )
 
 
 def training_batch(golden: dict) -> dict:

@@ -10,13 +10,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+import train_runs
 
 from logocap_jax.weights import checkpoints
 
@@ -28,21 +28,15 @@ TIMEOUT = 1200
 
 
 def _command(workdir, data_dir):
-    return [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "--config",
-        str(ROOT / "configs" / "mini.py"),
-        "--workdir",
-        str(workdir),
-        f"--config.train.num_steps={STEPS}",
+    return train_runs.mini_command(
+        workdir,
+        data_dir,
+        STEPS,
         "--config.train.checkpoint_every_steps=1",
         "--config.train.eval_every_steps=0",
-        "--config.train.log_every_steps=1",
         "--config.data.input_size=64",
         "--config.data.output_size=16",
-        f"--config.data.data_dir={data_dir}",
-    ]
+    )
 
 
 def _steps(directory):

@@ -12,11 +12,11 @@ that checkpoint was committed. The second run (to step 8) resumes from step 4, s
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+import train_runs
 from tensorboard.backend.event_processing import event_accumulator, event_file_loader
 
 from logocap_jax.commands import curves
@@ -31,24 +31,18 @@ EVAL_STEPS = [0, 3, 6, 8]
 
 
 def _command(workdir, data_dir, steps, *flags):
-    return [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "--config",
-        str(ROOT / "configs" / "mini.py"),
-        "--workdir",
-        str(workdir),
-        f"--config.train.num_steps={steps}",
+    return train_runs.mini_command(
+        workdir,
+        data_dir,
+        steps,
         "--config.train.checkpoint_every_steps=2",
         "--config.train.eval_every_steps=3",
-        "--config.train.log_every_steps=1",
         "--config.eval.logged_images=2",
         "--config.data.input_size=128",
         "--config.data.output_size=32",
         "--config.test.input_size=128",
-        f"--config.data.data_dir={data_dir}",
         *flags,
-    ]
+    )
 
 
 def _train(command):

@@ -193,15 +193,34 @@ def oks_ground_truth(
         keypoints = keypoints[:, list(FLIP_INDEX)]
     t = np.asarray(transform, np.float32)
     keypoints[:, :, 2] *= _in_crop(keypoints, t, input_size)
+    transform_inv = np.linalg.inv(t.astype(np.float64)).astype(np.float32)
+    return padded_people(keypoints, areas, t, transform_inv, params.flip, max_people)
+
+
+def padded_people(keypoints, areas, transform, transform_inv, flip, max_people: int) -> dict:
+    """P persons' OKS ground truth padded to max_people rows, as a training batch holds it.
+
+    Args:
+      keypoints: [P, K, 3] original-image keypoints (flipped joint order if flip).
+      areas: [P] areas.
+      transform, transform_inv: [3, 3] the crop's affine map and its inverse.
+      flip: whether the crop is mirrored.
+      max_people: the rows; P must not exceed it.
+
+    Returns:
+      {"keypoints": [max_people, K, 3], "areas": [max_people], "valid": [max_people] bool,
+      "transform", "transform_inv": float32 [3, 3], "flip": bool}.
+    """
+    count = len(areas)
     padded = np.zeros((max_people, NUM_JOINTS, 3), np.float32)
-    padded[: len(areas)] = keypoints
+    padded[:count] = keypoints
     padded_areas = np.zeros(max_people, np.float32)
-    padded_areas[: len(areas)] = areas
+    padded_areas[:count] = areas
     return {
         "keypoints": padded,
         "areas": padded_areas,
-        "valid": np.arange(max_people) < len(areas),
-        "transform": t,
-        "transform_inv": np.linalg.inv(t.astype(np.float64)).astype(np.float32),
-        "flip": bool(params.flip),
+        "valid": np.arange(max_people) < count,
+        "transform": np.asarray(transform, np.float32),
+        "transform_inv": np.asarray(transform_inv, np.float32),
+        "flip": bool(flip),
     }
