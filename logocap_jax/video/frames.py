@@ -124,6 +124,7 @@ class FrameReader:
       skipped: frames that could not be read, in order, as they were met.
       truncated_at: for a video whose reads kept failing (MAX_FAILED_READS in a row), the
         index where reading stopped, else None.
+      decode_seconds: time the reading thread spent reading and decoding frames so far.
     """
 
     def __init__(self, source: str, kind: str, selection: FrameSelection, fps: float | None):
@@ -131,6 +132,7 @@ class FrameReader:
         self.name = source_name(source, kind == "sequence")
         self.skipped: list[SkippedFrame] = []
         self.truncated_at: int | None = None
+        self.decode_seconds = 0.0
         self._capture = None
         self._paths: list[str] = []
         if kind == "sequence":
@@ -240,7 +242,9 @@ class FrameReader:
             if selection.end is not None and timestamp >= selection.end:
                 return
             live_early = self.kind in ("camera", "stream") and timestamp < selection.start
+            started = time.perf_counter()
             image, reason = self._read(index, decode=wanted and not live_early)
+            self.decode_seconds += time.perf_counter() - started
             if reason is not None:
                 if self._count is None:  # Without a frame count, a failed read is the end.
                     return
