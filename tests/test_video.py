@@ -1,13 +1,22 @@
-"""Video input: the frame reader on clips made here from a bundled COCO photo (320 x 240)."""
+"""Video input and output: the frame reader on clips made here from a bundled COCO photo, and
+the predict command on a video, a folder of frames and bad input (tiny model, 320 x 240)."""
+
+import json
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
 from logocap_jax import errors
+from logocap_jax.commands import cli
+from logocap_jax.commands import predict as predict_command
 from logocap_jax.video import frames
 
 PHOTO = "data/coco_mini/images/000000197388.jpg"  # 640 x 392, several people
+CONFIG = "configs/tiny.py"
+STATE_DICT = "tests/data/golden/tiny_state_dict.npz"
 WIDTH, HEIGHT, FPS, FRAMES = 320, 240, 10.0, 16
 
 
@@ -163,3 +172,126 @@ def test_source_names():
     assert frames.source_name("rtsp://host:554/live/cam1?x=1") == "cam1"
     assert frames.source_name("http://host:8080/") == "stream"
     assert frames.source_name("shots/day1/", sequence=True) == "day1"
+
+
+def predict_video(tmp_path, *args) -> subprocess.CompletedProcess:
+    """The predict command on the tiny model, as a subprocess."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "logocap_jax.commands.predict",
+            "--config",
+            CONFIG,
+            "--state_dict",
+            STATE_DICT,
+            "--output_dir",
+            str(tmp_path / "out"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+    )
+
+
+def read_log(path) -> list:
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def count_frames(path) -> tuple:
+    """(frames, width, height) of a video, decoding every frame."""
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    size = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    capture.release()
+    return count, *size
+
+
+@pytest.mark.slow
+def test_cli_writes_a_drawn_video_and_one_log_line_per_frame(tmp_path, clip):
+    proc = predict_video(tmp_path, "--source", clip)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    assert count_frames(out / "walk.mp4") == (FRAMES, WIDTH, HEIGHT)
+    log = read_log(out / "walk.jsonl")
+    assert [line["frame"] for line in log] == list(range(FRAMES))
+    assert [line["time"] for line in log] == pytest.approx([i / FPS for i in range(FRAMES)])
+    people = [person for line in log for person in line["people"]]
+    assert people, "the tiny model finds people in the photo"
+    assert all(np.shape(person["keypoints"]) == (17, 3) for person in people)
+    ids = {person["track_id"] for person in people}
+    summary = json.loads((out / "walk_summary.json").read_text())
+    assert summary["frames"] == FRAMES and summary["tracks"] == len(ids - {-1})
+    assert summary["codec"] == "vp09"
+    assert f"walk: {FRAMES} frames (320x240)" in proc.stdout
+    # The drawing differs from the source where the skeletons are.
+    drawn = cv2.VideoCapture(str(out / "walk.mp4")).read()[1]
+    assert np.abs(drawn.astype(float) - clip_frames(1)[0]).max() > 100
+
+
+@pytest.mark.slow
+def test_cli_sequence_with_a_size_change_and_a_broken_frame(tmp_path):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    images = clip_frames(6) + clip_frames(4, size=(240, 320))
+    for i, image in enumerate(images):
+        cv2.imwrite(str(folder / f"{i:04d}.jpg"), image)
+    (folder / "0003.jpg").write_bytes(b"not a jpeg")
+    proc = predict_video(tmp_path, "--source", str(folder), "--sequence", "--every_nth", "1")
+    assert proc.returncode == 3, proc.stderr
+    out = tmp_path / "out"
+    log = read_log(out / "shots.jsonl")
+    assert [line["frame"] for line in log] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert [(line["width"], line["height"]) for line in log] == [(320, 240)] * 5 + [(240, 320)] * 4
+    assert count_frames(out / "shots.mp4") == (9, WIDTH, HEIGHT)
+    assert proc.stderr.count("frame size changes to 240x320") == 1
+    assert "skipped 1 unreadable frames: 3 (0003.jpg: not a readable image)" in proc.stdout
+
+
+@pytest.mark.slow
+def test_cli_truncated_video_counts_the_skipped_frames(tmp_path):
+    full = write_clip(tmp_path / "full.avi", clip_frames(), "MJPG")
+    data = open(full, "rb").read()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    proc = predict_video(tmp_path, "--source", str(cut), "--no_draw", "--fast")
+    assert proc.returncode == 3, proc.stderr
+    log = read_log(tmp_path / "out" / "cut.jsonl")
+    summary = json.loads((tmp_path / "out" / "cut_summary.json").read_text())
+    assert len(log) == summary["frames"] and 0 < len(log) < FRAMES
+    assert len(summary["skipped"]) == FRAMES - len(log)
+    assert not (tmp_path / "out" / "cut.mp4").exists()
+
+
+def run_command(argv) -> int:
+    """The exit status of the predict command run in this process."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(predict_command.main, argv)
+    return exit_info.value.code
+
+
+@pytest.mark.parametrize(
+    "source, extra, message",
+    [
+        ("notes.mp4", [], "notes.mp4: not a readable video file"),
+        ("missing.mp4", [], "No such video file:"),
+        ("57", [], "Cannot open camera 57"),
+        (".", [], "is a folder: give a video file, or --sequence"),
+        ("clip", ["--start", "2", "--end", "1"], "end (1.0 s) must be after start (2.0 s)"),
+        ("clip", ["--panel_joint", "nose"], "--panel_joint only apply to images"),
+        (None, ["--every_nth", "2", "photo.jpg"], "--every_nth need --source"),
+        ("clip", ["photo.jpg"], "either image files and folders or --source"),
+    ],
+)
+def test_cli_bad_sources_are_one_line_errors(tmp_path, clip, capsys, source, extra, message):
+    (tmp_path / "notes.mp4").write_text("this is not a video")
+    named = {"clip": clip, ".": str(tmp_path), "57": "57"}.get(source, str(tmp_path / f"{source}"))
+    argv = ["--config", CONFIG, "--state_dict", STATE_DICT, "--output_dir", str(tmp_path / "o")]
+    argv += (["--source", named] if source else []) + extra
+    assert run_command(argv) == cli.EXIT_USER_ERROR
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "o").exists()

@@ -18,8 +18,8 @@ from logocap_jax.inference.predict import Predictor
 from logocap_jax.video import frames, run, tracking, writers
 from logocap_jax.video.smoothing import OneEuroSettings
 
-# --fast: the short side of the network input (the official 512 halves the work at about
-# 0.56x the pixels) and no flip test (half the network passes).
+# --fast: the network input's short side (0.56 times the pixels of the official 512) and no
+# flip test (one network pass instead of two): about a quarter of the work.
 FAST_INPUT_SIZE = 384
 # Options that only apply with --source, and their defaults.
 VIDEO_ONLY = {
@@ -122,7 +122,12 @@ def apply_fast(config) -> None:
 
 def check_video_arguments(parser: argparse.ArgumentParser, args) -> None:
     """Rejects image-only options with --source (one line, status 2)."""
-    given = [f"--{name}" for name in IMAGE_ONLY if getattr(args, name) not in (None, False)]
+    # Identity, not equality: --panel_joint 0 (nose) is given, though 0 == False.
+    given = [
+        f"--{name}"
+        for name in IMAGE_ONLY
+        if getattr(args, name) is not None and getattr(args, name) is not False
+    ]
     if given:
         parser.error(f"{', '.join(given)} only apply to images, not to --source")
 
