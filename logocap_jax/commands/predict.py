@@ -1,10 +1,12 @@
-"""The predict command: photos and folders -> results.json, drawn skeletons, failures.json.
+"""The predict command: photos and folders -> results.json, drawn skeletons, failures.json;
+a video, camera, stream or folder of frames (--source) -> a drawn, tracked video and a JSONL log.
 
   python -m logocap_jax.commands.predict --pretrained w32 photo.jpg --output_dir out  # official
   python -m logocap_jax.commands.predict --config configs/w32.py --checkpoint ckpt/w32 \
       photos/ --output_dir out
   python -m logocap_jax.commands.predict ... --panel_joint left_wrist   # one instance panel too
   python -m logocap_jax.commands.predict ... --config.logo_ca.reweigh=false   # any config field
+  python -m logocap_jax.commands.predict --pretrained w32 --source walk.mp4 --output_dir out
 
 Installed as `logocap-predict`. Options, outputs and exit statuses: docs/commands.md.
 """
@@ -17,7 +19,7 @@ import sys
 from collections.abc import Iterable
 
 from logocap_jax import errors, weights
-from logocap_jax.commands import cli
+from logocap_jax.commands import cli, predict_video
 from logocap_jax.inference import postprocess, preprocess, visualize
 from logocap_jax.inference.predict import (
     ImageProblem,
@@ -43,7 +45,7 @@ def image_files(inputs) -> list:
       InputFormatError: a folder holds no image file, or there are no inputs.
     """
     if not inputs:
-        raise errors.InputFormatError("No input images or folders given")
+        raise errors.InputFormatError("No input images or folders given (or --source for a video)")
     paths = []
     for entry in inputs:
         if os.path.isdir(entry):
@@ -147,15 +149,18 @@ def positive_int(value: str) -> int:
 
 def parse_args(argv=None):
     """The CLI's arguments; `paths` holds the input images, `config` the loaded config with its
-    `--config.<key>=<value>` overrides (an input error exits with one line, status 2)."""
+    `--config.<key>=<value>` overrides (an input error exits with one line, status 2); with
+    --source, the video options instead of `paths` (see `predict_video`)."""
     parser = cli.ArgumentParser(
-        description="LOGO-CAP poses for images: COCO JSON and overlays.",
-        epilog="Exit status: 0 every image predicted; 3 some images skipped (named on stderr "
-        "and in failures.json, results.json holds the others); 2 a user error (one line; "
+        description="LOGO-CAP poses for images (COCO JSON and overlays) or, with --source, for "
+        "a video, camera, stream or folder of frames (a tracked, drawn video and a JSONL log).",
+        epilog="Exit status: 0 every image (frame) predicted; 3 some images (frames) skipped "
+        "(named on stderr and in failures.json, results.json holds the others); 2 a user error "
+        "(one line; "
         "--verbose for the traceback), or with --fail_fast the first image that cannot be "
         "read; 1 an internal error.",
     )
-    parser.add_argument("inputs", nargs="+", help="image files or folders")
+    parser.add_argument("inputs", nargs="*", help="image files or folders")
     add_weights_arguments(parser)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument(
@@ -190,7 +195,16 @@ def parse_args(argv=None):
         help="stop at the first image that cannot be read (exit status 2, no results.json) "
         "instead of skipping it",
     )
+    predict_video.add_video_arguments(parser)
     args = parse_args_with_weights(parser, argv)
+    if args.fast:
+        predict_video.apply_fast(args.config)
+    if args.source is not None:
+        if args.inputs:
+            parser.error("give either image files and folders or --source, not both")
+        predict_video.check_video_arguments(parser, args)
+        return args
+    predict_video.reject_video_arguments(parser, args)
     try:
         args.paths = image_files(args.inputs)
     except errors.UserError as err:
@@ -284,6 +298,8 @@ def main(argv=None) -> int:
     """
     args = parse_args(argv)
     config = args.config
+    if args.source is not None:
+        return predict_video.main(args, lambda: weights.load(config, weights_source(args)))
     variables = weights.load(config, weights_source(args))
     predictor = Predictor.from_config(
         config,

@@ -15,6 +15,7 @@ from logocap_jax.keypoints import JOINT_NAMES, NUM_JOINTS, SKELETON
 DEFAULT_KEYPOINT_THRESHOLD = 0.1
 STYLES = ("pred", "gt")
 GT_COLOR = (255, 255, 255)
+UNTRACKED_COLOR = (160, 160, 160)
 PANEL_TILE = 256
 PANEL_GAP = 4
 
@@ -101,10 +102,15 @@ def _draw_person(canvas, person, color, style, threshold):
 
 def _draw_score(canvas, drawn, score, color):
     """Writes the pose score just above the topmost drawn joint."""
+    _draw_label(canvas, drawn, f"{score:.2f}", color)
+
+
+def _draw_label(canvas, drawn, text, color):
+    """Writes `text` just above the topmost of the drawn joints [n, 2]."""
     x, y = drawn[np.argmin(drawn[:, 1])]
     cv2.putText(
         canvas,
-        f"{score:.2f}",
+        text,
         (int(x), int(y) - 6),
         cv2.FONT_HERSHEY_SIMPLEX,
         0.4,
@@ -154,6 +160,43 @@ def draw_poses(
         if scores is not None and len(drawn):
             _draw_score(canvas, drawn, scores[p], person_rgb)
     return canvas
+
+
+def draw_tracks(image_rgb, keypoints, ids, *, keypoint_threshold=DEFAULT_KEYPOINT_THRESHOLD):
+    """Draws tracked poses on a copy of an image, each coloured by its track id, which is
+    written above it, so a person keeps its colour across the frames of a video.
+
+    Args:
+      image_rgb: uint8 [h, w, 3] RGB image; not modified.
+      keypoints: [P, 17, 3] (x, y, score) in pixels of ``image_rgb``.
+      ids: [P] track ids; a negative id (an untracked person) is drawn grey, without a label.
+      keypoint_threshold: as for `draw_poses`.
+
+    Returns:
+      The drawn uint8 [h, w, 3] RGB image.
+    """
+    canvas = _check_image(image_rgb).copy()
+    keypoints, _ = _check_keypoints(keypoints, None)
+    ids = np.asarray(ids).ravel()
+    if ids.shape != (keypoints.shape[0],):
+        raise ValueError(f"ids must be [P] = [{keypoints.shape[0]}], got {ids.shape}")
+    for person, track in zip(keypoints, ids):
+        color = person_color(int(track)) if track >= 0 else UNTRACKED_COLOR
+        drawn = _draw_person(canvas, person, color, "pred", keypoint_threshold)
+        if track >= 0 and len(drawn):
+            _draw_label(canvas, drawn, str(int(track)), color)
+    return canvas
+
+
+def draw_caption(image_rgb, text):
+    """Writes one line of text at the top left of an image, in place (white on a dark
+    outline, readable on any background)."""
+    image = _check_image(image_rgb)
+    scale = max(0.4, min(image.shape[:2]) / 600)
+    origin = (6, int(6 + 20 * scale))
+    for color, width in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+        cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, color, width, cv2.LINE_AA)
+    return image
 
 
 def save_png(path, image_rgb):
