@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from logocap_jax import progress
+from logocap_jax.commands import predict as predict_command
 from logocap_jax.evaluation import evaluate
 
-MINI = Path(__file__).resolve().parents[1] / "data" / "coco_mini"
+ROOT = Path(__file__).resolve().parents[1]
+MINI = ROOT / "data" / "coco_mini"
 LINE = re.compile(
     r"^train: (\d+)/(\d+) step \(\d+%\), [\d.]+ (step/s|s/step)(, ETA [\d:]+)?(, loss=[\d.]+)?$"
 )
@@ -138,3 +140,22 @@ def test_evaluation_reports_progress_and_draws_the_first_images(tiny_predictors,
         tiny_predictors[False], annotations, str(MINI / "images"), progress=False
     )
     assert "images:" not in capsys.readouterr().err
+
+
+def test_the_predict_command_reports_progress_unless_quiet(tmp_path, capsys):
+    images = [str(MINI / "images" / f"{image_id:012d}.jpg") for image_id in (197388, 229358)]
+    argv = [
+        *images,
+        "--config",
+        str(ROOT / "configs" / "tiny.py"),
+        "--config.decode.flip_test=false",
+        "--state_dict",
+        str(ROOT / "tests" / "data" / "golden" / "tiny_state_dict.npz"),
+        "--no_draw",
+    ]
+    assert predict_command.main([*argv, "--output_dir", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert re.search(r"^predict: 2/2 img \(100%\), [\d.]+ (img/s|s/img)$", err, re.M), err
+    assert predict_command.main([*argv, "--output_dir", str(tmp_path / "b"), "--quiet"]) == 0
+    assert "predict:" not in capsys.readouterr().err

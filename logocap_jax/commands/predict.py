@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Iterable
 
-from logocap_jax import errors, weights
+from logocap_jax import errors, progress, weights
 from logocap_jax.commands import cli, predict_video
 from logocap_jax.inference import postprocess, preprocess, visualize
 from logocap_jax.inference.predict import (
@@ -195,6 +195,11 @@ def parse_args(argv=None):
         help="stop at the first image that cannot be read (exit status 2, no results.json) "
         "instead of skipping it",
     )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress: neither the bar (on a terminal) nor the progress lines (in a log file)",
+    )
     predict_video.add_video_arguments(parser)
     args = parse_args_with_weights(parser, argv)
     if args.fast:
@@ -317,11 +322,14 @@ def main(argv=None) -> int:
         print(f"warning: {problem.describe()}", file=sys.stderr, flush=True)
 
     results_path = os.path.join(args.output_dir, "results.json")
-    with ResultsFile(results_path) as results:
-        items = predictor.predict_many(
-            enumerate(paths), on_problem=report, fail_fast=args.fail_fast
-        )
-        for index, people in items:
+    items = predictor.predict_many(enumerate(paths), on_problem=report, fail_fast=args.fail_fast)
+    with (
+        ResultsFile(results_path) as results,
+        progress.Progress(
+            items, total=len(paths), unit="img", desc="predict", enabled=not args.quiet
+        ) as bar,
+    ):
+        for index, people in bar:
             path = paths[index]
             results.write(postprocess.coco_results(ids[path], people.keypoints, people.scores))
             _write_images(args, path, people)

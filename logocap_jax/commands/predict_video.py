@@ -187,6 +187,7 @@ def main(args, load_variables: Callable) -> int:
             keypoint_threshold=args.threshold,
             min_score=args.min_score,
             write_video=not args.no_draw,
+            show_progress=not args.quiet,
         )
     summary_path = os.path.join(args.output_dir, f"{summary.name}_summary.json")
     report = dataclasses.asdict(summary)
