@@ -281,7 +281,7 @@ def test_cli_fail_fast_stops_at_the_first_unreadable_image(tmp_path, capsys):
     (folder / "b.jpg").write_bytes(b"")
     (folder / "c.jpg").write_bytes(jpeg_bytes(GOOD_ID))
     argv = [str(folder), "--config", CONFIG, "--state_dict", STATE_DICT, *FAST]
-    argv += ["--output_dir", str(tmp_path / "out"), "--no_draw", "--fail_fast"]
+    argv += ["--output_dir", str(tmp_path / "out"), "--no_draw", "--fail_fast", "--quiet"]
     with pytest.raises(SystemExit) as exit_info:
         cli.run_main(predict_command.main, argv)
     captured = capsys.readouterr()
