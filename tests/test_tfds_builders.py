@@ -223,7 +223,7 @@ def test_cli_requires_manual_dir(tmp_path):
 def test_no_tensorflow(tmp_path):
     code = (
         "import sys\n"
-        "from logocap_jax.data import tfds_builders\n"
+        "from logocap_jax.data import record_source, tfds_builders\n"
         f"tfds_builders.build_mini('ochuman_mini', {str(tmp_path)!r})\n"
         "source = record_source.data_source('coco_format/ochuman_mini', 'val', "
         f"{str(tmp_path)!r})\n"
