@@ -124,6 +124,7 @@ def _two_images(tmp_path):
     return str(path), data["images"]
 
 
+@pytest.mark.slow
 def test_evaluation_reports_progress_and_draws_the_first_images(tiny_predictors, tmp_path, capsys):
     annotations, images = _two_images(tmp_path)
     result = evaluate.run_evaluation(
@@ -142,6 +143,7 @@ def test_evaluation_reports_progress_and_draws_the_first_images(tiny_predictors,
     assert "images:" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_predict_command_reports_progress_unless_quiet(tmp_path, capsys):
     images = [str(MINI / "images" / f"{image_id:012d}.jpg") for image_id in (197388, 229358)]
     argv = [

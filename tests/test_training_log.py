@@ -177,6 +177,7 @@ def _leveldb_records(data: bytes):
     return records
 
 
+@pytest.mark.slow
 def test_wandb_offline_run(tmp_path):
     pytest.importorskip("wandb")
     from wandb.proto import wandb_internal_pb2
