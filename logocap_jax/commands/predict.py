@@ -31,11 +31,9 @@ from logocap_jax.inference.predict import (
 from logocap_jax.keypoints import JOINT_NAMES
 from logocap_jax.weights import pretrained
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-
 
 def image_files(inputs) -> list:
-    """Image paths from files and folders (folders: their IMAGE_EXTENSIONS files, sorted).
+    """Image paths from files and folders (folders: their image files, sorted).
 
     An input that does not exist is kept as a file, to be skipped and reported when it is read,
     unless no input exists at all.
@@ -49,16 +47,7 @@ def image_files(inputs) -> list:
     paths = []
     for entry in inputs:
         if os.path.isdir(entry):
-            found = sorted(
-                os.path.join(entry, name)
-                for name in os.listdir(entry)
-                if name.lower().endswith(IMAGE_EXTENSIONS)
-            )
-            if not found:
-                raise errors.InputFormatError(
-                    f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {entry}"
-                )
-            paths += found
+            paths += preprocess.image_files_in(entry)
         else:
             paths.append(entry)
     if not any(os.path.lexists(entry) for entry in inputs):

@@ -33,6 +33,8 @@ from logocap_jax.keypoints import IMAGENET_MEAN, IMAGENET_STD
 
 # Person and crop scales are expressed in units of this many pixels (HRNet/DEKR convention).
 SCALE_UNIT_PX = 200.0
+# The files that folder inputs (photos, frames of a sequence) are read from.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 # The long side of the network input is padded up to a multiple of this.
 SIZE_DIVISOR = 64
 
@@ -386,6 +388,24 @@ def inference_resize(height: int, width: int, input_size: int) -> ResizeInfo:
     return ResizeInfo(
         center=center, scale=scale, size_wh=np.array([w_resized, h_resized], dtype=np.int64)
     )
+
+
+def image_files_in(folder: str, what: str = "image") -> list[str]:
+    """The image files of a folder (IMAGE_EXTENSIONS, any case), sorted by name.
+
+    Raises:
+      InputFormatError: the folder holds none; the message calls them `what` files.
+    """
+    paths = sorted(
+        os.path.join(folder, name)
+        for name in os.listdir(folder)
+        if name.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    if not paths:
+        raise errors.InputFormatError(
+            f"No {what} files ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}"
+        )
+    return paths
 
 
 def normalize(image_uint8: np.ndarray) -> np.ndarray:

@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 
 from logocap_jax import errors
+from logocap_jax.inference import preprocess
 
-FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 # The clock of sources that do not say their frame rate (folders, some streams).
 DEFAULT_FPS = 30.0
 # Frames decoded ahead of the consumer: enough to cover a batch, little memory.
@@ -292,16 +292,7 @@ def _frame_files(folder: str) -> list:
         raise errors.InputNotFoundError(f"No such folder of frames: {folder}")
     if not os.path.isdir(folder):
         raise errors.InputFormatError(f"--sequence needs a folder of frames, {folder} is a file")
-    paths = sorted(
-        os.path.join(folder, name)
-        for name in os.listdir(folder)
-        if name.lower().endswith(FRAME_EXTENSIONS)
-    )
-    if not paths:
-        raise errors.InputFormatError(
-            f"No frame files ({', '.join(FRAME_EXTENSIONS)}) in folder {folder}"
-        )
-    return paths
+    return preprocess.image_files_in(folder, "frame")
 
 
 def _open_capture(source: str, kind: str) -> cv2.VideoCapture:
