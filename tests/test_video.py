@@ -1,5 +1,5 @@
-"""Video input and output: the frame reader on clips made here from a bundled COCO photo, and
-the predict command on a video, a folder of frames and bad input (tiny model, 320 x 240)."""
+"""Video input and output: the frame reader on clips of a bundled COCO photo (video/demo_clip.py),
+and the predict command on a video, a folder of frames and bad input (tiny model, 320 x 240)."""
 
 import json
 import subprocess
@@ -12,42 +12,20 @@ import pytest
 from logocap_jax import errors
 from logocap_jax.commands import cli
 from logocap_jax.commands import predict as predict_command
-from logocap_jax.video import frames
+from logocap_jax.video import demo_clip, frames
 
-PHOTO = "data/coco_mini/images/000000197388.jpg"  # 640 x 392, several people
 CONFIG = "configs/tiny.py"
 STATE_DICT = "tests/data/golden/tiny_state_dict.npz"
-WIDTH, HEIGHT, FPS, FRAMES = 320, 240, 10.0, 16
+(WIDTH, HEIGHT), FPS, FRAMES = demo_clip.SIZE, demo_clip.FPS, demo_clip.FRAMES
 
 
-def clip_frames(count: int = FRAMES, size=(WIDTH, HEIGHT)) -> list:
-    """BGR frames of a camera panning right and zooming in over the photo."""
-    photo = cv2.imread(PHOTO)
-    height, width = photo.shape[:2]
-    images = []
-    for i in range(count):
-        t = i / max(count - 1, 1)
-        crop_w = int(width * (0.9 - 0.25 * t))
-        crop_h = crop_w * size[1] // size[0]
-        x = int((width - crop_w) * t)
-        y = (height - crop_h) // 2
-        images.append(cv2.resize(photo[y : y + crop_h, x : x + crop_w], size))
-    return images
-
-
-def write_clip(path, images, fourcc: str = "mp4v", fps: float = FPS) -> str:
-    height, width = images[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
-    assert writer.isOpened(), fourcc
-    for image in images:
-        writer.write(image)
-    writer.release()
-    return str(path)
+def write_clip(path, images, fourcc: str = "mp4v") -> str:
+    return demo_clip.write_clip(path, images, FPS, fourcc)
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    return write_clip(tmp_path_factory.mktemp("clip") / "walk.mp4", clip_frames())
+    return demo_clip.write_demo_clip(tmp_path_factory.mktemp("clip") / "walk.mp4")
 
 
 def read_all(source, **options):
@@ -62,7 +40,7 @@ def test_reads_every_frame_in_order(clip):
     assert got[3].timestamp == pytest.approx(0.3)
     assert got[0].image.shape == (HEIGHT, WIDTH, 3) and got[0].image.dtype == np.uint8
     # RGB, not OpenCV's BGR: compare with the first frame as written (lossy codec).
-    first_rgb = cv2.cvtColor(clip_frames(1)[0], cv2.COLOR_BGR2RGB).astype(float)
+    first_rgb = demo_clip.demo_frames(1)[0].astype(float)
     assert np.abs(got[0].image - first_rgb).mean() < 12
     assert (
         np.abs(got[0].image[..., ::-1] - first_rgb).mean()
@@ -105,22 +83,22 @@ def test_bad_selection_is_a_usage_error(clip, options):
 
 
 def test_sequence_reads_a_folder_in_name_order(tmp_path):
-    images = clip_frames(5)
+    images = demo_clip.demo_frames(5)
     for i, image in enumerate(images):
-        cv2.imwrite(str(tmp_path / f"frame_{i:03d}.png"), image)
+        cv2.imwrite(str(tmp_path / f"frame_{i:03d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     (tmp_path / "notes.txt").write_text("not a frame")
     (tmp_path / "frame_002.png").write_bytes(b"broken")
     reader, got = read_all(str(tmp_path), sequence=True, fps=5)
     assert [f.index for f in got] == [0, 1, 3, 4]
     assert [f.timestamp for f in got] == pytest.approx([0, 0.2, 0.6, 0.8])
     assert reader.skipped == [frames.SkippedFrame(2, "frame_002.png: not a readable image")]
-    np.testing.assert_array_equal(got[2].image, cv2.cvtColor(images[3], cv2.COLOR_BGR2RGB))
+    np.testing.assert_array_equal(got[2].image, images[3])
     assert reader.name == tmp_path.name
 
 
 def test_truncated_video_skips_and_counts_the_missing_frames(tmp_path):
     # AVI keeps its frame count in the header, so a cut file announces frames it lacks.
-    full = write_clip(tmp_path / "full.avi", clip_frames(), "MJPG")
+    full = write_clip(tmp_path / "full.avi", demo_clip.demo_frames(), "MJPG")
     data = open(full, "rb").read()
     cut = tmp_path / "cut.avi"
     cut.write_bytes(data[: len(data) * 6 // 10])
@@ -228,17 +206,17 @@ def test_cli_writes_a_drawn_video_and_one_log_line_per_frame(tmp_path, clip):
     assert summary["codec"] == "vp09"
     assert f"walk: {FRAMES} frames (320x240)" in proc.stdout
     # The drawing differs from the source where the skeletons are.
-    drawn = cv2.VideoCapture(str(out / "walk.mp4")).read()[1]
-    assert np.abs(drawn.astype(float) - clip_frames(1)[0]).max() > 100
+    drawn = cv2.cvtColor(cv2.VideoCapture(str(out / "walk.mp4")).read()[1], cv2.COLOR_BGR2RGB)
+    assert np.abs(drawn.astype(float) - demo_clip.demo_frames(1)[0]).max() > 100
 
 
 @pytest.mark.slow
 def test_cli_sequence_with_a_size_change_and_a_broken_frame(tmp_path):
     folder = tmp_path / "shots"
     folder.mkdir()
-    images = clip_frames(6) + clip_frames(4, size=(240, 320))
+    images = demo_clip.demo_frames(6) + demo_clip.demo_frames(4, size=(240, 320))
     for i, image in enumerate(images):
-        cv2.imwrite(str(folder / f"{i:04d}.jpg"), image)
+        cv2.imwrite(str(folder / f"{i:04d}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     (folder / "0003.jpg").write_bytes(b"not a jpeg")
     proc = predict_video(tmp_path, "--source", str(folder), "--sequence", "--every_nth", "1")
     assert proc.returncode == 3, proc.stderr
@@ -253,7 +231,7 @@ def test_cli_sequence_with_a_size_change_and_a_broken_frame(tmp_path):
 
 @pytest.mark.slow
 def test_cli_truncated_video_counts_the_skipped_frames(tmp_path):
-    full = write_clip(tmp_path / "full.avi", clip_frames(), "MJPG")
+    full = write_clip(tmp_path / "full.avi", demo_clip.demo_frames(), "MJPG")
     data = open(full, "rb").read()
     cut = tmp_path / "cut.avi"
     cut.write_bytes(data[: len(data) * 6 // 10])
