@@ -1,9 +1,12 @@
 """Video input and output: the frame reader on clips of a bundled COCO photo (video/demo_clip.py),
 and the predict command on a video, a folder of frames and bad input (tiny model, 320 x 240)."""
 
+import functools
+import http.server
 import json
 import subprocess
 import sys
+import threading
 
 import cv2
 import numpy as np
@@ -130,6 +133,64 @@ def test_bad_files_are_user_errors_naming_them(tmp_path, name, content, error):
         (tmp_path / name).write_bytes(content)
     with pytest.raises(error, match=name):
         frames.open_source(str(tmp_path / name))
+
+
+def test_image_file_is_not_a_video(tmp_path):
+    # FFmpeg would open it as a one-frame video that cannot rewind.
+    path = tmp_path / "photo.JPG"
+    path.write_bytes(cv2.imencode(".jpg", demo_clip.demo_frames(1)[0])[1].tobytes())
+    with pytest.raises(errors.InputFormatError, match="photo.JPG is an image, not a video"):
+        frames.open_source(str(path))
+
+
+def test_ffmpeg_prints_nothing_of_its_own_for_a_bad_file(tmp_path):
+    # The one-line error stays one line: FFmpeg would add "moov atom not found" on stderr.
+    path = tmp_path / "notes.mp4"
+    path.write_text("this is not a video")
+    code = (
+        "import sys\n"
+        "from logocap_jax import errors\n"
+        "from logocap_jax.video import frames\n"
+        "try:\n    frames.open_source(sys.argv[1])\n"
+        "except errors.InputFormatError as error:\n    print(error)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert proc.stdout == f"{path}: not a readable video file\n", proc.stderr
+    assert proc.stderr == ""
+
+
+@pytest.fixture
+def served(tmp_path):
+    """An HTTP server on localhost for the files of tmp_path; yields its base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_stream_url_yields_every_frame_from_the_first(tmp_path, served):
+    write_clip(tmp_path / "live.avi", demo_clip.demo_frames(), "MJPG")
+    reader, got = read_all(f"{served}/live.avi")
+    assert reader.kind == "stream" and reader.name == "live" and reader.total is None
+    assert [f.index for f in got] == list(range(FRAMES)) and not reader.skipped
+    times = [f.timestamp for f in got]
+    assert all(a < b for a, b in zip(times, times[1:]))
+    first = demo_clip.demo_frames(1)[0].astype(float)
+    assert np.abs(got[0].image - first).mean() < 12
+
+
+def test_stream_that_opens_without_frames_is_a_user_error(tmp_path, served, clip):
+    # OpenCV writes the MP4 index at the end, which a server without range requests (like
+    # Python's) never lets FFmpeg reach: the stream opens but yields nothing.
+    (tmp_path / "indexed_at_end.mp4").write_bytes(open(clip, "rb").read())
+    with pytest.raises(errors.InputFormatError, match="opens but gives no frame"):
+        frames.open_source(f"{served}/indexed_at_end.mp4")
+    with pytest.raises(errors.InputFormatError, match="Cannot open video stream"):
+        frames.open_source(f"{served}/missing.avi")
 
 
 def test_folder_without_sequence_and_empty_sequence(tmp_path):

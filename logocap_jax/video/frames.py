@@ -134,13 +134,14 @@ class FrameReader:
         self.truncated_at: int | None = None
         self.decode_seconds = 0.0
         self._capture = None
+        self._first_image = None
         self._paths: list[str] = []
         if kind == "sequence":
             self._paths = _frame_files(source)
             self.fps = fps or DEFAULT_FPS
             count = len(self._paths)
         else:
-            self._capture = _open_capture(source, kind)
+            self._capture, self._first_image = _open_capture(source, kind)
             reported = self._capture.get(cv2.CAP_PROP_FPS)
             self.fps = fps or (reported if 0 < reported < 1000 else DEFAULT_FPS)
             count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)) if kind == "file" else 0
@@ -273,6 +274,9 @@ class FrameReader:
             if image is None:
                 return None, f"{os.path.basename(path)}: not a readable image"
             return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), None
+        if self._first_image is not None:  # A live source's first frame, read when opened.
+            image, self._first_image = self._first_image, None
+            return (image if decode else None), None
         if not decode:
             return None, (None if self._capture.grab() else "the frame could not be decoded")
         ok, image = self._capture.read()
@@ -295,13 +299,14 @@ def _frame_files(folder: str) -> list:
     return preprocess.image_files_in(folder, "frame")
 
 
-def _open_capture(source: str, kind: str) -> cv2.VideoCapture:
-    """An opened VideoCapture whose first frame decodes (then rewound, for files).
+def _open_capture(source: str, kind: str) -> tuple:
+    """An opened VideoCapture whose first frame decodes: rewound for files; for cameras and
+    streams, which cannot rewind, with that frame (RGB) to yield first.
 
     Raises:
       InputNotFoundError: a file that does not exist.
-      InputFormatError: a folder (without --sequence), a file that is not a readable video, a
-        camera or stream that does not open or gives no frame.
+      InputFormatError: a folder (without --sequence), an image file, a file that is not a
+        readable video, a camera or stream that does not open or gives no frame.
     """
     if kind == "file":
         if not os.path.exists(source):
@@ -310,21 +315,30 @@ def _open_capture(source: str, kind: str) -> cv2.VideoCapture:
             raise errors.InputFormatError(
                 f"{source} is a folder: give a video file, or --sequence for a folder of frames"
             )
+        # FFmpeg opens a still image as a one-frame video that does not rewind.
+        if source.lower().endswith(preprocess.IMAGE_EXTENSIONS):
+            raise errors.InputFormatError(
+                f"{source} is an image, not a video: give images without --source"
+            )
+    what = {"file": "video file", "camera": "camera", "stream": "video stream"}[kind]
     capture = cv2.VideoCapture(int(source) if kind == "camera" else source)
     if not capture.isOpened():
         capture.release()
         if kind == "file":
             raise errors.InputFormatError(f"{source}: not a readable video file")
-        raise errors.InputFormatError(
-            f"Cannot open {'camera' if kind == 'camera' else 'video stream'} {source}"
-        )
+        raise errors.InputFormatError(f"Cannot open {what} {source}")
     if kind == "file":
-        ok = capture.grab()
+        ok, first = capture.grab(), None
         capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-        if not ok:
-            capture.release()
+    else:
+        ok, first = capture.read()
+        ok = ok and first is not None
+    if not ok:
+        capture.release()
+        if kind == "file":
             raise errors.InputFormatError(f"{source}: not a readable video (no frame decodes)")
-    return capture
+        raise errors.InputFormatError(f"The {what} {source} opens but gives no frame")
+    return capture, (None if first is None else cv2.cvtColor(first, cv2.COLOR_BGR2RGB))
 
 
 def open_source(
