@@ -15,7 +15,7 @@ import pytest
 from logocap_jax import errors
 from logocap_jax.commands import cli
 from logocap_jax.commands import predict as predict_command
-from logocap_jax.video import demo_clip, frames
+from logocap_jax.video import demo_clip, frames, run
 
 CONFIG = "configs/tiny.py"
 STATE_DICT = "tests/data/golden/tiny_state_dict.npz"
@@ -334,3 +334,17 @@ def test_cli_bad_sources_are_one_line_errors(tmp_path, clip, capsys, source, ext
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_tracker_compares_the_keypoints_drawn(tmp_path, clip, monkeypatch):
+    """--threshold (the keypoints drawn) is also the tracker's visibility threshold."""
+    trackers = []
+
+    def record(predictor, reader, tracker, output_dir, **options):
+        trackers.append(tracker)
+        return run.VideoSummary(reader.name)
+
+    monkeypatch.setattr(run, "run_video", record)
+    argv = ["--config", CONFIG, "--state_dict", STATE_DICT, "--output_dir", str(tmp_path / "o")]
+    assert run_command([*argv, "--source", clip, "--threshold", "0.002"]) == cli.EXIT_OK
+    assert trackers[0].settings.keypoint_threshold == 0.002

@@ -172,7 +172,10 @@ def main(args, load_variables: Callable) -> int:
             batch_size=args.batch_size,
             flip_test=config.decode.flip_test and not args.no_flip,
         )
+        # The drawing's keypoint threshold: a model whose scores are low overall (--threshold
+        # lowered to draw it) would otherwise have no keypoints to match people by.
         settings = tracking.TrackerSettings(
+            keypoint_threshold=args.threshold,
             max_age=args.track_max_age,
             frame_rate=reader.fps / args.every_nth,
             smoothing=OneEuroSettings() if args.smooth else None,
