@@ -348,3 +348,18 @@ def test_cli_tracker_compares_the_keypoints_drawn(tmp_path, clip, monkeypatch):
     argv = ["--config", CONFIG, "--state_dict", STATE_DICT, "--output_dir", str(tmp_path / "o")]
     assert run_command([*argv, "--source", clip, "--threshold", "0.002"]) == cli.EXIT_OK
     assert trackers[0].settings.keypoint_threshold == 0.002
+
+
+def test_summary_of_a_truncated_video_says_how_many_frames_were_not_read():
+    skipped = [frames.SkippedFrame(i, "the frame could not be decoded") for i in range(12, 22)]
+    summary = run.VideoSummary(
+        "cut", frames=12, skipped=skipped, truncated_at=12, expected_frames=24
+    )
+    lines = summary.describe().splitlines()
+    assert lines[-2].startswith("skipped 10 unreadable frames: 12, 13, 14")
+    assert lines[-1] == (
+        "reading stopped at frame 12: the video is truncated (12 of the 24 frames it announces "
+        "not read)"
+    )
+    summary.expected_frames = None  # a source that does not say its length
+    assert summary.describe().splitlines()[-1].endswith("the video is truncated")

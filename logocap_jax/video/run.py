@@ -36,6 +36,8 @@ class VideoSummary:
       tracks: distinct track ids given.
       skipped: frames that could not be read, with their indices and reasons.
       truncated_at: index where a video's reads stopped for good, or None.
+      expected_frames: frames the selection should have given, where the source says its
+        length (files and folders), else None.
       frame_sizes: the distinct (width, height) met, in order.
       seconds: wall time of the run, compilation included.
       compile_seconds: of which compiling the model (once per frame size).
@@ -53,6 +55,7 @@ class VideoSummary:
     tracks: int = 0
     skipped: list = dataclasses.field(default_factory=list)
     truncated_at: int | None = None
+    expected_frames: int | None = None
     frame_sizes: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     compile_seconds: float = 0.0
@@ -88,7 +91,16 @@ class VideoSummary:
                 f"({self.skipped[0].reason})"
             )
         if self.truncated_at is not None:
-            lines.append(f"reading stopped at frame {self.truncated_at}: the video is truncated")
+            # The skipped list stops at the failed reads that ended reading.
+            missing = ""
+            if self.expected_frames is not None:
+                missing = (
+                    f" ({self.expected_frames - self.frames} of the {self.expected_frames} "
+                    "frames it announces not read)"
+                )
+            lines.append(
+                f"reading stopped at frame {self.truncated_at}: the video is truncated{missing}"
+            )
         return "\n".join(lines)
 
 
@@ -219,6 +231,7 @@ def run_video(
     summary.tracks = len(track_ids)
     summary.skipped = list(reader.skipped)
     summary.truncated_at = reader.truncated_at
+    summary.expected_frames = reader.total
     summary.fps = _rate(summary.frames, summary.seconds)
     summary.decode_fps = _rate(summary.frames + len(reader.skipped), reader.decode_seconds)
     summary.model_fps = _rate(model_frames, model_seconds)
