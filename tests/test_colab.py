@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
 import release_server
 
@@ -29,6 +30,9 @@ PARAMETERS = "parameters"
 # The tiny weights find five people on this photo (the parity tests' image).
 FIRST_PHOTO_LINE = "000000197388.jpg: 5 people"
 SHOWN = "IPython.core.display.Image object"
+# The video section's clip (video/demo_clip.py) and its inline player.
+VIDEO_LINE = "skiers: 16 frames (320x240)"
+PLAYER = "IPython.core.display.HTML object"
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +86,8 @@ def test_notebook_covers_weights_upload_runtime_and_commands(notebook):
     text = "\n".join(source(c) for c in notebook["cells"])
     colab_only = "\n".join(source(c) for c in notebook["cells"] if COLAB_ONLY in tags(c))
     assert "pretrained.load(MODEL, config=CONFIG)" in text
-    assert "files.upload()" in colab_only
+    assert colab_only.count("files.upload()") == 2  # a photo and a video
+    assert "run.run_video(predictor, reader, tracker" in text
     for word in ("CPU", "GPU", "TPU", "jax.devices()"):
         assert word in text, word
     assert "logocap-predict --pretrained w32" in text and "logocap-eval --pretrained w32" in text
@@ -127,12 +132,17 @@ def run_notebook(notebook, tmp_path, release_url: str, parameters: str = "") -> 
     return proc.stdout
 
 
-def assert_drawn(stdout: str) -> None:
+def assert_drawn(stdout: str, tmp_path) -> None:
     assert FIRST_PHOTO_LINE in stdout, stdout
     assert "000000000785.jpg: " in stdout and "000817.jpg: " in stdout, stdout
     assert "ms per image at this size" in stdout, stdout
     # Two bundled photos, the instance panel, the own (here: stand-in) photo.
     assert stdout.count(SHOWN) == 4, stdout
+    assert VIDEO_LINE in stdout and "track ids in the first frames: [[" in stdout, stdout
+    assert stdout.count(PLAYER) == 1, stdout
+    assert (tmp_path / "out" / "skiers.jsonl").read_text().count("\n") == 16
+    video = cv2.VideoCapture(str(tmp_path / "out" / "skiers.mp4"))
+    assert sum(1 for _ in iter(lambda: video.read()[0], False)) == 16
 
 
 def test_notebook_runs_with_official_weights_from_the_release(notebook, tmp_path):
@@ -146,7 +156,7 @@ def test_notebook_runs_with_official_weights_from_the_release(notebook, tmp_path
     assert server.requests == ["/release/logocap.tar.gz"]
     assert "Using the official W32 COCO weights" in stdout and "NOTE:" not in stdout, stdout
     assert (tmp_path / "w32" / "checkpoint").is_dir()
-    assert_drawn(stdout)
+    assert_drawn(stdout, tmp_path)
 
 
 def test_notebook_falls_back_to_tiny_weights_offline(notebook, tmp_path):
@@ -155,4 +165,4 @@ def test_notebook_falls_back_to_tiny_weights_offline(notebook, tmp_path):
     assert "Could not download http://127.0.0.1:" in stdout, stdout
     assert "Using the tiny untrained test weights (offline fallback)" in stdout, stdout
     assert not (tmp_path / "w32").exists()
-    assert_drawn(stdout)
+    assert_drawn(stdout, tmp_path)
