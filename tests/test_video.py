@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 import threading
+import time
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -15,7 +17,8 @@ import pytest
 from logocap_jax import errors
 from logocap_jax.commands import cli
 from logocap_jax.commands import predict as predict_command
-from logocap_jax.video import demo_clip, frames, run
+from logocap_jax.inference import speed
+from logocap_jax.video import demo_clip, frames, run, tracking, writers
 
 CONFIG = "configs/tiny.py"
 STATE_DICT = "tests/data/golden/tiny_state_dict.npz"
@@ -363,3 +366,40 @@ def test_summary_of_a_truncated_video_says_how_many_frames_were_not_read():
     )
     summary.expected_frames = None  # a source that does not say its length
     assert summary.describe().splitlines()[-1].endswith("the video is truncated")
+
+
+class _StillPredictor:
+    """Stands in for Predictor: one person at the same place in every frame."""
+
+    def __init__(self):
+        self.report = speed.SpeedReport()
+
+    def predict_many(self, items):
+        for frame, _ in items:
+            keypoints = np.full((1, 17, 3), 0.9)
+            keypoints[0, :, :2] = np.linspace(10, 100, 34).reshape(17, 2)
+            yield frame, SimpleNamespace(keypoints=keypoints, scores=np.array([0.9]))
+
+
+def test_run_video_counts_the_encoders_final_flush(tmp_path, clip, monkeypatch):
+    """An encoder that buffers frames (VP9 looks ahead) does its work when closed: that time is
+    the output's too."""
+
+    class SlowClose(writers.VideoFile):
+        def close(self):
+            time.sleep(1.0)
+            super().close()
+
+    monkeypatch.setattr(writers, "VideoFile", SlowClose)
+    with frames.open_source(clip) as reader:
+        summary = run.run_video(
+            _StillPredictor(),
+            reader,
+            tracking.Tracker(),
+            str(tmp_path),
+            codec="mp4v",
+            show_progress=False,
+        )
+    assert summary.frames == FRAMES and summary.tracks == 1
+    assert summary.output_fps < FRAMES / 1.0
+    assert count_frames(tmp_path / "walk.mp4") == (FRAMES, WIDTH, HEIGHT)

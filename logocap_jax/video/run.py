@@ -221,7 +221,10 @@ def run_video(
     finally:
         results.close()
         if video is not None:
+            # Encoders that look ahead (VP9) encode their last frames here.
+            now = time.perf_counter()
             video.close()
+            output_seconds += time.perf_counter() - now
     report = predictor.report
     model_frames = len(report.total_seconds) - model_before[0]
     model_seconds = sum(report.total_seconds) - model_before[1]
