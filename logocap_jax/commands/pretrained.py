@@ -9,13 +9,7 @@ from absl import flags
 
 from logocap_jax import errors
 from logocap_jax.commands import cli
-from logocap_jax.weights.pretrained import (
-    CACHE_DIR_ENV,
-    MODELS,
-    RELEASE_URL_ENV,
-    checkpoint_path,
-    imagenet_checkpoint,
-)
+from logocap_jax.weights import pretrained
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
@@ -30,13 +24,13 @@ def define_flags(flag_values: flags.FlagValues) -> None:
         flags.DEFINE_string,
         "cache_dir",
         None,
-        f"Cache directory (default ${CACHE_DIR_ENV} or ~/.cache/logocap_jax).",
+        f"Cache directory (default ${pretrained.CACHE_DIR_ENV} or ~/.cache/logocap_jax).",
     )
     define(
         flags.DEFINE_string,
         "url",
         None,
-        f"Archive URL or path (default ${RELEASE_URL_ENV} or the release).",
+        f"Archive URL or path (default ${pretrained.RELEASE_URL_ENV} or the release).",
     )
     define(flags.DEFINE_string, "sha256", None, "The expected sha256 of the archive.")
     define(flags.DEFINE_bool, "quiet", False, "No progress bar.")
@@ -51,15 +45,16 @@ def main(argv=None) -> None:
         it as one line).
     """
     args, names = cli.parse(argv, define_flags, doc=__doc__, positional=True)
-    if len(names) != 1 or names[0] not in MODELS:
-        raise errors.UsageError(f"give one model name, one of {', '.join(sorted(MODELS))}")
+    if len(names) != 1 or names[0] not in pretrained.MODELS:
+        models = ", ".join(sorted(pretrained.MODELS))
+        raise errors.UsageError(f"give one model name, one of {models}")
     options = dict(
         cache_dir=args.cache_dir, url=args.url, sha256=args.sha256, progress=not args.quiet
     )
     if args.imagenet:
-        print(imagenet_checkpoint(names[0], **options))
+        print(pretrained.imagenet_checkpoint(names[0], **options))
     else:
-        print(checkpoint_path(names[0], **options))
+        print(pretrained.checkpoint_path(names[0], **options))
 
 
 if __name__ == "__main__":
