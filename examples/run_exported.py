@@ -28,8 +28,8 @@ def three_points(center, width):
 
 
 def official_warp(width, height, warp):
-    """The affine [2, 3] from photo to network input and the input size (W, H), as the
-    official test code computes them (model.json's input.warp gives the constants)."""
+    """(affine [2, 3] from photo to network input, its inverse, input size (W, H)) as the
+    official test code computes them; model.json's input.warp gives the constants."""
     divisor, unit = warp["size_divisor"], warp["scale_unit_px"]
 
     def ceil(value):
