@@ -18,7 +18,7 @@ import golden_arrays
 import numpy as np
 import pytest
 
-from logocap_jax import errors
+from logocap_jax import config_utils, errors
 from logocap_jax.inference import export, postprocess, preprocess
 
 SCRIPT = golden_arrays.ROOT / "examples" / "run_exported.py"
@@ -64,6 +64,13 @@ def _script():
 def test_bad_request_is_a_usage_error(sizes, platforms):
     with pytest.raises(errors.UsageError):
         export.check_request(sizes, platforms)
+
+
+def test_any_size_with_several_scales_is_a_usage_error(tiny_config):
+    model = config_utils.build_model(tiny_config)
+    settings = config_utils.decode_settings(tiny_config, scales=(0.5, 1.0))
+    with pytest.raises(errors.UsageError, match="fixed input sizes"):
+        export.export_program(model, settings, {}, "any", ["cpu"])
 
 
 def test_missing_flatbuffers_is_one_clear_error(monkeypatch, tiny_config, tmp_path):

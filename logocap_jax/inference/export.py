@@ -126,8 +126,19 @@ def predict_fn(model, settings: pipeline.DecodeSettings):
 
 
 def export_program(model, settings, weights: dict, size: str, platforms) -> jax_export.Exported:
-    """The pipeline exported for one input size ('any' or 'WxH') and the given platforms."""
+    """The pipeline exported for one input size ('any' or 'WxH') and the given platforms.
+
+    Raises:
+      UsageError: 'any' with several test scales (`settings.scales`).
+    """
     shape = parse_size(size)
+    if shape is None and tuple(settings.scales) != (1.0,):
+        # The extra scales' input sizes are rounded from the image size, which a symbolic
+        # size cannot be.
+        raise errors.UsageError(
+            f"decode.scales {list(settings.scales)}: several test scales need fixed input "
+            "sizes (--sizes WxH), not 'any'"
+        )
     if shape is None:
         batch, height, width = jax_export.symbolic_shape(f"b, {SIZE_MULTIPLE}*h, {SIZE_MULTIPLE}*w")
     else:
