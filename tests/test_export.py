@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from logocap_jax import config_utils, errors
+from logocap_jax.commands import export as export_command
 from logocap_jax.inference import export, postprocess, preprocess
 
 SCRIPT = golden_arrays.ROOT / "examples" / "run_exported.py"
@@ -66,6 +67,19 @@ def test_bad_request_is_a_usage_error(sizes, platforms):
         export.check_request(sizes, platforms)
 
 
+@pytest.mark.parametrize(
+    "flags,match",
+    [
+        ([], "exactly one of"),
+        (["--state_dict", "x", "--sizes", "5x5"], "multiples of 32"),
+        (["--state_dict", "x", "--platforms", "cpu,gpu"], "expected some of"),
+    ],
+)
+def test_command_line_errors_come_before_the_weights(flags, match, tmp_path):
+    with pytest.raises(errors.UsageError, match=match):
+        export_command.main(["--config", "tiny", "--out", str(tmp_path), *flags])
+
+
 def test_any_size_with_several_scales_is_a_usage_error(tiny_config):
     model = config_utils.build_model(tiny_config)
     settings = config_utils.decode_settings(tiny_config, scales=(0.5, 1.0))
@@ -100,6 +114,14 @@ def test_script_warp_and_nms_are_the_packages(tiny_config):
     scores = rng.uniform(0, 1, len(poses)).astype(np.float32)
     expected = postprocess.pose_nms(poses, scores, distance_ratio=0.05, min_joints=8)
     assert 6 <= len(expected) < len(poses)
+    np.testing.assert_array_equal(script.pose_nms(poses, scores, 0.05, 8), expected)
+    # Slot 2's group elects slot 1, which slot 0's group kept already: slot 2 is dropped.
+    small = rng.uniform(0, 10, (17, 2)).astype(np.float32)
+    wide = small + 5
+    wide[12:] += 1000
+    poses, scores = np.stack([small, small + 0.1, wide]), np.float32([0.5, 0.9, 0.1])
+    expected = postprocess.pose_nms(poses, scores, distance_ratio=0.05, min_joints=8)
+    assert expected.tolist() == [1]
     np.testing.assert_array_equal(script.pose_nms(poses, scores, 0.05, 8), expected)
 
 
