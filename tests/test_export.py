@@ -80,6 +80,11 @@ def test_command_line_errors_come_before_the_weights(flags, match, tmp_path):
         export_command.main(["--config", "tiny", "--out", str(tmp_path), *flags])
 
 
+def test_sizes_are_named_once_each():
+    sizes, platforms = export.check_request(["512X512", "any", "512x512", "640x512"], ["tpu"])
+    assert sizes == ["512x512", "any", "640x512"] and platforms == ("tpu",)
+
+
 def test_any_size_with_several_scales_is_a_usage_error(tiny_config):
     model = config_utils.build_model(tiny_config)
     settings = config_utils.decode_settings(tiny_config, scales=(0.5, 1.0))

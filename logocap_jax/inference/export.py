@@ -82,17 +82,16 @@ def check_platforms(platforms) -> tuple[str, ...]:
 
 
 def check_request(sizes, platforms) -> tuple[list[str], tuple[str, ...]]:
-    """(sizes without repeats, platforms), both checked.
+    """(sizes as 'any' or 'WxH', without repeats; platforms), both checked.
 
     Raises:
       UsageError: a size or platform that does not parse.
     """
-    sizes = list(dict.fromkeys(sizes))
     if not sizes:
         raise errors.UsageError("no input size given: 'any' or WxH, e.g. 512x512")
-    for size in sizes:
-        parse_size(size)
-    return sizes, check_platforms(platforms)
+    shapes = [parse_size(size) for size in sizes]
+    names = [ANY_SIZE if shape is None else f"{shape[0]}x{shape[1]}" for shape in shapes]
+    return list(dict.fromkeys(names)), check_platforms(platforms)
 
 
 def require_flatbuffers() -> None:
