@@ -86,7 +86,10 @@ class ExportedModel:
             )
         if name not in self.programs:
             with open(os.path.join(self.folder, files[name]), "rb") as f:
-                self.programs[name] = export.deserialize(bytearray(f.read()))
+                try:
+                    self.programs[name] = export.deserialize(bytearray(f.read()))
+                except ImportError as error:  # jax reads the files with flatbuffers
+                    raise SystemExit(f"{error}: pip install flatbuffers") from None
         return self.programs[name]
 
     def __call__(self, photo_rgb):
