@@ -30,9 +30,9 @@ detections, are named on stderr and listed in stats.json under skipped_images); 
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
-    """The eval command's flags (the config and --verbose come from `cli.parse`)."""
+    """The eval command's own flags (`weight_flags.parse` adds the config, the weights and
+    --verbose)."""
     define = cli.definer(flag_values)
-    weight_flags.define_flags(flag_values)
     define(
         flags.DEFINE_enum,
         "dataset",
@@ -118,13 +118,7 @@ def parse_args(argv=None):
     Raises:
       UsageError: the command line does not parse, or names no data set or two.
     """
-    args, _ = cli.parse(
-        argv,
-        define_flags,
-        doc=__doc__ + EXIT_STATUSES,
-        config=True,
-        default_config=weight_flags.default_config(argv),
-    )
+    args, _ = weight_flags.parse(argv, define_flags, doc=__doc__ + EXIT_STATUSES)
     if bool(args.dataset) == bool(args.annotations) or bool(args.annotations) != bool(args.images):
         raise errors.UsageError(
             "give either --dataset (with --data_root) or --annotations and --images"

@@ -16,7 +16,6 @@ from logocap_jax.inference import export
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
-    weight_flags.define_flags(flag_values)
     define = cli.definer(flag_values)
     define(flags.DEFINE_string, "out", None, "The export folder.", required=True)
     define(
@@ -41,13 +40,7 @@ def main(argv=None) -> None:
       UserError: a bad command line, config or weights, or flatbuffers missing (`cli.run_main`
         prints it as one line).
     """
-    args, _ = cli.parse(
-        argv,
-        define_flags,
-        doc=__doc__,
-        config=True,
-        default_config=weight_flags.default_config(argv),
-    )
+    args, _ = weight_flags.parse(argv, define_flags, doc=__doc__)
     if not args.verbose:
         logging.set_verbosity(logging.WARNING)
     source = weight_flags.source(args)

@@ -84,9 +84,9 @@ class _JointParser(flags.ArgumentParser):
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
-    """The predict command's flags (the config and --verbose come from `cli.parse`)."""
+    """The predict command's own flags (`weight_flags.parse` adds the config, the weights and
+    --verbose)."""
     define = cli.definer(flag_values)
-    weight_flags.define_flags(flag_values)
     define(flags.DEFINE_string, "output_dir", None, "Folder of the outputs.", required=True)
     define(
         flags.DEFINE_bool,
@@ -145,14 +145,7 @@ def parse_args(argv=None):
       UsageError: the command line does not parse, or its flags and inputs do not go together.
       ConfigError: the config or an override is bad.
     """
-    args, inputs = cli.parse(
-        argv,
-        define_flags,
-        doc=__doc__,
-        config=True,
-        default_config=weight_flags.default_config(argv),
-        positional=True,
-    )
+    args, inputs = weight_flags.parse(argv, define_flags, doc=__doc__, positional=True)
     predict_video.check_flags(args)
     if args.fast:
         predict_video.apply_fast(args.config)

@@ -13,7 +13,25 @@ from logocap_jax.commands import cli
 from logocap_jax.weights import pretrained
 
 
-def define_flags(flag_values: flags.FlagValues) -> None:
+def parse(argv, define_flags, *, doc: str, positional: bool = False):
+    """`cli.parse` for a command that loads weights: these flags besides the command's own, and
+    --pretrained's bundled config as the default --config."""
+
+    def define_all(flag_values: flags.FlagValues) -> None:
+        _define_weight_flags(flag_values)
+        define_flags(flag_values)
+
+    return cli.parse(
+        argv,
+        define_all,
+        doc=doc,
+        config=True,
+        default_config=_default_config(argv),
+        positional=positional,
+    )
+
+
+def _define_weight_flags(flag_values: flags.FlagValues) -> None:
     define = cli.definer(flag_values)
     define(
         flags.DEFINE_string,
@@ -36,7 +54,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     )
 
 
-def default_config(argv: Sequence[str] | None) -> str | None:
+def _default_config(argv: Sequence[str] | None) -> str | None:
     """The bundled config of the release that --pretrained names, if any."""
     argv = sys.argv[1:] if argv is None else argv
     release = pretrained.MODELS.get(cli.flag_value(argv, "--pretrained"))
