@@ -16,6 +16,8 @@ import types
 
 import jax.numpy as jnp
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from logocap_jax import errors, resources
 from logocap_jax.data.input_pipeline import Augmentation
@@ -229,3 +231,45 @@ def validate(config) -> None:
 def default_config_path(name: str) -> str:
     """The file of the bundled config `name` (see `resources.configs_dir`)."""
     return config_path(name)
+
+
+def check_key(config, key: str, config_name: str = "the config") -> None:
+    """Raises ConfigError naming the known keys when the dotted `key` is not in `config`."""
+    node, parts = config, key.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            section = ".".join(parts[:depth])
+            known = (
+                f"{section or 'the config'} has: {', '.join(sorted(node.keys()))}"
+                if isinstance(node, ml_collections.ConfigDict)
+                else f"{section} is a value, not a section"
+            )
+            raise errors.ConfigError(
+                f"--config.{key}: {config_name} has no config key {key!r} ({known})"
+            )
+        node = node[part]
+
+
+def override(config, overrides) -> ml_collections.ConfigDict:
+    """A copy of `config` with `<key>=<value>` overrides applied as a command line's
+    `--config.<key>=<value>` are (`ml_collections.config_flags`, typed by the field), locked.
+
+    Raises:
+      ConfigError: a key the config lacks, or a value that does not parse as the field's type.
+    """
+    argv = ["logocap"]
+    for entry in overrides:
+        key, equals, value = entry.partition("=")
+        if not equals:
+            raise errors.ConfigError(f"{entry!r} is not a <key>=<value> override")
+        check_key(config, key)
+        argv.append(f"--config.{key}={value}")
+    flag_values = flags.FlagValues()
+    try:
+        config_flags.DEFINE_config_dict(
+            "config", config.copy_and_resolve_references(), flag_values=flag_values, sys_argv=argv
+        )
+        flag_values(argv)
+    except flags.Error as error:
+        raise errors.ConfigError(str(error)) from error
+    return flag_values.config

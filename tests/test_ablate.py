@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from cmp_variant_cases import WINDOW_MLP
 
-from logocap_jax import config_utils
-from logocap_jax.commands import ablate
+from logocap_jax import config_utils, errors
+from logocap_jax.training import ablation
 from logocap_jax.weights import convert
 
 pytestmark = pytest.mark.slow
@@ -171,63 +171,74 @@ def test_extended_run_continues_each_variant(runs):
 
 
 def test_variant_entries_and_overrides_are_parsed():
-    variants = ablate.parse_variants(["conv", "deep=skeleton_graph", "my_lab.window_mlp"])
+    variants = ablation.parse_variants(["conv", "deep=skeleton_graph", "my_lab.window_mlp"])
     assert variants == [
         ("conv", "conv"),
         ("deep", "skeleton_graph"),
         ("my_lab.window_mlp", "my_lab.window_mlp"),
     ]
     with pytest.raises(ValueError, match="Repeated labels"):
-        ablate.parse_variants(["conv", "conv"])
-    overrides = ablate.parse_overrides(
-        ["deep:model.cmp_options.rounds=4", "conv:train.learning_rate=1e-3", "deep:x.y=true"],
+        ablation.parse_variants(["conv", "conv"])
+    overrides = ablation.parse_overrides(
+        ["deep:model.cmp_options.rounds=4", "conv:train.learning_rate=1e-3", "deep:x.y=a:b=c"],
         ["conv", "deep"],
     )
     assert overrides == {
-        "conv": [("train.learning_rate", 1e-3)],
-        "deep": [("model.cmp_options.rounds", 4), ("x.y", True)],
+        "conv": ["train.learning_rate=1e-3"],
+        "deep": ["model.cmp_options.rounds=4", "x.y=a:b=c"],
     }
     with pytest.raises(ValueError, match="names no variant"):
-        ablate.parse_overrides(["other:train.seed=1"], ["conv"])
+        ablation.parse_overrides(["other:train.seed=1"], ["conv"])
+    with pytest.raises(ValueError, match="expected LABEL:FIELD=VALUE"):
+        ablation.parse_overrides(["conv:train.seed"], ["conv"])
 
 
 def test_variant_configs():
     base = config_utils.load_config(str(ROOT / "configs" / "mini.py")).lock()
-    conv = ablate.variant_config(base, "conv", [], steps=5, init_checkpoint="ckpt", cmp_only=True)
+    conv = ablation.variant_config(base, "conv", [], steps=5, init_checkpoint="ckpt", cmp_only=True)
     # The config's own variant keeps its options; the runner's options are set.
     assert conv.model.cmp_options.widths == (32, 16, 8)
     assert (conv.train.num_steps, conv.train.init_checkpoint) == (5, "ckpt")
     assert conv.train.init_exclude == conv.train.trainable_modules == ("joints_mlp",)
-    graph = ablate.variant_config(
+    graph = ablation.variant_config(
         base,
         "skeleton_graph",
-        [("model.cmp_options.rounds", 2), ("train.seed", 3)],
+        ["model.cmp_options.rounds=2", "train.seed=3"],
         steps=5,
         init_checkpoint="",
         cmp_only=False,
     )
     assert graph.model.cmp_options.to_dict() == {"rounds": 2} and graph.train.seed == 3
     assert base.train.seed == 0 and base.model.cmp_variant == "conv"
-    with pytest.raises(ValueError, match="'widht'.*'skeleton_graph'"):
-        ablate.variant_config(
+    with pytest.raises(errors.ConfigError, match="'widht'.*'skeleton_graph'"):
+        ablation.variant_config(
             base,
             "skeleton_graph",
-            [("model.cmp_options.widht", 2)],
+            ["model.cmp_options.widht=2"],
             steps=5,
             init_checkpoint="",
             cmp_only=False,
         )
-    with pytest.raises(ValueError, match="No config field train.sead"):
-        ablate.variant_config(
-            base, "conv", [("train.sead", 2)], steps=5, init_checkpoint="", cmp_only=False
+    with pytest.raises(errors.ConfigError, match="no config key 'train.sead'"):
+        ablation.variant_config(
+            base, "conv", ["train.sead=2"], steps=5, init_checkpoint="", cmp_only=False
+        )
+    with pytest.raises(errors.ConfigError, match="invalid literal for int"):
+        ablation.variant_config(
+            base,
+            "skeleton_graph",
+            ["model.cmp_options.rounds=two"],
+            steps=5,
+            init_checkpoint="",
+            cmp_only=False,
         )
 
 
 def test_a_work_directory_keeps_its_config(tmp_path):
     config = config_utils.load_config(str(ROOT / "configs" / "mini.py"))
-    ablate.check_same_config(config, str(tmp_path / "conv"))
+    ablation.check_same_config(config, str(tmp_path / "conv"))
     config.train.num_steps = 1000  # extending the run is a resume
-    ablate.check_same_config(config, str(tmp_path / "conv"))
+    ablation.check_same_config(config, str(tmp_path / "conv"))
     config.train.learning_rate = 1e-3
     with pytest.raises(ValueError, match=r"another config \(fields \['train.learning_rate'\]"):
-        ablate.check_same_config(config, str(tmp_path / "conv"))
+        ablation.check_same_config(config, str(tmp_path / "conv"))

@@ -168,7 +168,8 @@ def test_truncated_bmp_and_png_are_never_complete(tmp_path):
 
 @pytest.fixture(scope="module")
 def predictor():
-    config = cli.config_from_argv(["--config", CONFIG, *FAST])[0]
+    argv = ["--config", CONFIG, *FAST]
+    config = cli.parse(argv, lambda flag_values: None, doc="", config=True)[0].config
     variables = weights.load(config, STATE_DICT)
     return predict.Predictor.from_config(config, variables)
 

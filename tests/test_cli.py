@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from absl import flags
 
 from logocap_jax import config_utils, errors, weights
 from logocap_jax.commands import cli
@@ -67,9 +68,14 @@ def assert_one_line(lines, program, *fragments):
 # ---------------------------------------------------------------------------- overrides
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return config_utils.load_config(CONFIG)
+def define_output_dir(flag_values):
+    cli.definer(flag_values)(flags.DEFINE_string, "output_dir", None, "The outputs.")
+
+
+def parse(argv):
+    """(config, positional arguments) of a command line with a config and --output_dir."""
+    args, positional = cli.parse(argv, define_output_dir, doc="", config=True, positional=True)
+    return args.config, positional
 
 
 @pytest.mark.parametrize(
@@ -85,48 +91,84 @@ def tiny():
         (["--config.eval.image_ids=785,343803"], "eval.image_ids", (785, 343803)),
     ],
 )
-def test_override_forms(tiny, argv, key, expected):
-    overrides, rest = cli.split_overrides(["photo.jpg", *argv, "--output_dir", "out"], tiny)
-    assert rest == ["photo.jpg", "--output_dir", "out"]
-    config = cli.apply_overrides(tiny.copy_and_resolve_references(), overrides)
+def test_override_forms(argv, key, expected):
+    config, rest = parse(["photo.jpg", "--config", CONFIG, *argv, "--output_dir", "out"])
+    assert rest == ["photo.jpg"]
     value = config
     for part in key.split("."):
         value = value[part]
     assert value == expected
-    assert tiny.logo_ca.reweigh and tiny.logo_ca.local_half_size == 5  # the original is kept
+    tiny = config_utils.load_config(CONFIG)
+    assert tiny.logo_ca.reweigh and tiny.logo_ca.local_half_size == 5  # the file's defaults
 
 
-def test_arguments_after_double_dash_are_not_overrides(tiny):
-    overrides, rest = cli.split_overrides(["--config.decode.flip_test=false", "--", "-x"], tiny)
-    assert overrides == ["--config.decode.flip_test=false"] and rest == ["--", "-x"]
+def test_arguments_after_double_dash_are_not_overrides():
+    config, rest = parse(["--config", CONFIG, "--config.decode.flip_test=false", "--", "-x"])
+    assert config.decode.flip_test is False and rest == ["-x"]
+
+
+def test_a_bundled_config_by_name():
+    config, _ = parse(["--config", "tiny", "--config.train.seed=3"])
+    assert config.train.seed == 3 and config.model.to_dict() == (
+        config_utils.load_config(CONFIG).model.to_dict()
+    )
 
 
 @pytest.mark.parametrize(
-    "argv, message",
+    "argv, error, message",
     [
-        (["--config.logo_ca.reweight=false"], "no config key 'logo_ca.reweight' (logo_ca has: "),
-        (["--config.nothing.x=1"], "no config key 'nothing.x' (the config has: data, decode"),
-        (["--config.decode.flip_test.x=1"], "decode.flip_test is a value, not a section"),
-        (["--noconfig.logo_ca.local_half_size"], "sets a boolean to false"),
-        (["--config.logo_ca.local_half_size"], "needs a value"),
-        (["--config.logo_ca.local_half_size=three"], "invalid literal for int()"),
-        (["--config.decode.flip_test=maybe"], "--config.decode.flip_test=maybe"),
+        (
+            ["--config.logo_ca.reweight=false"],
+            errors.ConfigError,
+            "no config key 'logo_ca.reweight' (logo_ca has: ",
+        ),
+        (
+            ["--config.nothing.x=1"],
+            errors.ConfigError,
+            "no config key 'nothing.x' (the config has: data, decode",
+        ),
+        (
+            ["--config.decode.flip_test.x=1"],
+            errors.ConfigError,
+            "decode.flip_test is a value, not a section",
+        ),
+        (
+            ["--noconfig.logo_ca.local_half_size"],
+            errors.UsageError,
+            "Unknown command line flag 'noconfig.logo_ca.local_half_size'",
+        ),
+        (
+            ["--config.logo_ca.local_half_size"],
+            errors.UsageError,
+            "Missing value for flag --config.logo_ca.local_half_size",
+        ),
+        (
+            ["--config.logo_ca.local_half_size=three"],
+            errors.UsageError,
+            "invalid literal for int()",
+        ),
+        (["--config.decode.flip_test=maybe"], errors.UsageError, "--config.decode.flip_test=maybe"),
     ],
 )
-def test_bad_overrides_are_config_errors(tiny, argv, message):
-    with pytest.raises(errors.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        overrides, _ = cli.split_overrides(argv, tiny, "configs/tiny.py")
-        cli.apply_overrides(tiny.copy_and_resolve_references(), overrides)
+def test_bad_overrides(argv, error, message):
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse(["--config", CONFIG, *argv])
 
 
 def test_an_override_needs_a_config():
-    with pytest.raises(errors.UsageError, match="no --config"):
-        cli.config_from_argv(["--config.decode.flip_test=false"])
-    assert cli.config_from_argv(["--output_dir", "out"]) == (None, ["--output_dir", "out"])
+    with pytest.raises(errors.UsageError, match="--config is required"):
+        parse(["--config.decode.flip_test=false"])
+
+
+def test_overrides_come_after_the_config():
+    with pytest.raises(errors.UsageError, match="before a value for --config"):
+        parse(["--config.decode.flip_test=false", "--config", CONFIG])
 
 
 def predictor_settings(argv):
-    args = predict_command.parse_args([IMAGE, "--config", CONFIG, "--output_dir", "unused", *argv])
+    args, _ = predict_command.parse_args(
+        [IMAGE, "--config", CONFIG, "--output_dir", "unused", *argv]
+    )
     return predict.Predictor.from_config(args.config, None).settings
 
 
@@ -291,7 +333,11 @@ def test_predict_checkpoint_of_another_config(mismatching_work_directory, capsys
 @pytest.mark.parametrize(
     "case, argv, fragments",
     [
-        ("unknown data set", ["--dataset", "coco_val2016"], ["invalid choice: 'coco_val2016'"]),
+        (
+            "unknown data set",
+            ["--dataset", "coco_val2016"],
+            ["--dataset=coco_val2016", "coco_val2017"],
+        ),
         ("missing file", ["--annotations", "no.json"], ["COCO annotation file not found: no.json"]),
         ("unknown key", ["--config.test.input_sise=64"], ["'test.input_sise'"]),
         ("mismatch", ["--state_dict", STATE_DICT, OTHER_MODEL], ["does not fit the model"]),

@@ -250,8 +250,8 @@ def test_backbone_and_heads_do_not_depend_on_the_variant():
 
 def _parse_config_flags(overrides):
     """The config as every command line parses these overrides."""
-    config, _ = cli.config_from_argv([f"--config={ROOT / 'configs' / 'tiny.py'}", *overrides])
-    return config
+    argv = [f"--config={ROOT / 'configs' / 'tiny.py'}", *overrides]
+    return cli.parse(argv, lambda flag_values: None, doc="", config=True)[0].config
 
 
 def test_switching_variant_on_the_command_line_replaces_its_options():

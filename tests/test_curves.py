@@ -11,7 +11,7 @@ import cv2
 import pytest
 
 from logocap_jax import errors
-from logocap_jax.commands import curves
+from logocap_jax.training import curves
 
 ROOT = Path(__file__).resolve().parents[1]
 

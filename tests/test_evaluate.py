@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from logocap_jax.commands import cli
 from logocap_jax.evaluation import coco_eval
 from logocap_jax.inference import pipeline
 
@@ -322,11 +323,12 @@ def test_missing_annotation_file_is_named(eval_main, tmp_path):
     [
         (["--annotations", "a.json"], "--annotations and --images"),
         (["--annotations", "a.json", "--images", "x", "--scales", "0.5,one"], "--scales"),
-        (["--annotations", "a.json", "--images", "x", "--batch_size", "-2"], "positive integer"),
+        (["--annotations", "a.json", "--images", "x", "--batch_size", "-2"], "--batch_size=-2"),
         (["--annotations", "a.json", "--images", "x", "--image_ids", "785,a"], "--image_ids"),
     ],
 )
 def test_bad_arguments_exit_with_usage(eval_main, capsys, flags, message):
-    with pytest.raises(SystemExit):
-        eval_main(["--config", str(CONFIG), "--state_dict", str(STATE_DICT), *flags])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(eval_main, ["--config", str(CONFIG), "--state_dict", str(STATE_DICT), *flags])
+    assert exit_info.value.code == cli.EXIT_USER_ERROR
     assert message in capsys.readouterr().err

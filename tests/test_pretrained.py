@@ -6,7 +6,6 @@ as a torch.save file, so download, extraction, conversion and caching run as the
 seconds.
 """
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -20,10 +19,11 @@ import numpy as np
 import pth_writer
 import pytest
 import release_server
+from ml_collections import config_flags
 from release_server import TINY_MEMBER, Server, closed_port_url, make_archive
 
 from logocap_jax import config_utils, errors
-from logocap_jax.commands import cli, predict
+from logocap_jax.commands import cli, predict, weight_flags
 from logocap_jax.commands import pretrained as pretrained_command
 from logocap_jax.weights import archives, convert, pretrained
 
@@ -399,9 +399,10 @@ def test_cli_prints_the_cached_path(server, tmp_path, capsys):
 def test_pretrained_option_chooses_the_config_unless_given(tmp_path, capsys):
     image = str(tmp_path / "photo.jpg")
     open(image, "wb").close()
-    args = predict.parse_args(["--pretrained", "w48", image, "--output_dir", "out"])
-    assert args.config_file == "w48" and args.config.test.input_size == 640
-    args = predict.parse_args(
+    args, _ = predict.parse_args(["--pretrained", "w48", image, "--output_dir", "out"])
+    assert config_flags.get_config_filename(args["config"]) == "w48"
+    assert args.config.test.input_size == 640
+    args, _ = predict.parse_args(
         [
             "--pretrained",
             "w32",
@@ -413,12 +414,14 @@ def test_pretrained_option_chooses_the_config_unless_given(tmp_path, capsys):
             "out",
         ]
     )
-    assert args.config_file == "tiny" and args.config.decode.flip_test is False
+    assert config_flags.get_config_filename(args["config"]) == "tiny"
+    assert args.config.decode.flip_test is False
     with pytest.raises(SystemExit) as exit_info:
-        predict.parse_args([image, "--output_dir", "out"])
+        cli.run_main(predict.main, [image, "--output_dir", "out"])
     assert exit_info.value.code == cli.EXIT_USER_ERROR
     assert "--config (or --pretrained)" in capsys.readouterr().err
+    args, _ = predict.parse_args(
+        ["--pretrained", "w32", "--checkpoint", "ckpt", image, "--output_dir", "out"]
+    )
     with pytest.raises(errors.UsageError, match="exactly one of"):
-        predict.weights_source(
-            argparse.Namespace(checkpoint="ckpt", state_dict=None, pretrained="w32")
-        )
+        weight_flags.source(args)

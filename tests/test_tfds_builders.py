@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from logocap_jax.commands import build_data
+from logocap_jax import errors
+from logocap_jax.commands import build_data, cli
 from logocap_jax.data import coco_records, record_source, tfds_builders
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -153,7 +154,7 @@ def test_ochuman_from_manual_dir(tmp_path):
     data_dir = str(tmp_path / "tfds")
     arguments = ["--dataset", "ochuman", "--data_dir", data_dir, "--manual_dir", str(manual_dir)]
     with pytest.raises(SystemExit) as exit_info:
-        build_data.main([*arguments, "--configs", "test"])
+        cli.run_main(build_data.main, [*arguments, "--configs", "test"])
     assert exit_info.value.code == 0
     records = _read(record_source.data_source("ochuman/test", "test", data_dir))
     assert [len(r["area"]) for r in records] == [1, 2, 2]
@@ -216,7 +217,7 @@ def test_split_of_only_bad_records_fails_before_writing(tmp_path):
 
 
 def test_cli_requires_manual_dir(tmp_path):
-    with pytest.raises(SystemExit):
+    with pytest.raises(errors.UsageError, match="--manual_dir is required"):
         build_data.main(["--dataset", "coco", "--data_dir", str(tmp_path)])
 
 

@@ -19,8 +19,7 @@ import pytest
 import train_runs
 from tensorboard.backend.event_processing import event_accumulator, event_file_loader
 
-from logocap_jax.commands import curves
-from logocap_jax.training import event_files, training_log
+from logocap_jax.training import curves, event_files, training_log
 from logocap_jax.weights import checkpoints
 
 pytestmark = pytest.mark.slow

@@ -324,7 +324,7 @@ def run_command(argv) -> int:
         (".", [], "is a folder: give a video file, or --sequence"),
         ("clip", ["--start", "2", "--end", "1"], "end (1.0 s) must be after start (2.0 s)"),
         ("clip", ["--panel_joint", "nose"], "--panel_joint only apply to images"),
-        (None, ["--every_nth", "2", "photo.jpg"], "--every_nth need --source"),
+        (None, ["--every_nth", "2", "photo.jpg"], "--every_nth needs --source"),
         ("clip", ["photo.jpg"], "either image files and folders or --source"),
     ],
 )

@@ -9,7 +9,9 @@ import os
 from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
+from absl import flags
 
+from logocap_jax import errors
 from logocap_jax.commands import cli
 from logocap_jax.data.tfds_builders import (
     MINI_DATASETS,
@@ -21,32 +23,40 @@ from logocap_jax.data.tfds_builders import (
 )
 
 
-def main(argv: Sequence[str] | None = None):
-    """The command line: builds one data set into --data_dir; a user error is one line with
-    exit status 2 (`cli.run_main`)."""
-    cli.run_main(_build, argv)
+def define_flags(flag_values: flags.FlagValues) -> None:
+    define = cli.definer(flag_values)
+    define(
+        flags.DEFINE_enum,
+        "dataset",
+        None,
+        "The data set to build.",
+        enum_values=["coco", "ochuman", *MINI_DATASETS],
+        required=True,
+    )
+    define(flags.DEFINE_string, "data_dir", None, "The TFDS data dir to write into.", required=True)
+    define(
+        flags.DEFINE_string,
+        "manual_dir",
+        None,
+        "The source files of coco / ochuman (for a mini set: its folder, default the bundled "
+        "copy).",
+    )
+    define(flags.DEFINE_list, "configs", None, "Comma-separated configs (default: all).")
+    define(flags.DEFINE_bool, "strict", False, "Fail on a bad record instead of skipping it.")
 
 
-def _build(argv: Sequence[str]) -> None:
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True, choices=("coco", "ochuman") + MINI_DATASETS)
-    parser.add_argument("--data_dir", required=True, help="TFDS data dir to write into")
-    parser.add_argument(
-        "--manual_dir",
-        help="source files of coco / ochuman (for a mini "
-        "set: its folder, default the bundled copy)",
-    )
-    parser.add_argument("--configs", help="comma-separated configs (default: all)")
-    parser.add_argument(
-        "--strict", action="store_true", help="fail on a bad record instead of skipping it"
-    )
-    parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
-    args = parser.parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> None:
+    """Builds one data set into --data_dir.
+
+    Raises:
+      UserError: a bad command line or source (`cli.run_main` prints it as one line).
+    """
+    args, _ = cli.parse(argv, define_flags, doc=__doc__)
     if not args.verbose:
         # TFDS warns through absl that a config object was passed, which the mini sets do.
         logging.getLogger("absl").setLevel(logging.ERROR)
     if args.dataset not in MINI_DATASETS and not args.manual_dir:
-        parser.error(f"--manual_dir is required for --dataset {args.dataset}")
+        raise errors.UsageError(f"--manual_dir is required for --dataset {args.dataset}")
     if args.dataset in MINI_DATASETS:
         builders = [build_mini(args.dataset, args.data_dir, args.manual_dir, strict=args.strict)]
     else:
@@ -54,7 +64,7 @@ def _build(argv: Sequence[str]) -> None:
             CocoPersonKeypoints if args.dataset == "coco" else OCHuman,
             args.data_dir,
             args.manual_dir,
-            args.configs.split(",") if args.configs else None,
+            args.configs,
             strict=args.strict,
         )
     for builder in builders:
@@ -72,4 +82,4 @@ def _summary(builder: tfds.core.DatasetBuilder) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)

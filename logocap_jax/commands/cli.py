@@ -1,8 +1,9 @@
-"""What the command lines share: exit statuses, one-line user errors, config overrides.
+"""What the command lines share: absl flags, the config flag, one-line user errors, exit statuses.
 
-Every command of this package (train, eval, predict, convert, pretrained, build_data, ablate) runs
-its `main` through `run_main` (argparse) or `run_absl` (absl), which turn a user error
-(`logocap_jax.errors`) into one line on stderr,
+Every command of this package parses its command line with `parse` (absl flags on a fresh
+`FlagValues`, and for a config `ml_collections.config_flags`) and runs through `run_main`, which
+turns a user error (`logocap_jax.errors`, or a command line that does not parse) into one line
+on stderr,
 
   <program>: error: <what is wrong, naming the file, key or value, and what was expected>
 
@@ -17,14 +18,13 @@ Exit statuses:
      (predict: failures.json, eval: stats.json's skipped_images).
   130  interrupted (Ctrl-C).
 
-Config overrides: a command line that takes `--config FILE` also takes any number of
-`--config.<key>=<value>` (`--config.logo_ca.reweigh=false`, `--config.decode.scales=0.5,1`); the
-value is parsed by `ml_collections.config_flags` as for `train.py`, with the type of the field it
-replaces; `--noconfig.<key>` sets a boolean to false. A key the config does not have is a user
-error naming the known keys of its section.
+Config: `--config` names a bundled config (w32, w48, tiny, mini) or a config file, and any
+number of `--config.<key>=<value>` after it change its fields, parsed by
+`ml_collections.config_flags` with the type of the field they replace (`--noconfig.<key>` sets a
+boolean to false). A key the config does not have is a user error naming the known keys of its
+section.
 """
 
-import argparse
 import os
 import re
 import sys
@@ -32,7 +32,6 @@ import traceback
 from collections.abc import Callable, Sequence
 
 import jax
-import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -45,23 +44,16 @@ EXIT_SKIPPED = 3
 EXIT_INTERRUPTED = 130
 
 VERBOSE_FLAG = "--verbose"
-_OVERRIDE = re.compile(r"^--?(no)?config\.([^=]+)(=.*)?$", re.DOTALL)
+HELP_FLAGS = ("-h", "--help", "--helpfull")
+_OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
 
 
 def _program(argv0: str | None = None) -> str:
     return os.path.basename(argv0 or sys.argv[0] or "logocap")
 
 
-def _report_user_error(program: str, error: BaseException, verbose: bool) -> None:
-    """Prints the one-line message (and the traceback first, when verbose)."""
-    if verbose:
-        traceback.print_exception(error)
-    print(f"{program}: error: {errors.describe(error)}", file=sys.stderr)
-    sys.stderr.flush()
-
-
 def run_main(main: Callable[[list], int | None], argv: Sequence[str] | None = None):
-    """Runs an argparse command line and exits with its status (see the module docstring).
+    """Runs a command's `main` and exits with its status (see the module docstring).
 
     Args:
       main: takes the arguments (without the program name) and returns an exit status
@@ -81,120 +73,149 @@ def run_main(main: Callable[[list], int | None], argv: Sequence[str] | None = No
     except Exception as error:
         if not errors.is_user_error(error):
             raise
-        _report_user_error(program, error, VERBOSE_FLAG in argv)
+        if VERBOSE_FLAG in argv:
+            traceback.print_exception(error)
+        print(f"{program}: error: {errors.describe(error)}", file=sys.stderr)
+        sys.stderr.flush()
         sys.exit(EXIT_USER_ERROR)
     sys.exit(EXIT_OK if status is None else status)
 
 
-def run_absl(main: Callable[[list, ml_collections.ConfigDict], int | None], flag_values=None):
-    """Runs an absl command line whose `--config` flag is a config file path (train.py).
-
-    The config is loaded and its overrides applied as for the argparse command lines
-    (`parse_args`); a flag, override or user error is one line with exit status 2.
-
-    Args:
-      main: takes the remaining arguments (program name first) and the config.
-      flag_values: the absl flags; default absl.flags.FLAGS. They must define `config` (a
-        string) and `verbose` (a bool).
-    """
-    from absl import app
-
-    flag_values = flags.FLAGS if flag_values is None else flag_values
-    parsed = {}
-
-    def parse(argv):
-        program, verbose = _program(argv[0]), VERBOSE_FLAG in argv
-        try:
-            config, rest = config_from_argv(argv[1:])
-            remaining = flag_values([argv[0], *rest])
-        except flags.Error as error:
-            _report_user_error(program, errors.UsageError(str(error)), verbose)
-            sys.exit(EXIT_USER_ERROR)
-        except Exception as error:
-            if not errors.is_user_error(error):
-                raise
-            _report_user_error(program, error, verbose)
-            sys.exit(EXIT_USER_ERROR)
-        parsed["config"] = config
-        return remaining
-
-    def run(argv):
-        # absl has consumed --verbose by now: pass its value on.
-        verbose = "verbose" in flag_values and flag_values["verbose"].value
-        run_main(lambda _: main(argv, parsed["config"]), [VERBOSE_FLAG] if verbose else [])
-
-    app.run(run, flags_parser=parse)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line with exit status 2; abbreviations are off, so
-    `--config` is only ever the config file."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message):
-        self.exit(
-            EXIT_USER_ERROR, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n"
-        )
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    """Adds --config (a bundled config's name or a file; overrides in the help), --verbose and
-    --compilation_cache.
-
-    Args:
-      parser: the command line's parser.
-      required: whether --config must be given; if not, `parse_args` takes a default config.
-    """
-    parser.add_argument(
-        "--config",
-        required=required,
-        metavar="CONFIG",
-        help="a bundled config (w32, w48, tiny, mini) or a config file, e.g. configs/w32.py; "
-        "change any of its fields with --config.<key>=<value>, e.g. "
-        "--config.logo_ca.reweigh=false",
-    )
-    parser.add_argument(VERBOSE_FLAG, action="store_true", help="show the traceback of an error")
-    parser.add_argument(
-        "--compilation_cache",
-        metavar="DIR",
-        help="keep compiled XLA programs in DIR (JAX's persistent compilation cache), so that "
-        "later runs with the same model, input sizes and JAX version skip compiling",
-    )
-
-
-def parse_args(
-    parser: argparse.ArgumentParser,
-    argv: Sequence[str] | None = None,
+def parse(
+    argv: Sequence[str] | None,
+    define_flags: Callable[[flags.FlagValues], None],
     *,
+    doc: str,
+    config: bool = False,
     default_config: str | None = None,
-):
-    """`parser.parse_args` with the config loaded and its `--config.<key>=<value>` overrides.
+    positional: bool = False,
+) -> tuple[flags.FlagValues, list[str]]:
+    """Parses a command line into a fresh set of absl flags.
 
     Args:
-      parser: the command line's parser (with `add_config_arguments`).
-      argv: the arguments; default sys.argv[1:].
-      default_config: the config (name or file) when no --config is given.
+      argv: the arguments without the program name; default sys.argv[1:].
+      define_flags: defines the command's flags on the `FlagValues` it is given.
+      doc: what `--help` prints above the flags.
+      config: whether the command takes `--config` (with its overrides) and
+        `--compilation_cache`.
+      default_config: the config when no `--config` is given; without one, `--config` is
+        required.
+      positional: whether the command takes arguments other than flags.
 
     Returns:
-      The namespace; `config` is the loaded ConfigDict (overrides applied, locked), or None
-      without --config and default; `config_file` its name or path.
+      (the flags, the positional arguments). With `config`, `flags.config` is the loaded
+      ConfigDict with its overrides applied, checked and locked.
 
     Raises:
-      ConfigError: the config file cannot be loaded, an override names a key the config lacks,
-        or its value does not parse as the field's type.
-      InputNotFoundError: the config file does not exist.
-      SystemExit: the rest of the command line does not parse (one line, status 2).
+      UsageError: the command line does not parse (unknown flag, bad value, missing flag).
+      ConfigError, InputNotFoundError: the config cannot be loaded, or an override names a key
+        it lacks or a value its field rejects.
+      SystemExit: --help was given (status 0, after printing the help).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    config, rest = config_from_argv(argv, default_config)
-    args = parser.parse_args(rest)
-    args.config_file, args.config = args.config or default_config, config
-    if getattr(args, "compilation_cache", None):
-        use_compilation_cache(args.compilation_cache)
-    return args
+    flag_values = flags.FlagValues()
+    flags.DEFINE_bool("verbose", False, "Show the traceback of an error.", flag_values=flag_values)
+    if config:
+        if default_config is not None and not _given(argv, "--config"):
+            argv = ["--config", default_config, *argv]
+        _define_config(flag_values, argv)
+        flags.DEFINE_string(
+            "compilation_cache",
+            None,
+            "Keep compiled XLA programs in this directory (JAX's persistent compilation "
+            "cache), so later runs with the same model, input sizes and JAX version skip "
+            "compiling.",
+            flag_values=flag_values,
+        )
+    define_flags(flag_values)
+    if any(arg in HELP_FLAGS for arg in _options(argv)):
+        print(doc.strip())
+        print("\nflags:")
+        print(flag_values.get_help(prefix="  ", include_special_flags=False))
+        sys.exit(EXIT_OK)
+    if config and not _given(argv, "--config"):
+        other = " (or --pretrained)" if "pretrained" in flag_values else ""
+        raise errors.UsageError(
+            f"--config{other} is required: --config takes a bundled config name or a file"
+        )
+    try:
+        arguments = flag_values(["logocap", *argv])[1:]
+        flag_values.validate_all_flags()
+    except flags.Error as error:
+        # A config that cannot be loaded keeps its own message and class.
+        if isinstance(error.__context__, errors.UserError):
+            raise error.__context__ from None
+        raise errors.UsageError(f"{error} (see --help)") from None
+    if arguments and not positional:
+        raise errors.UsageError(f"unexpected arguments: {' '.join(arguments)} (see --help)")
+    if config:
+        config_utils.validate(flag_values.config)
+        if flag_values.compilation_cache:
+            use_compilation_cache(flag_values.compilation_cache)
+    return flag_values, arguments
+
+
+def definer(flag_values: flags.FlagValues) -> Callable:
+    """`define(flags.DEFINE_<kind>, name, default, help, **kwargs)` on `flag_values`, for the
+    commands' `define_flags` (flags live on a fresh FlagValues per parse, not absl's global
+    one, so a command can be parsed many times in one process)."""
+
+    def define(kind, name, default, help_string, **kwargs):
+        return kind(name, default, help=help_string, flag_values=flag_values, **kwargs)
+
+    return define
+
+
+def _options(argv: Sequence[str]) -> list[str]:
+    """The arguments before a `--` separator (the ones that may be flags)."""
+    return list(argv[: argv.index("--")] if "--" in argv else argv)
+
+
+def _given(argv: Sequence[str], flag: str) -> bool:
+    return any(arg == flag or arg.startswith(f"{flag}=") for arg in _options(argv))
+
+
+def flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The value of the last `<flag> VALUE` / `<flag>=VALUE` in a command line, before it is
+    parsed (for the defaults that depend on another flag, such as --pretrained's config)."""
+    value, options = None, _options(argv)
+    for index, arg in enumerate(options):
+        if arg == flag and index + 1 < len(options):
+            value = options[index + 1]
+        elif arg.startswith(f"{flag}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+class _ConfigParser(flags.ArgumentParser):
+    """Loads `--config` with `config_utils.load_config` (bundled names and files) and checks
+    that every override of the command line names one of its keys."""
+
+    def __init__(self, argv: Sequence[str]):
+        self._keys = [m.group(1) for m in map(_OVERRIDE.match, _options(argv)) if m]
+
+    def parse(self, argument):
+        config = config_utils.load_config(argument)
+        for key in self._keys:
+            config_utils.check_key(config, key, argument)
+        config.lock()
+        return config
+
+    def flag_type(self):
+        return "config"
+
+
+def _define_config(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "A bundled config (w32, w48, tiny, mini) or a config file, e.g. configs/w32.py; "
+        "change any of its fields with --config.<key>=<value> after it, e.g. "
+        "--config.logo_ca.reweigh=false.",
+        flag_values=flag_values,
+        sys_argv=["logocap", *argv],
+    )
+    flag_values["config"].parser = _ConfigParser(argv)
 
 
 def use_compilation_cache(directory: str) -> None:
@@ -202,126 +223,3 @@ def use_compilation_cache(directory: str) -> None:
     short its compilation (JAX's default keeps only programs compiling for over a second)."""
     jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
-def config_from_argv(argv: Sequence[str], default_config: str | None = None):
-    """(config with overrides, the other arguments) from a command line's arguments.
-
-    The config is `default_config`'s when no `--config` is given, or None without a default
-    (the parser then reports it missing).
-
-    Raises:
-      InputNotFoundError, ConfigError: see `parse_args`; also a config whose model, logo_ca or
-        decode section has an unknown key or a value the settings reject.
-      UsageError: an override without --config.
-    """
-    path = option_value(argv, "--config") or default_config
-    if path is None:
-        overrides = [arg for arg in _options(argv) if _OVERRIDE.match(arg)]
-        if overrides:
-            raise errors.UsageError(f"{overrides[0]} overrides a config, but no --config is given")
-        return None, list(argv)
-    config = config_utils.load_config(path)
-    overrides, rest = split_overrides(argv, config, path)
-    config = apply_overrides(config, overrides)
-    config_utils.validate(config)
-    return config, rest
-
-
-def _options(argv):
-    """The arguments before a `--` separator (the ones that may be options)."""
-    return argv[: argv.index("--")] if "--" in argv else argv
-
-
-def option_value(argv: Sequence[str], option: str) -> str | None:
-    """The value of the last `<option> VALUE` / `<option>=VALUE` before any `--`, or None."""
-    value, options = None, _options(argv)
-    for index, arg in enumerate(options):
-        if arg == option and index + 1 < len(options):
-            value = options[index + 1]
-        elif arg.startswith(f"{option}="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
-def split_overrides(argv: Sequence[str], config, config_file: str = "the config"):
-    """Separates the overrides from the other arguments.
-
-    Args:
-      argv: the arguments.
-      config: the config they override; a key it lacks is an error.
-      config_file: named in errors.
-
-    Returns:
-      (overrides as `--config.<key>=<value>` strings, the other arguments in order). A value
-      may follow its key as the next argument, except for booleans (`--config.<key>` alone sets
-      true, `--noconfig.<key>` false).
-
-    Raises:
-      ConfigError: an override names a key the config lacks, or lacks its value.
-    """
-    argv = list(argv)
-    end = argv.index("--") if "--" in argv else len(argv)
-    overrides, rest, index = [], [], 0
-    while index < end:
-        arg = argv[index]
-        match = _OVERRIDE.match(arg)
-        index += 1
-        if match is None:
-            rest.append(arg)
-            continue
-        negated, key, value = match.groups()
-        field = _config_field(config, key, config_file)
-        boolean = isinstance(field, bool)
-        if negated:
-            if value is not None or not boolean:
-                raise errors.ConfigError(
-                    f"{arg}: --noconfig.<key> sets a boolean to false, and {key} is "
-                    f"{type(field).__name__} ({field!r})"
-                )
-            value = "=false"
-        elif value is None and boolean:
-            value = "=true"
-        elif value is None:
-            if index >= end:
-                raise errors.ConfigError(f"{arg} needs a value: --config.{key}=<value>")
-            value, index = "=" + argv[index], index + 1
-        overrides.append(f"--config.{key}{value}")
-    return overrides, rest + argv[end:]
-
-
-def _config_field(config, key: str, config_file: str):
-    """The value of a dotted config key; a key the config lacks is a ConfigError."""
-    node, parts = config, key.split(".")
-    for depth, part in enumerate(parts):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            section = ".".join(parts[:depth])
-            known = (
-                f"{section or 'the config'} has: {', '.join(sorted(node.keys()))}"
-                if isinstance(node, ml_collections.ConfigDict)
-                else f"{section} is a value, not a section"
-            )
-            raise errors.ConfigError(
-                f"--config.{key}: {config_file} has no config key {key!r} ({known})"
-            )
-        node = node[part]
-    return node
-
-
-def apply_overrides(config, overrides: Sequence[str]) -> ml_collections.ConfigDict:
-    """`config` with `--config.<key>=<value>` overrides applied as train.py applies them
-    (`ml_collections.config_flags`), locked.
-
-    Raises:
-      ConfigError: a key the config lacks, or a value that does not parse as the field's type.
-    """
-    flag_values = flags.FlagValues()
-    argv = ["logocap", *overrides]
-    try:
-        config_flags.DEFINE_config_dict(
-            "config", config, flag_values=flag_values, lock_config=True, sys_argv=argv
-        )
-        flag_values(argv)
-    except flags.Error as error:
-        raise errors.ConfigError(str(error)) from error
-    return flag_values.config

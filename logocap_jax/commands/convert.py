@@ -10,24 +10,39 @@ import os
 
 import jax
 import numpy as np
+from absl import flags
 
-from logocap_jax import errors
+from logocap_jax import config_utils, errors
+from logocap_jax.commands import cli
+from logocap_jax.weights import checkpoints
 from logocap_jax.weights.convert import load_state_dict, model_template, variables_from_state_dict
 
 
-def main(argv=None):
-    """Converts --input into an orbax checkpoint at --output (see the module docstring)."""
-    from logocap_jax import config_utils
-    from logocap_jax.commands import cli
-    from logocap_jax.weights import checkpoints
-
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    cli.add_config_arguments(parser)
-    parser.add_argument("--input", required=True, help="official .pth/.pth.tar or .npz state dict")
-    parser.add_argument(
-        "--output", required=True, help="directory of the orbax checkpoint to write"
+def define_flags(flag_values: flags.FlagValues) -> None:
+    define = cli.definer(flag_values)
+    define(
+        flags.DEFINE_string,
+        "input",
+        None,
+        "An official .pth/.pth.tar or an .npz state dict.",
+        required=True,
     )
-    args = cli.parse_args(parser, argv)
+    define(
+        flags.DEFINE_string,
+        "output",
+        None,
+        "The orbax checkpoint directory to write.",
+        required=True,
+    )
+
+
+def main(argv=None) -> None:
+    """Converts --input into an orbax checkpoint at --output (see the module docstring).
+
+    Raises:
+      UserError: a bad command line or input (`cli.run_main` prints it as one line).
+    """
+    args, _ = cli.parse(argv, define_flags, doc=__doc__, config=True)
     if os.path.exists(args.output):
         raise errors.OutputExistsError(f"Checkpoint directory already exists: {args.output}")
     model = config_utils.build_model(args.config)
@@ -39,8 +54,6 @@ def main(argv=None):
 
 def entry_point():
     """The `logocap-convert` command: `main` with one-line user errors."""
-    from logocap_jax.commands import cli
-
     cli.run_main(main)
 
 

@@ -15,86 +15,116 @@ Any config field can be overridden with --config.<key>=<value>, as for train.py.
 import sys
 
 import jax
+from absl import flags
 
-from logocap_jax import weights
-from logocap_jax.commands import cli
-from logocap_jax.commands import predict as predict_command
+from logocap_jax import errors, weights
+from logocap_jax.commands import cli, weight_flags
 from logocap_jax.evaluation import evaluate
 from logocap_jax.inference import pipeline, predict
 
-EPILOG = (
-    "Exit status: 0 done; 3 done, but some images could not be read (they count as having no "
-    "detections, are named on stderr and listed in stats.json under skipped_images); 2 a user "
-    "error (one line; --verbose for the traceback); 1 an internal error."
-)
+EXIT_STATUSES = """
+Exit status: 0 done; 3 done, but some images could not be read (they count as having no
+detections, are named on stderr and listed in stats.json under skipped_images); 2 a user error
+(one line; --verbose for the traceback); 1 an internal error.
+"""
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """The eval command's own flags (`weight_flags.parse` adds the config, the weights and
+    --verbose)."""
+    define = cli.definer(flag_values)
+    define(
+        flags.DEFINE_enum,
+        "dataset",
+        None,
+        "A known data set (with --data_root).",
+        enum_values=sorted(evaluate.DATASETS),
+    )
+    define(flags.DEFINE_string, "data_root", ".", "Root of the --dataset layout.")
+    define(
+        flags.DEFINE_string,
+        "annotations",
+        None,
+        "A COCO-format annotation file (instead of --dataset).",
+    )
+    define(flags.DEFINE_string, "images", None, "The image folder of --annotations.")
+    define(flags.DEFINE_string, "output_dir", "eval_output", "Folder of the outputs.")
+    define(
+        flags.DEFINE_bool,
+        "no_flip",
+        False,
+        "Disable the flip test (on unless the config turns it off; same as "
+        "--config.decode.flip_test=false).",
+    )
+    define(
+        flags.DEFINE_list,
+        "scales",
+        None,
+        "Comma-separated test scales, e.g. 0.5,1,2 (default: the config's decode.scales).",
+    )
+    define(
+        flags.DEFINE_enum,
+        "adaptation",
+        None,
+        "Refinement: none (center-offset poses), partial (KAM argmax), full (LOGO-CA); "
+        "default the config's decode.adaptation.",
+        enum_values=list(pipeline.ADAPTATION_LEVELS),
+    )
+    define(flags.DEFINE_integer, "batch_size", 1, "Images per batch.", lower_bound=1)
+    define(
+        flags.DEFINE_bool,
+        "time_stages",
+        False,
+        "Time the four stages of the paper's Table 4 apart (separate, synchronised programs; "
+        "slower) instead of the one fused program.",
+    )
+    define(flags.DEFINE_integer, "max_images", None, "Only the first N images.", lower_bound=1)
+    define(flags.DEFINE_list, "image_ids", [], "Only these comma-separated image ids.")
+    define(
+        flags.DEFINE_bool,
+        "distributed",
+        False,
+        "Call jax.distributed.initialize() (several processes share the images; process 0 "
+        "writes the outputs).",
+    )
+    define(
+        flags.DEFINE_bool,
+        "quiet",
+        False,
+        "No progress: neither the bar (on a terminal) nor the progress lines (in a log file).",
+    )
+    define(
+        flags.DEFINE_bool,
+        "upper_bound",
+        False,
+        "Score the oracle 11x11 local search against the ground truth from the center-offset "
+        "poses (the paper's Fig. 2) instead.",
+    )
+
+
+def _numbers(name: str, values, kind):
+    try:
+        return tuple(kind(value) for value in values)
+    except ValueError:
+        raise errors.UsageError(
+            f"--{name} must be comma-separated {kind.__name__}s, got {','.join(values)!r}"
+        ) from None
 
 
 def parse_args(argv=None):
-    """The command line's arguments, checked: `config` is the loaded config with its
-    overrides, `scales` a tuple of floats or None (the config's)."""
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EPILOG)
-    predict_command.add_weights_arguments(parser)
-    parser.add_argument("--dataset", choices=sorted(evaluate.DATASETS))
-    parser.add_argument("--data_root", help="root of the --dataset layout")
-    parser.add_argument("--annotations", help="COCO-format annotation file (instead of --dataset)")
-    parser.add_argument("--images", help="image folder of --annotations")
-    parser.add_argument("--output_dir", default="eval_output")
-    parser.add_argument(
-        "--no_flip",
-        action="store_true",
-        help="disable flip test (on unless the config turns it off; "
-        "same as --config.decode.flip_test=false)",
-    )
-    parser.add_argument(
-        "--scales",
-        help="comma-separated test scales, e.g. 0.5,1,2 (default: the config's decode.scales)",
-    )
-    parser.add_argument(
-        "--adaptation",
-        choices=pipeline.ADAPTATION_LEVELS,
-        help="refinement: none (center-offset poses), partial (KAM argmax), "
-        "full (LOGO-CA); default the config's decode.adaptation",
-    )
-    parser.add_argument("--batch_size", type=predict_command.positive_int, default=1)
-    parser.add_argument(
-        "--time_stages",
-        action="store_true",
-        help="time the four stages of the paper's Table 4 apart (separate, synchronised "
-        "programs; slower) instead of the one fused program",
-    )
-    parser.add_argument(
-        "--max_images", type=predict_command.positive_int, help="only the first N images"
-    )
-    parser.add_argument("--image_ids", help="only these comma-separated image ids")
-    parser.add_argument(
-        "--distributed",
-        action="store_true",
-        help="call jax.distributed.initialize() (several processes share the images; "
-        "process 0 writes the outputs)",
-    )
-    parser.add_argument(
-        "--quiet",
-        action="store_true",
-        help="no progress: neither the bar (on a terminal) nor the progress lines (in a log file)",
-    )
-    parser.add_argument(
-        "--upper_bound",
-        action="store_true",
-        help="score the oracle 11x11 local search against the ground truth "
-        "from the center-offset poses (the paper's Fig. 2) instead",
-    )
-    args = predict_command.parse_args_with_weights(parser, argv)
+    """The command line's flags, checked: `config` is the loaded config with its overrides,
+    `scales` a tuple of floats or None (the config's), `image_ids` a tuple of ints.
+
+    Raises:
+      UsageError: the command line does not parse, or names no data set or two.
+    """
+    args, _ = weight_flags.parse(argv, define_flags, doc=__doc__ + EXIT_STATUSES)
     if bool(args.dataset) == bool(args.annotations) or bool(args.annotations) != bool(args.images):
-        parser.error("give either --dataset (with --data_root) or --annotations and --images")
-    if args.scales is not None:
-        try:
-            args.scales = tuple(float(s) for s in args.scales.split(","))
-        except ValueError:
-            parser.error(f"--scales must be comma-separated numbers, got {args.scales!r}")
-    try:
-        args.image_ids = tuple(int(i) for i in args.image_ids.split(",")) if args.image_ids else ()
-    except ValueError:
-        parser.error(f"--image_ids must be comma-separated integers, got {args.image_ids!r}")
+        raise errors.UsageError(
+            "give either --dataset (with --data_root) or --annotations and --images"
+        )
+    args.scales = None if args.scales is None else _numbers("scales", args.scales, float)
+    args.image_ids = _numbers("image_ids", args.image_ids, int)
     return args
 
 
@@ -108,12 +138,12 @@ def main(argv=None) -> evaluate.EvaluationResult:
     if args.distributed:
         jax.distributed.initialize()
     if args.dataset:
-        annotations, images = evaluate.dataset_paths(args.dataset, args.data_root or ".")
+        annotations, images = evaluate.dataset_paths(args.dataset, args.data_root)
         name = args.dataset
     else:
         annotations, images, name = args.annotations, args.images, args.annotations
     config = args.config
-    variables = weights.load(config, predict_command.weights_source(args))
+    variables = weights.load(config, weight_flags.source(args))
     decode = {"flip_test": config.decode.flip_test and not args.no_flip}
     if args.scales is not None:
         decode["scales"] = args.scales

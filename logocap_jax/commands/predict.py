@@ -11,15 +11,17 @@ a video, camera, stream or folder of frames (--source) -> a drawn, tracked video
 Installed as `logocap-predict`. Options, outputs and exit statuses: docs/commands.md.
 """
 
-import argparse
 import collections
+import functools
 import json
 import os
 import sys
 from collections.abc import Iterable
 
+from absl import flags
+
 from logocap_jax import errors, progress, weights
-from logocap_jax.commands import cli, predict_video
+from logocap_jax.commands import cli, predict_video, weight_flags
 from logocap_jax.inference import postprocess, preprocess, visualize
 from logocap_jax.inference.predict import (
     ImageProblem,
@@ -29,7 +31,6 @@ from logocap_jax.inference.predict import (
     overlay,
 )
 from logocap_jax.keypoints import JOINT_NAMES
-from logocap_jax.weights import pretrained
 
 
 def image_files(inputs) -> list:
@@ -65,153 +66,103 @@ def image_ids(paths) -> list:
     return list(range(len(paths)))
 
 
-def weights_source(args) -> str:
-    """The weights a command line names: its one --checkpoint, --state_dict or --pretrained,
-    for `weights.load`.
-
-    Raises:
-      UsageError: not exactly one of them is given.
-    """
-    given = [args.checkpoint, args.state_dict, args.pretrained]
-    if sum(source is not None for source in given) != 1:
-        raise errors.UsageError(
-            "give exactly one of --checkpoint (orbax directory), --state_dict and --pretrained"
-        )
-    checkpoint, state_dict, name = given
-    if name is not None:
-        return name
-    source = checkpoint or state_dict
-    # A path that looks like a pretrained name is read as the path it is.
-    return os.path.join(".", source) if source in pretrained.MODELS else source
-
-
-def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds --config and the weights: --checkpoint, --state_dict or --pretrained, whose
-    release's config is the default --config (see `parse_args_with_weights`)."""
-    cli.add_config_arguments(parser, required=False)
-    parser.add_argument("--checkpoint", help="orbax checkpoint directory (from convert or train)")
-    parser.add_argument("--state_dict", help="official .pth/.pth.tar or .npz state dict")
-    parser.add_argument(
-        "--pretrained",
-        choices=sorted(pretrained.MODELS),
-        help="the official COCO-trained weights of this model, downloaded and converted on "
-        f"first use (cached in ${pretrained.CACHE_DIR_ENV} or ~/.cache/logocap_jax; a mirror "
-        f"or local copy of the release folder: ${pretrained.RELEASE_URL_ENV}); the config "
-        "defaults to the model's bundled config, and --config replaces it (its model must fit "
-        "the weights)",
-    )
-
-
-def parse_args_with_weights(parser: argparse.ArgumentParser, argv=None):
-    """`cli.parse_args` for a parser with `add_weights_arguments`: without --config, the
-    config is --pretrained's (w32 -> the bundled w32), and its overrides apply to it.
-
-    Raises:
-      SystemExit: neither --config nor --pretrained is given (one line, status 2).
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    release = pretrained.MODELS.get(cli.option_value(argv, "--pretrained"))
-    args = cli.parse_args(parser, argv, default_config=release.config if release else None)
-    if args.config is None:
-        parser.error("the following arguments are required: --config (or --pretrained)")
-    return args
-
-
-def _joint_arg(value: str) -> int:
+class _JointParser(flags.ArgumentParser):
     """A joint given by COCO name (left_wrist) or index (9), for --panel_joint."""
-    if value in JOINT_NAMES:
-        return JOINT_NAMES.index(value)
-    if value.isdigit() and int(value) < len(JOINT_NAMES):
-        return int(value)
-    raise argparse.ArgumentTypeError(
-        f"{value!r} is neither a joint index 0-{len(JOINT_NAMES) - 1} nor one of "
-        f"{', '.join(JOINT_NAMES)}"
+
+    def parse(self, argument):
+        if isinstance(argument, int) or argument in JOINT_NAMES:
+            return argument if isinstance(argument, int) else JOINT_NAMES.index(argument)
+        if argument.isdigit() and int(argument) < len(JOINT_NAMES):
+            return int(argument)
+        raise ValueError(
+            f"{argument!r} is neither a joint index 0-{len(JOINT_NAMES) - 1} nor one of "
+            f"{', '.join(JOINT_NAMES)}"
+        )
+
+    def flag_type(self):
+        return "joint"
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """The predict command's own flags (`weight_flags.parse` adds the config, the weights and
+    --verbose)."""
+    define = cli.definer(flag_values)
+    define(flags.DEFINE_string, "output_dir", None, "Folder of the outputs.", required=True)
+    define(
+        flags.DEFINE_bool,
+        "no_flip",
+        False,
+        "Disable the flip test (on unless the config turns it off).",
     )
-
-
-def positive_int(value: str) -> int:
-    """An argparse type for counts such as --batch_size: an integer >= 1."""
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return int(value)
+    define(
+        flags.DEFINE_integer,
+        "batch_size",
+        1,
+        "Images per batch (the global batch, over the local devices).",
+        lower_bound=1,
+    )
+    define(flags.DEFINE_bool, "no_draw", False, "Skip the overlay PNGs.")
+    define(
+        flags.DEFINE_float,
+        "threshold",
+        visualize.DEFAULT_KEYPOINT_THRESHOLD,
+        "Lowest keypoint score drawn.",
+    )
+    define(
+        flags.DEFINE_float,
+        "min_score",
+        0.0,
+        "Lowest pose score drawn (default 0: every person found); results.json keeps every person.",
+    )
+    define(
+        functools.partial(flags.DEFINE, _JointParser()),
+        "panel_joint",
+        None,
+        "Also write <name>_panel.png: local window, KAM and refined heatmap of this joint "
+        "(name or index) of the best-scoring person.",
+    )
+    define(
+        flags.DEFINE_bool,
+        "fail_fast",
+        False,
+        "Stop at the first image that cannot be read (exit status 2, no results.json) instead "
+        "of skipping it.",
+    )
+    define(
+        flags.DEFINE_bool,
+        "quiet",
+        False,
+        "No progress: neither the bar (on a terminal) nor the progress lines (in a log file).",
+    )
+    predict_video.define_flags(flag_values)
 
 
 def parse_args(argv=None):
-    """The CLI's arguments; `paths` holds the input images, `config` the loaded config with its
-    `--config.<key>=<value>` overrides (an input error exits with one line, status 2); with
-    --source, the video options instead of `paths` (see `predict_video`)."""
-    parser = cli.ArgumentParser(
-        description="LOGO-CAP poses for images (COCO JSON and overlays) or, with --source, for "
-        "a video, camera, stream or folder of frames (a tracked, drawn video and a JSONL log).",
-        epilog="Exit status: 0 every image (frame) predicted; 3 some images (frames) skipped "
-        "(named on stderr and in failures.json, results.json holds the others); 2 a user error "
-        "(one line; "
-        "--verbose for the traceback), or with --fail_fast the first image that cannot be "
-        "read; 1 an internal error.",
-    )
-    parser.add_argument("inputs", nargs="*", help="image files or folders")
-    add_weights_arguments(parser)
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument(
-        "--no_flip",
-        action="store_true",
-        help="disable flip test (on unless the config turns it off)",
-    )
-    parser.add_argument("--batch_size", type=positive_int, default=1)
-    parser.add_argument("--no_draw", action="store_true", help="skip the overlay PNGs")
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=visualize.DEFAULT_KEYPOINT_THRESHOLD,
-        help="min keypoint score drawn",
-    )
-    parser.add_argument(
-        "--min_score",
-        type=float,
-        default=0.0,
-        help="min pose score drawn (default 0: every person found); results.json "
-        "keeps every person",
-    )
-    parser.add_argument(
-        "--panel_joint",
-        type=_joint_arg,
-        help="also write <name>_panel.png: local window, KAM and refined heatmap "
-        "of this joint (name or index) of the best-scoring person",
-    )
-    parser.add_argument(
-        "--fail_fast",
-        action="store_true",
-        help="stop at the first image that cannot be read (exit status 2, no results.json) "
-        "instead of skipping it",
-    )
-    parser.add_argument(
-        "--quiet",
-        action="store_true",
-        help="no progress: neither the bar (on a terminal) nor the progress lines (in a log file)",
-    )
-    predict_video.add_video_arguments(parser)
-    args = parse_args_with_weights(parser, argv)
+    """(the command line's flags, the input image paths): `flags.config` is the loaded config
+    with its overrides and --fast; the paths are empty with --source.
+
+    Raises:
+      UsageError: the command line does not parse, or its flags and inputs do not go together.
+      ConfigError: the config or an override is bad.
+    """
+    args, inputs = weight_flags.parse(argv, define_flags, doc=__doc__, positional=True)
+    predict_video.check_flags(args)
     if args.fast:
         predict_video.apply_fast(args.config)
     if args.source is not None:
-        if args.inputs:
-            parser.error("give either image files and folders or --source, not both")
-        predict_video.check_video_arguments(parser, args)
-        return args
-    predict_video.reject_video_arguments(parser, args)
-    try:
-        args.paths = image_files(args.inputs)
-    except errors.UserError as err:
-        parser.error(str(err))
+        if inputs:
+            raise errors.UsageError("give either image files and folders or --source, not both")
+        return args, []
+    paths = image_files(inputs)
     # Outputs are named after the file (and numeric names give the COCO id): no silent overwrite.
-    stems = collections.Counter(os.path.splitext(os.path.basename(p))[0] for p in args.paths)
+    stems = collections.Counter(os.path.splitext(os.path.basename(p))[0] for p in paths)
     shared = sorted(stem for stem, count in stems.items() if count > 1)
     if shared:
-        parser.error(
+        raise errors.UsageError(
             f"several input images share the file name(s) {shared}; their outputs "
             "would overwrite each other"
         )
-    return args
+    return args, paths
 
 
 def _write_images(args, path: str, people: People) -> None:
@@ -290,11 +241,11 @@ def main(argv=None) -> int:
       UserError: a bad input (`cli.run_main` prints it as one line), and with fail_fast the
         first image that cannot be read.
     """
-    args = parse_args(argv)
+    args, paths = parse_args(argv)
     config = args.config
     if args.source is not None:
-        return predict_video.main(args, lambda: weights.load(config, weights_source(args)))
-    variables = weights.load(config, weights_source(args))
+        return predict_video.main(args, lambda: weights.load(config, weight_flags.source(args)))
+    variables = weights.load(config, weight_flags.source(args))
     predictor = Predictor.from_config(
         config,
         variables,
@@ -303,7 +254,7 @@ def main(argv=None) -> int:
         flip_test=config.decode.flip_test and not args.no_flip,
     )
     os.makedirs(args.output_dir, exist_ok=True)
-    paths, problems, predicted = args.paths, [], 0
+    problems, predicted = [], 0
     ids = dict(zip(paths, image_ids(paths)))
 
     def report(problem: ImageProblem) -> None:

@@ -7,12 +7,14 @@ folder of frames with `--sequence`) -> <name>.mp4, <name>.jsonl, <name>_summary.
 Options, outputs and the codec: docs/commands.md, "Video and cameras".
 """
 
-import argparse
 import dataclasses
 import json
 import os
 from collections.abc import Callable
 
+from absl import flags
+
+from logocap_jax import errors
 from logocap_jax.commands import cli
 from logocap_jax.inference.predict import Predictor
 from logocap_jax.video import frames, run, tracking, writers
@@ -21,96 +23,74 @@ from logocap_jax.video.smoothing import OneEuroSettings
 # --fast: the network input's short side (0.56 times the pixels of the official 512) and no
 # flip test (one network pass instead of two): about a quarter of the work.
 FAST_INPUT_SIZE = 384
-# Options that only apply with --source, and their defaults.
-VIDEO_ONLY = {
-    "sequence": False,
-    "every_nth": 1,
-    "max_frames": None,
-    "start": 0.0,
-    "end": None,
-    "fps": None,
-    "track_max_age": tracking.TrackerSettings.max_age,
-    "smooth": False,
-    "video_codec": writers.DEFAULT_CODEC,
-}
+# Options that only apply with --source.
+VIDEO_ONLY = (
+    "sequence",
+    "every_nth",
+    "max_frames",
+    "start",
+    "end",
+    "fps",
+    "track_max_age",
+    "smooth",
+    "video_codec",
+)
 # Image options that mean nothing for a video.
 IMAGE_ONLY = ("panel_joint", "fail_fast")
 
 
-def _count(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return int(value)
-
-
-def _age(value: str) -> int:
-    if not value.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value!r}")
-    return int(value)
-
-
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:
-        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {value!r}")
-    return seconds
-
-
-def _rate(value: str) -> float:
-    try:
-        rate = float(value)
-    except ValueError:
-        rate = 0.0
-    if not 0 < rate < 1000:
-        raise argparse.ArgumentTypeError(f"expected frames per second in (0, 1000), got {value!r}")
-    return rate
-
-
-def add_video_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds --source and the options of the video mode, and --fast (both modes)."""
-    group = parser.add_argument_group("video, cameras and streams")
-    group.add_argument(
-        "--source",
-        help="instead of images: a video file, a camera index (0), a stream URL "
-        "(rtsp://..., http://...), or with --sequence a folder of frames",
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """Defines --source and the flags of the video mode, and --fast (both modes)."""
+    define = cli.definer(flag_values)
+    define(
+        flags.DEFINE_string,
+        "source",
+        None,
+        "Instead of images: a video file, a camera index (0), a stream URL (rtsp://..., "
+        "http://...), or with --sequence a folder of frames.",
     )
-    group.add_argument(
-        "--sequence", action="store_true", help="--source is a folder of frames, read in name order"
+    define(flags.DEFINE_bool, "sequence", False, "--source is a folder of frames, in name order.")
+    define(flags.DEFINE_integer, "every_nth", 1, "Predict every n-th frame.", lower_bound=1)
+    define(flags.DEFINE_integer, "max_frames", None, "Stop after this many frames.", lower_bound=1)
+    define(flags.DEFINE_float, "start", 0.0, "Seconds into the source.", lower_bound=0.0)
+    define(
+        flags.DEFINE_float,
+        "end",
+        None,
+        "Stop at this many seconds into the source.",
+        lower_bound=0.0,
     )
-    group.add_argument("--every_nth", type=_count, default=1, help="predict every n-th frame")
-    group.add_argument("--max_frames", type=_count, help="stop after this many frames")
-    group.add_argument("--start", type=_seconds, default=0.0, help="seconds into the source")
-    group.add_argument("--end", type=_seconds, help="stop at this many seconds into the source")
-    group.add_argument(
-        "--fps",
-        type=_rate,
-        help="the source's frame rate (default: what the video says; 30 for --sequence)",
+    define(
+        flags.DEFINE_float,
+        "fps",
+        None,
+        "The source's frame rate (default: what the video says; 30 for --sequence).",
+        lower_bound=1e-3,
+        upper_bound=1000.0,
     )
-    group.add_argument(
-        "--track_max_age",
-        type=_age,
-        default=VIDEO_ONLY["track_max_age"],
-        help="frames a person may go unseen and keep its track id",
+    define(
+        flags.DEFINE_integer,
+        "track_max_age",
+        tracking.TrackerSettings.max_age,
+        "Frames a person may go unseen and keep its track id.",
+        lower_bound=0,
     )
-    group.add_argument(
-        "--smooth", action="store_true", help="smooth each track's keypoints (One-Euro filter)"
+    define(flags.DEFINE_bool, "smooth", False, "Smooth each track's keypoints (One-Euro filter).")
+    define(
+        flags.DEFINE_enum,
+        "video_codec",
+        writers.DEFAULT_CODEC,
+        "FourCC of the drawn video: vp09 plays in browsers and Colab; mp4v encodes faster but "
+        "browsers do not play it.",
+        enum_values=list(writers.CODECS),
     )
-    group.add_argument(
-        "--video_codec",
-        choices=writers.CODECS,
-        default=writers.DEFAULT_CODEC,
-        help="FourCC of the drawn video: vp09 plays in browsers and Colab; mp4v encodes "
-        "faster but browsers do not play it",
-    )
-    group.add_argument(
-        "--fast",
-        action="store_true",
-        help=f"faster, less accurate: no flip test and network short side {FAST_INPUT_SIZE} "
-        "(or the config's, if smaller); same as --config.decode.flip_test=false "
-        f"--config.test.input_size={FAST_INPUT_SIZE}",
+    define(
+        flags.DEFINE_bool,
+        "fast",
+        False,
+        f"Faster, less accurate: no flip test and network short side {FAST_INPUT_SIZE} (or the "
+        "config's, if smaller); same as --config.decode.flip_test=false "
+        f"--config.test.input_size={FAST_INPUT_SIZE}.",
     )
 
 
@@ -120,23 +100,21 @@ def apply_fast(config) -> None:
     config.test.input_size = min(config.test.input_size, FAST_INPUT_SIZE)
 
 
-def check_video_arguments(parser: argparse.ArgumentParser, args) -> None:
-    """Rejects image-only options with --source (one line, status 2)."""
-    # Identity, not equality: --panel_joint 0 (nose) is given, though 0 == False.
-    given = [
-        f"--{name}"
-        for name in IMAGE_ONLY
-        if getattr(args, name) is not None and getattr(args, name) is not False
-    ]
-    if given:
-        parser.error(f"{', '.join(given)} only apply to images, not to --source")
+def check_flags(flag_values: flags.FlagValues) -> None:
+    """Rejects image-only flags with --source, and video flags without it.
 
-
-def reject_video_arguments(parser: argparse.ArgumentParser, args) -> None:
-    """Rejects video options without --source (one line, status 2)."""
-    given = [f"--{name}" for name, default in VIDEO_ONLY.items() if getattr(args, name) != default]
-    if given:
-        parser.error(f"{', '.join(given)} need --source")
+    Raises:
+      UsageError: naming the flags given in the wrong mode.
+    """
+    video = flag_values.source is not None
+    wrong = [name for name in (IMAGE_ONLY if video else VIDEO_ONLY) if flag_values[name].present]
+    if wrong and video:
+        raise errors.UsageError(
+            f"{', '.join('--' + name for name in wrong)} only apply to images, not to --source"
+        )
+    if wrong:
+        verb = "needs" if len(wrong) == 1 else "need"
+        raise errors.UsageError(f"{', '.join('--' + name for name in wrong)} {verb} --source")
 
 
 def main(args, load_variables: Callable) -> int:
@@ -145,7 +123,7 @@ def main(args, load_variables: Callable) -> int:
     The source is opened before the weights load, so a bad source fails at once.
 
     Args:
-      args: the parsed command line (with --source).
+      args: the parsed flags (with --source).
       load_variables: returns the model variables.
 
     Returns:

@@ -11,55 +11,62 @@ the config) prints one line and exits with status 2; --verbose shows the traceba
 import jax
 from absl import flags, logging
 
-from logocap_jax import config_utils, errors
+from logocap_jax import config_utils
 from logocap_jax.commands import cli
 from logocap_jax.training import trainer
 from logocap_jax.weights import checkpoints, convert
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string(
-    "config",
-    None,
-    "Training config file; override any of its fields with --config.<key>=<value>.",
-)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
-flags.DEFINE_bool(
-    "verbose",
-    False,
-    "Keep the libraries' INFO logs (orbax logs every save) and show the traceback of an error.",
-)
-flags.DEFINE_bool(
-    "quiet",
-    False,
-    "No progress: neither the bar (on a terminal) nor the progress lines (in a log file).",
-)
-flags.DEFINE_string(
-    "compilation_cache",
-    None,
-    "Keep compiled XLA programs in this directory (JAX's persistent compilation cache).",
-)
-flags.mark_flags_as_required(["config", "workdir"])
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    define = cli.definer(flag_values)
+    define(
+        flags.DEFINE_string,
+        "workdir",
+        None,
+        "Directory for checkpoints and metrics.",
+        required=True,
+    )
+    define(
+        flags.DEFINE_bool,
+        "distributed",
+        False,
+        "Call jax.distributed.initialize() (multi-host runs).",
+    )
+    define(
+        flags.DEFINE_bool,
+        "quiet",
+        False,
+        "No progress: neither the bar (on a terminal) nor the progress lines (in a log file).",
+    )
 
 
-def main(argv, config):
-    if len(argv) > 1:
-        raise errors.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.verbose:
+def main(argv=None) -> None:
+    """Trains (or resumes) the run of the command line.
+
+    Raises:
+      UserError: a bad command line, config, data set or work directory (`cli.run_main` prints
+        it as one line).
+    """
+    args, _ = cli.parse(
+        argv,
+        define_flags,
+        doc=__doc__ + "\n--verbose also keeps the libraries' INFO logs.",
+        config=True,
+    )
+    if not args.verbose:
         logging.set_verbosity(logging.WARNING)
-    if FLAGS.compilation_cache:
-        cli.use_compilation_cache(FLAGS.compilation_cache)
-    if FLAGS.distributed:
+    if args.distributed:
         jax.distributed.initialize()
+    config = args.config
     # A work directory of another config fails here in one line, not deep in the restore.
     template = convert.model_template(config_utils.build_model(config))
-    checkpoints.check_fits(FLAGS.workdir, template, missing_ok=True)
-    trainer.train_and_evaluate(config, FLAGS.workdir, progress=not FLAGS.quiet)
+    checkpoints.check_fits(args.workdir, template, missing_ok=True)
+    trainer.train_and_evaluate(config, args.workdir, progress=not args.quiet)
 
 
 def entry_point():
     """The `logocap-train` command (and the repository's train.py)."""
-    cli.run_absl(main)
+    cli.run_main(main)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """The ablation runner's report: ablation.json, the ablation.md tables and the ablation.png
-curves of the variants it trained (commands/ablate.py)."""
+curves of the variants it trained (training/ablation.py)."""
 
 import json
 import os
 
-from logocap_jax.commands import curves
 from logocap_jax.models import cmp_variants
+from logocap_jax.training import curves
 
 
 def _number(value, spec):
