@@ -339,8 +339,9 @@ def test_cli_bad_sources_are_one_line_errors(tmp_path, clip, capsys, source, ext
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_tracker_compares_the_keypoints_drawn(tmp_path, clip, monkeypatch):
-    """--threshold (the keypoints drawn) is also the tracker's visibility threshold."""
+def test_cli_tracker_follows_the_drawing_thresholds(tmp_path, clip, monkeypatch):
+    """--threshold (the keypoints drawn) is also the tracker's visibility threshold, and
+    --min_score (the people drawn) the lowest score that starts a track."""
     trackers = []
 
     def record(predictor, reader, tracker, output_dir, **options):
@@ -349,8 +350,10 @@ def test_cli_tracker_compares_the_keypoints_drawn(tmp_path, clip, monkeypatch):
 
     monkeypatch.setattr(run, "run_video", record)
     argv = ["--config", CONFIG, "--state_dict", STATE_DICT, "--output_dir", str(tmp_path / "o")]
-    assert run_command([*argv, "--source", clip, "--threshold", "0.002"]) == cli.EXIT_OK
+    source = ["--source", clip, "--threshold", "0.002", "--min_score", "0.006"]
+    assert run_command([*argv, *source]) == cli.EXIT_OK
     assert trackers[0].settings.keypoint_threshold == 0.002
+    assert trackers[0].settings.birth_score == 0.006
 
 
 def test_summary_of_a_truncated_video_says_how_many_frames_were_not_read():

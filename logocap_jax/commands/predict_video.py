@@ -150,10 +150,13 @@ def main(args, load_variables: Callable) -> int:
             batch_size=args.batch_size,
             flip_test=config.decode.flip_test and not args.no_flip,
         )
-        # The drawing's keypoint threshold: a model whose scores are low overall (--threshold
-        # lowered to draw it) would otherwise have no keypoints to match people by.
+        # The drawing's thresholds: a model whose scores are low overall (--threshold lowered
+        # to draw it) would otherwise have no keypoints to match people by, and a person too
+        # unlikely to be drawn (--min_score) starts no track, so its near-duplicate detections
+        # do not take ids.
         settings = tracking.TrackerSettings(
             keypoint_threshold=args.threshold,
+            birth_score=args.min_score,
             max_age=args.track_max_age,
             frame_rate=reader.fps / args.every_nth,
             smoothing=OneEuroSettings() if args.smooth else None,
