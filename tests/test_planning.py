@@ -36,14 +36,15 @@ ENTRY %main (param: f32[8,4], idx: s32[3,1]) -> (f32[3,4], f32[8]) {
 }
 """
 
-LIVE_RANGE = """HloLiveRange (max 9):
-  BufferLiveRange:
-    param{}:0-9
-  Live ranges at 4 (peak):
-    conv.2{}: 4096 bytes (cumulative: 4096 bytes)
-    param{}: 2048 bytes (cumulative: 6144 bytes)
-    sort.14{0}: 512 bytes (cumulative: 6656 bytes)
-    sort.14{1}: 512 bytes (cumulative: 7168 bytes)
+BUFFER_ASSIGNMENT = """BufferAssignment:
+allocation 0: size 2048, parameter 0, shape |f32[8,4]| at ShapeIndex {}:
+ value: <1 param @0> (size=2048,offset=0): f32[8,4]{1,0:T(8,128)}
+allocation 1: size 4608, preallocated-temp:
+ value: <2 conv.2 @0> (size=4096,offset=0): f32[8,4]{1,0}
+ value: <3 fusion.3 @0> (size=1024,offset=0): f32[3,4]{1,0}
+ value: <4 sort.14{0} @0> (size=512,offset=4096): f32[8]{0}
+allocation 2: size 8192, color 1, preallocated-temp:
+ value: <5 scatter.5 @1> (size=8192,offset=0): f32[8,4]{1,0}
 """
 
 
@@ -59,18 +60,21 @@ def test_op_counts_include_fused_computations_and_callbacks():
     }
 
 
-def test_peak_buffers_are_named_by_stage(tmp_path):
-    (tmp_path / "module_0001.jit_step.after_optimizations-live-range.txt").write_text(LIVE_RANGE)
-    buffers = hlo_report.peak_buffers(str(tmp_path), HLO, count=2)
-    assert [(b["name"], b["bytes"], b["stage"]) for b in buffers] == [
-        ("conv.2", 4096, "backbone"),
-        ("param", 2048, "argument"),
+def test_peak_buffers_are_the_temporaries_largest_places_by_stage(tmp_path):
+    path = tmp_path / "module_0001.jit_step.after_optimizations-buffer-assignment.txt"
+    path.write_text(BUFFER_ASSIGNMENT)
+    buffers = hlo_report.peak_buffers(str(tmp_path), HLO)
+    # Parameters and the on-chip (color 1) temporaries are not HBM temporaries.
+    assert [(b["name"], b["bytes"], b["stage"], b["sharing"]) for b in buffers] == [
+        ("conv.2", 4096, "backbone", 2),
+        ("sort.14", 512, "local KEMs", 1),
     ]
     assert buffers[0]["shape"] == "f32[8,4]{1,0}"
-    everything = hlo_report.peak_buffers(str(tmp_path), HLO)
-    assert ("sort.14", 1024, "local KEMs") in [
-        (b["name"], b["bytes"], b["stage"]) for b in everything
-    ]
+    assert len(hlo_report.peak_buffers(str(tmp_path), HLO, count=1)) == 1
+
+
+def test_custom_call_targets():
+    assert hlo_report.custom_call_targets(HLO) == {"xla_python_cpu_callback": 1}
 
 
 @pytest.mark.parametrize(

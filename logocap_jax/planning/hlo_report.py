@@ -1,9 +1,9 @@
 """What an optimised XLA program holds: counts of the operations that TPUs run poorly, and the
-buffers live at the memory peak with the stage of the model that makes each.
+largest buffers of its temporaries with the stage of the model that makes each.
 
-Both read XLA's text dumps: the optimised HLO module (`Compiled.as_text()`) and the live-range
-file of its buffer assignment (`<module>.after_optimizations-live-range.txt`, written by the
-compiler options `dump_options(directory)`).
+Both read XLA's text dumps: the optimised HLO module (`Compiled.as_text()`) and its buffer
+assignment (`<module>.after_optimizations-buffer-assignment.txt`, written by the compiler
+options `dump_options(directory)`).
 """
 
 import dataclasses
@@ -40,7 +40,6 @@ STAGE_NAMES = (
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = ")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
-_LIVE = re.compile(r"^\s*([\w.\-]+)\{[\d,]*\}: (\d+) bytes")
 
 
 def dump_options(directory: str) -> dict:
@@ -106,6 +105,18 @@ def op_counts(hlo_text: str) -> dict[str, int]:
     return counts
 
 
+def custom_call_targets(hlo_text: str) -> dict[str, int]:
+    """{target: count} of the module's custom calls, most frequent first: most on a TPU are the
+    compiler's own (ConcatBitcast, AllocateBuffer, ...), a few come from the program (TopK)."""
+    counts = {}
+    for instruction in instructions(hlo_text):
+        if instruction.opcode == "custom-call":
+            target = re.search(r'custom_call_target="([^"]*)"', instruction.line)
+            name = target.group(1) if target else "?"
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
 def stage_of(op_name: str) -> str:
     """The model stage an op_name belongs to (STAGE_NAMES), else 'other'."""
     names = set(re.split(r"[/()]", op_name))
@@ -130,53 +141,64 @@ def _computation_op_names(hlo_text: str) -> dict[str, str]:
     return names
 
 
-def live_at_peak(dump_dir: str) -> list[tuple[str, int]]:
-    """(instruction name, bytes) of the buffers live at the peak of the module's heap
-    simulation, from the live-range dump in `dump_dir`.
+_ALLOCATION = re.compile(r"^allocation \d+: size (\d+)(.*):$")
+_VALUE = re.compile(
+    r"^ value: <\d+ ([\w.\-]+)(?:\{[\d,]*\})? @\d+> \(size=(\d+),offset=(\d+)\): (.*)$"
+)
+
+
+def temp_slots(dump_dir: str) -> list[dict]:
+    """The slots of the program's temporary buffer in HBM, from XLA's buffer assignment dump in
+    `dump_dir`: each an offset range that buffers whose lifetimes do not overlap share, with
+    its size and the values placed there (name, bytes, shape), largest slot first. The slots
+    add up to the temporaries' peak.
 
     Raises:
-      FileNotFoundError: `dump_dir` holds no live-range dump.
+      FileNotFoundError: `dump_dir` holds no buffer assignment dump.
     """
-    paths = glob.glob(os.path.join(dump_dir, "*after_optimizations-live-range.txt"))
+    paths = glob.glob(os.path.join(dump_dir, "*after_optimizations-buffer-assignment.txt"))
     if not paths:
-        raise FileNotFoundError(f"no XLA live-range dump in {dump_dir}")
-    live, in_peak = [], False
+        raise FileNotFoundError(f"no XLA buffer assignment dump in {dump_dir}")
+    slots, in_temp = {}, False
     with open(max(paths, key=os.path.getsize)) as f:
         for line in f:
-            if "(peak):" in line:
-                in_peak = True
+            allocation = _ALLOCATION.match(line)
+            if allocation:
+                # Other colors are on-chip memories (VMEM, SMEM), not HBM.
+                flags = allocation.group(2)
+                in_temp = "preallocated-temp" in flags and "color" not in flags
                 continue
-            if in_peak:
-                match = _LIVE.match(line)
-                if not match:
-                    break
-                live.append((match.group(1), int(match.group(2))))
-    return live
+            value = _VALUE.match(line) if in_temp else None
+            if value:
+                name, size, offset, shape = value.groups()
+                slot = slots.setdefault(int(offset), {"bytes": 0, "values": []})
+                slot["bytes"] = max(slot["bytes"], int(size))
+                slot["values"].append({"name": name, "bytes": int(size), "shape": shape})
+    return sorted(slots.values(), key=lambda slot: -slot["bytes"])
 
 
 def peak_buffers(dump_dir: str, hlo_text: str, count: int = 10) -> list[dict]:
-    """The `count` largest buffers live at the memory peak: name, shape, bytes, stage and the
-    op_name of the instruction that makes each (parameters: stage 'argument')."""
+    """The `count` largest slots of the temporary buffer (`temp_slots`), each with the largest
+    value placed there: its instruction name, shape and op_name, the stage of the model that
+    makes it, and how many values share the slot."""
     by_name = {instruction.name: instruction for instruction in instructions(hlo_text)}
     computations = _computation_op_names(hlo_text)
-    sizes = {}
-    for name, size in live_at_peak(dump_dir):
-        sizes[name] = sizes.get(name, 0) + size
     report = []
-    for name, size in sorted(sizes.items(), key=lambda item: -item[1])[:count]:
-        instruction = by_name.get(name)
+    for slot in temp_slots(dump_dir)[:count]:
+        largest = max(slot["values"], key=lambda value: value["bytes"])
+        instruction = by_name.get(largest["name"])
         op_name = instruction.op_name if instruction else ""
         called = re.search(r"calls=%?([\w.\-]+)", instruction.line) if instruction else None
         if not op_name and called:
             op_name = computations.get(called.group(1), "")
-        is_argument = instruction is not None and instruction.opcode == "parameter"
         report.append(
             {
-                "name": name,
-                "shape": instruction.shape if instruction else "",
-                "bytes": size,
-                "stage": "argument" if is_argument else stage_of(op_name),
+                "name": largest["name"],
+                "shape": largest["shape"],
+                "bytes": slot["bytes"],
+                "stage": stage_of(op_name),
                 "op_name": op_name,
+                "sharing": len(slot["values"]),
             }
         )
     return report

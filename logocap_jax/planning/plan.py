@@ -5,7 +5,8 @@ A plan is a plain dict (JSON in the cache):
   program, config_hash, topology, chips, per_chip_batch, fits, compile_seconds, and when it
   compiled: argument_bytes, temp_bytes, output_bytes, alias_bytes, total_bytes (arguments +
   temporaries + outputs - aliased), hbm_bytes, flops, bytes_accessed, roofline_seconds,
-  examples_per_second, op_counts, peak_buffers; when XLA found it does not fit: error.
+  examples_per_second, op_counts, custom_call_targets, peak_buffers; when XLA found it does
+  not fit: error.
 """
 
 import hashlib
@@ -119,6 +120,7 @@ def compile_plan(
         plan["compile_seconds"] = time.perf_counter() - start
         text = compiled.as_text()
         plan["op_counts"] = hlo_report.op_counts(text)
+        plan["custom_call_targets"] = hlo_report.custom_call_targets(text)
         plan["peak_buffers"] = hlo_report.peak_buffers(dump_dir, text, buffers)
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()

@@ -39,12 +39,15 @@ def format_plan(plan: dict, *, title: str = "") -> str:
         f"{plan['examples_per_second']:,.0f} examples/s on {chips} chips",
         "  in the optimised TPU program: "
         + ", ".join(f"{op} {count}" for op, count in plan["op_counts"].items()),
-        "  largest buffers live at the memory peak (stage: op):",
+        "  custom calls by target: "
+        + ", ".join(f"{name} {count}" for name, count in plan["custom_call_targets"].items()),
+        "  largest buffers of the temporaries (bytes, stage, values sharing the place, the "
+        "largest value and its op):",
     ]
     for buffer in plan["peak_buffers"]:
         lines.append(
-            f"    {_gib(buffer['bytes']):>11}  {buffer['stage']:<10}  {buffer['shape']}  "
-            f"{_short_op_name(buffer['op_name'])}"
+            f"    {_gib(buffer['bytes']):>9}  {buffer['stage']:<10} x{buffer['sharing']:<3} "
+            f"{buffer['shape']}  {_short_op_name(buffer['op_name'])}"
         )
     return "\n".join(lines)
 
