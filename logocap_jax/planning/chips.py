@@ -27,10 +27,13 @@ class Chip:
     source: str
     chip_config: str = "default"
 
-    def roofline_seconds(self, flops: float, bytes_accessed: float) -> float:
-        """The time of a program of `flops` and `bytes_accessed` at the better of its compute
-        and memory bounds: a lower bound on its step time."""
-        return max(flops / self.peak_flops, bytes_accessed / self.hbm_bytes_per_second)
+    def compute_seconds(self, flops: float) -> float:
+        """The time of `flops` at the chip's peak rate: a lower bound on a step's time."""
+        return flops / self.peak_flops
+
+    def hbm_seconds(self, bytes_accessed: float) -> float:
+        """The time to move `bytes_accessed` at the chip's HBM bandwidth."""
+        return bytes_accessed / self.hbm_bytes_per_second
 
 
 CHIPS = {
