@@ -108,7 +108,7 @@ def _fake_compiler(monkeypatch, fixed=2 * 2**30, per_example=2**30):
     """compile_plan stand-in: memory fixed + per_example x batch, counting its calls."""
     calls = []
 
-    def compile_plan(config, topology, per_chip_batch, program="train", *, buffers=10):
+    def compile_plan(config, topology, per_chip_batch, program="train", **options):
         calls.append(per_chip_batch)
         total = fixed + per_example * per_chip_batch
         return {

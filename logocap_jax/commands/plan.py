@@ -8,6 +8,8 @@ compile time, the counts of TPU-hostile operations and the largest buffers at th
 --max_batch searches the largest per-chip batch that fits. Results are cached (--cache).
 """
 
+import os
+
 from absl import flags
 
 from logocap_jax import errors
@@ -59,6 +61,12 @@ def define_flags(flag_values) -> None:
         "JSON file of compiled results, keyed by the settings; empty: no cache.",
         **kw,
     )
+    flags.DEFINE_string(
+        "dump_dir",
+        "",
+        "Keep XLA's dumps (optimised program, buffer assignment) here, one folder per program.",
+        **kw,
+    )
     flags.DEFINE_bool("verbose", False, "Show the traceback of an error.", **kw)
     flags.mark_flags_as_required(["config"], flag_values=flag_values)
 
@@ -68,6 +76,10 @@ def main(flag_values, argv, config) -> None:
         raise errors.UsageError(f"unexpected arguments: {argv[1:]}")
     cache = plan_lib.Cache(flag_values.cache or None)
     topology, options = flag_values.topology, dict(cache=cache, buffers=flag_values.buffers)
+
+    def dumps(program):
+        return os.path.join(flag_values.dump_dir, program) if flag_values.dump_dir else None
+
     if flag_values.program in ("train", "both"):
         if flag_values.max_batch:
             best, tried = plan_lib.max_batch(
@@ -77,11 +89,23 @@ def main(flag_values, argv, config) -> None:
                 print(report.format_plan(tried[batch]))
             print(report.format_search(best, tried))
         else:
-            result = plan_lib.plan(config, topology, flag_values.per_chip_batch, "train", **options)
+            result = plan_lib.plan(
+                config,
+                topology,
+                flag_values.per_chip_batch,
+                "train",
+                dump_dir=dumps("train"),
+                **options,
+            )
             print(report.format_plan(result))
     if flag_values.program in ("inference", "both"):
         result = plan_lib.plan(
-            config, topology, flag_values.inference_batch, "inference", **options
+            config,
+            topology,
+            flag_values.inference_batch,
+            "inference",
+            dump_dir=dumps("inference"),
+            **options,
         )
         print(report.format_plan(result))
 

@@ -84,10 +84,18 @@ def _lowered(config, program: str, per_chip_batch: int, devices):
 
 
 def compile_plan(
-    config, topology: str, per_chip_batch: int, program: str = "train", *, buffers: int = 10
+    config,
+    topology: str,
+    per_chip_batch: int,
+    program: str = "train",
+    *,
+    buffers: int = 10,
+    dump_dir: str | None = None,
 ) -> dict:
     """Compiles `program` of `config` for `topology` with `per_chip_batch` images per chip and
-    measures it (see the module docstring); uses no cache.
+    measures it (see the module docstring); uses no cache. XLA's dumps (the optimised program,
+    its buffer assignment) go to `dump_dir`, or to a temporary directory removed afterwards;
+    the buffer assignment is written well before the compile ends.
 
     Raises:
       MissingDependencyError: libtpu is not installed.
@@ -105,7 +113,8 @@ def compile_plan(
     }
     start = time.perf_counter()
     lowered = _lowered(config, program, per_chip_batch, devices)
-    with tempfile.TemporaryDirectory(prefix="logocap_plan_") as dump_dir:
+    with tempfile.TemporaryDirectory(prefix="logocap_plan_") as temporary:
+        dump_dir = dump_dir or temporary
         try:
             compiled = lowered.compile(compiler_options=hlo_report.dump_options(dump_dir))
         except Exception as error:  # XLA raises a generic runtime error.
@@ -161,6 +170,7 @@ def plan(
     *,
     cache: Cache | None = None,
     buffers: int = 10,
+    dump_dir: str | None = None,
 ) -> dict:
     """`compile_plan`, or its cached result; adds 'cached' (whether it came from the cache)."""
     cache = cache or Cache(None)
@@ -168,7 +178,9 @@ def plan(
     found = cache.get(key)
     if found is not None:
         return dict(found, cached=True)
-    result = compile_plan(config, topology, per_chip_batch, program, buffers=buffers)
+    result = compile_plan(
+        config, topology, per_chip_batch, program, buffers=buffers, dump_dir=dump_dir
+    )
     cache.put(key, result)
     return dict(result, cached=False)
 
