@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from logocap_jax import errors
-from logocap_jax.planning import chips, hlo_report, plan, programs
+from logocap_jax.planning import chips, hlo_report, plan, programs, report
 
 HLO = """HloModule jit_step, is_scheduled=true
 
@@ -162,3 +162,47 @@ def test_plan_command_without_libtpu_fails_in_one_line(tmp_path):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and 'pip install -e ".[tpu]"' in lines[0], result.stderr
+
+
+def test_report_lists_every_figure_of_a_plan():
+    gib = 2**30
+    result = {
+        "program": "train",
+        "topology": "v5e:2x2",
+        "chip": "v5e",
+        "chips": 4,
+        "per_chip_batch": 12,
+        "hbm_bytes": 16 * gib,
+        "fits": True,
+        "compile_seconds": 600.0,
+        "argument_bytes": gib // 2,
+        "temp_bytes": 13 * gib,
+        "output_bytes": gib // 2,
+        "alias_bytes": gib // 2,
+        "total_bytes": 27 * gib // 2,
+        "flops": 4.7e12,
+        "bytes_accessed": 1e10,
+        "roofline_seconds": 0.0239,
+        "compute_seconds": 0.0239,
+        "hbm_seconds": 0.0122,
+        "examples_per_second": 2008.0,
+        "op_counts": {"gather": 24, "scatter": 10, "host-callback": 0},
+        "custom_call_targets": {"TopK": 1},
+        "peak_buffers": [
+            {"bytes": gib, "stage": "CMP", "sharing": 3, "shape": "f32[8]", "op_name": "j/cmp/g"}
+        ],
+    }
+    text = report.format_plan(result)
+    for words in (
+        "temporaries 13.00 GiB",
+        "13.50 GiB of 16.00 GiB HBM: 2.50 GiB spare",
+        "4,700 GFLOP",
+        "23.9 ms per step, 2,008 examples/s",
+        "gather 24, scatter 10, host-callback 0",
+        "TopK 1",
+        "CMP        x3",
+    ):
+        assert words in text, (words, text)
+    assert "largest per-chip batch that fits: 14" in report.format_search(
+        14, {14: dict(result, total_bytes=15 * gib), 15: {"fits": False}}
+    )

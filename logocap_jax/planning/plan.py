@@ -4,8 +4,9 @@ config on a TPU slice, compiled on this host (`programs`), with a cache of the r
 A plan is a plain dict (JSON in the cache):
   program, topology, chip, chips, per_chip_batch, hbm_bytes, fits, compile_seconds, and when it
   compiled: argument_bytes, temp_bytes, output_bytes, alias_bytes, total_bytes (arguments +
-  temporaries + outputs - aliased), flops, bytes_accessed, roofline_seconds (at
-  the chip's peak FLOP rate), hbm_bound_seconds (XLA's bytes accessed at the HBM bandwidth),
+  temporaries + outputs - aliased), flops, bytes_accessed, roofline_seconds (the
+  larger of compute_seconds, the FLOPs at the chip's peak rate, and hbm_seconds, XLA's bytes
+  accessed at its HBM bandwidth),
   examples_per_second, op_counts, custom_call_targets, peak_buffers; when XLA found it does
   not fit: error.
 """
@@ -142,10 +143,7 @@ def compile_plan(
         - memory.alias_size_in_bytes
     )
     flops, bytes_accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
-    # The roofline is the compute bound: XLA's TPU byte count charges gathers and scatters far
-    # more than they move (the tiny step at 64 x 64 came out at 720 GB per step), so the
-    # HBM-bound time is reported beside it, not folded in.
-    seconds = chip.compute_seconds(flops)
+    seconds = max(chip.compute_seconds(flops), chip.hbm_seconds(bytes_accessed))
     plan.update(
         fits=total <= chip.hbm_bytes,
         argument_bytes=memory.argument_size_in_bytes,
@@ -156,7 +154,8 @@ def compile_plan(
         flops=flops,
         bytes_accessed=bytes_accessed,
         roofline_seconds=seconds,
-        hbm_bound_seconds=chip.hbm_seconds(bytes_accessed),
+        compute_seconds=chip.compute_seconds(flops),
+        hbm_seconds=chip.hbm_seconds(bytes_accessed),
         examples_per_second=per_chip_batch * len(devices) / seconds if seconds else None,
     )
     return plan

@@ -34,11 +34,10 @@ def format_plan(plan: dict, *, title: str = "") -> str:
         + (f"{_gib(spare)} spare" if spare >= 0 else f"{_gib(-spare)} over"),
         f"  per chip and step: {plan['flops'] / 1e9:,.0f} GFLOP, "
         f"{plan['bytes_accessed'] / 1e9:,.1f} GB accessed",
-        f"  roofline ({plan['chip']} peak bf16 FLOP/s): "
-        f"{plan['roofline_seconds'] * 1e3:,.1f} ms per step, "
-        f"{plan['examples_per_second']:,.0f} examples/s on {chips} chips "
-        f"(XLA's bytes accessed at the HBM bandwidth: {plan['hbm_bound_seconds'] * 1e3:,.0f} ms, "
-        "an overcount where gathers and scatters dominate)",
+        f"  roofline on {plan['chip']}: {plan['roofline_seconds'] * 1e3:,.1f} ms per step, "
+        f"{plan['examples_per_second']:,.0f} examples/s on {chips} chips (compute bound "
+        f"{plan['compute_seconds'] * 1e3:,.1f} ms at peak bf16 FLOP/s, memory bound "
+        f"{plan['hbm_seconds'] * 1e3:,.1f} ms at HBM bandwidth)",
         "  in the optimised TPU program: "
         + ", ".join(f"{op} {count}" for op, count in plan["op_counts"].items()),
         "  custom calls by target: "
