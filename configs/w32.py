@@ -109,6 +109,11 @@ def get_config():
             instance_budget=0,
             seed=0,
             compute_dtype="float32",
+            # Rematerialisation of the training step (logocap_jax.models.remat): "none",
+            # "stages" (HRNet stage modules) or "stages_and_heads", under a jax.checkpoint_policies
+            # name; it trades a second forward pass of those blocks for memory.
+            remat="none",
+            remat_policy="nothing_saveable",
             imagenet_checkpoint="",
             # Start from these model variables (a converted checkpoint or a training work
             # directory) instead of the initialisation, except the top-level modules of

@@ -19,6 +19,7 @@ def for_backend(backend: str | None = None) -> dict | None:
     return dict(CPU_OPTIONS) if (backend or jax.default_backend()) == "cpu" else None
 
 
-def jit(fn, **kwargs):
-    """`jax.jit(fn, **kwargs)` with the options of the default backend."""
-    return jax.jit(fn, compiler_options=for_backend(), **kwargs)
+def jit(fn, backend: str | None = None, **kwargs):
+    """`jax.jit(fn, **kwargs)` with the options of `backend` (default: the default backend;
+    name the platform when compiling ahead of time for another one)."""
+    return jax.jit(fn, compiler_options=for_backend(backend), **kwargs)

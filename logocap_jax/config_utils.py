@@ -23,7 +23,7 @@ from logocap_jax import errors, resources
 from logocap_jax.data.input_pipeline import Augmentation
 from logocap_jax.inference.pipeline import DecodeSettings
 from logocap_jax.logo_ca import LogoCaSettings
-from logocap_jax.models import LogoCap
+from logocap_jax.models import LogoCap, remat
 from logocap_jax.training.forward import TrainSettings
 from logocap_jax.training.losses import LossWeights
 
@@ -146,9 +146,30 @@ def _settings(settings_class, section: str, **kwargs):
 def build_model(config, **overrides) -> LogoCap:
     """LogoCap(**config.model) with the local window of config.logo_ca, e.g.
     build_model(config, dtype=jnp.bfloat16)."""
-    model = checked_section(config, "model", LogoCap, exclude=("parent", "name", "local_half_size"))
+    model = checked_section(
+        config,
+        "model",
+        LogoCap,
+        exclude=("parent", "name", "local_half_size", "remat", "remat_policy"),
+    )
     window = dict(local_half_size=config.logo_ca.local_half_size)
     return LogoCap(**{**model, **window, **overrides})
+
+
+def build_train_model(config) -> LogoCap:
+    """The model training runs: `build_model` in config.train.compute_dtype, with the
+    rematerialisation of config.train.remat and config.train.remat_policy.
+
+    Raises:
+      ConfigError: an unknown remat scope or policy.
+    """
+    scope = config.train.get("remat", "none")
+    policy = config.train.get("remat_policy", "nothing_saveable")
+    try:
+        remat.check(scope, policy)
+    except ValueError as error:
+        raise errors.ConfigError(f"config.train: {error}") from error
+    return build_model(config, dtype=train_dtype(config), remat=scope, remat_policy=policy)
 
 
 def logo_ca_settings(config) -> LogoCaSettings:

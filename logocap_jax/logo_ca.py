@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from logocap_jax.decode import window_offsets
-from logocap_jax.sampling import SAMPLING_MODES, sample
+from logocap_jax.sampling import SAMPLING_MODES, sample_windows
 
 DYNAMIC_CONV_MODES = ("shift_add", "grouped", "auto")
 # Weight of the best position in the top-2 blend of the refined heatmaps (paper: lambda = 0.75).
@@ -84,16 +84,7 @@ def global_kems(heatmaps, poses, half_size: int, *, mode: str, image=None):
       [N, K, A, A]; entry [n, k, u, v] samples joint k at pose + (v - half, u - half).
     """
     num_joints = poses.shape[1]
-    shift = jnp.stack(window_offsets(half_size), axis=-1)[:, :, None, :]
-    coordinates = poses[:, None, None, :, :] + shift
-    samples = sample(
-        heatmaps[..., :num_joints],
-        coordinates,
-        mode=mode,
-        per_channel=True,
-        image=None if image is None else image[:, None, None],
-    )
-    return jnp.transpose(samples, (0, 3, 1, 2))
+    return sample_windows(heatmaps[..., :num_joints], poses, half_size, mode=mode, image=image)
 
 
 def _shift_add(heatmaps, kernels):

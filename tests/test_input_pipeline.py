@@ -77,6 +77,9 @@ def test_batch_shapes_and_dtypes(source):
         "replaced": ((3,), np.int32),
     }
     assert {key: (value.shape, value.dtype) for key, value in batch.items()} == expected
+    device_keys = {k: v for k, v in expected.items() if k not in ("image_id", "replaced")}
+    spec = input_pipeline.batch_spec(3, input_size=INPUT, output_size=OUTPUT, max_people=PEOPLE)
+    assert spec == device_keys
     assert not batch["replaced"].any()
     np.testing.assert_allclose(
         batch["transform"] @ batch["transform_inv"],

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from logocap_jax import logo_ca, sampling
+from logocap_jax import decode, logo_ca, sampling
 
 SAMPLE_TOL = 1e-6
 CONV_TOL = 1e-5
@@ -189,6 +189,53 @@ def test_modes_agree_inside_the_map(feature_map):
     a = sampling.sample(jnp.asarray(feature_map), jnp.asarray(xy), mode="reference")
     b = sampling.sample(jnp.asarray(feature_map), jnp.asarray(xy), mode="map_coordinates")
     np.testing.assert_allclose(a, b, rtol=0, atol=SAMPLE_TOL)
+
+
+@pytest.mark.parametrize("mode", sampling.SAMPLING_MODES)
+@pytest.mark.parametrize("size", [(40, 52), (150, 130)])
+def test_sample_windows_equals_sampling_every_window_point(mode, size):
+    """Bit for bit, with windows past every border, larger than the map, and a center a float
+    rounding away from an integer."""
+    rng = np.random.default_rng(0)
+    height, width = size
+    maps = jnp.asarray(rng.normal(size=(3, height, width, 5)).astype(np.float32))
+    centers = rng.uniform(-60, max(size) + 60, size=(6, 5, 2)).astype(np.float32)
+    centers[0] = 10.99997
+    centers[1, :, 0] = width - 1
+    image = jnp.asarray(rng.integers(0, 3, 6))
+    half = 20
+    dx, dy = decode.window_offsets(half)
+    points = centers[:, None, None] + jnp.stack([dx, dy], axis=-1)[:, :, None]
+    expected = sampling.sample(
+        maps, points, mode=mode, per_channel=True, image=image[:, None, None]
+    )
+    windows = sampling.sample_windows(maps, jnp.asarray(centers), half, mode=mode, image=image)
+    np.testing.assert_array_equal(windows, jnp.transpose(expected, (0, 3, 1, 2)))
+    one = sampling.sample_windows(maps[1], jnp.asarray(centers), half, mode=mode)
+    expected_one = sampling.sample(maps[1], points, mode=mode, per_channel=True)
+    np.testing.assert_array_equal(one, jnp.transpose(expected_one, (0, 3, 1, 2)))
+
+
+def test_sample_windows_gradient_equals_the_pointwise_gradient():
+    """Up to float summation order: the same contributions reach each pixel."""
+    rng = np.random.default_rng(1)
+    maps = jnp.asarray(rng.normal(size=(2, 60, 70, 3)).astype(np.float32))
+    centers = jnp.asarray(rng.uniform(-10, 80, size=(4, 3, 2)).astype(np.float32))
+    image = jnp.asarray([0, 1, 1, 0])
+    dx, dy = decode.window_offsets(12)
+    points = centers[:, None, None] + jnp.stack([dx, dy], axis=-1)[:, :, None]
+    weights = jnp.asarray(rng.normal(size=(4, 3, 25, 25)).astype(np.float32))
+
+    def pointwise(maps):
+        samples = sampling.sample(maps, points, per_channel=True, image=image[:, None, None])
+        return (jnp.transpose(samples, (0, 3, 1, 2)) * weights).sum()
+
+    windowed = lambda maps: (
+        sampling.sample_windows(maps, centers, 12, image=image) * weights
+    ).sum()
+    np.testing.assert_allclose(
+        jax.grad(windowed)(maps), jax.grad(pointwise)(maps), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_unknown_sampling_mode_raises(feature_map):

@@ -46,7 +46,7 @@ from logocap_jax.data import targets
 from logocap_jax.data.coco_records import labelled_people, valid_mask
 from logocap_jax.data.record_checks import BadImageError, read_checked_image
 from logocap_jax.inference.preprocess import normalize
-from logocap_jax.keypoints import STRIDE
+from logocap_jax.keypoints import NUM_JOINTS, STRIDE
 
 _LOG = logging.getLogger(__name__)
 # Set once this process has warned that an image has more GT persons than max_people.
@@ -194,6 +194,31 @@ def _first_oks_people(record: Mapping[str, Any], max_people: int) -> Mapping[str
             key: np.asarray(record[key])[kept]
             for key in ("keypoints", "area", "iscrowd", "num_keypoints")
         },
+    }
+
+
+def batch_spec(
+    batch_size: int, *, input_size: int, output_size: int, max_people: int
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of each array a training batch sends to the device (every key but
+    image_id and replaced), as the module docstring lists them: what a compiled train step
+    takes, without reading any data."""
+    grid = (output_size, output_size)
+    per_example = {
+        "images": ((input_size, input_size, 3), np.float32),
+        "heatmaps": ((*grid, NUM_JOINTS + 1), np.float32),
+        "heatmap_weights": ((*grid, 1), np.float32),
+        "offsets": ((*grid, 2 * NUM_JOINTS), np.float32),
+        "offset_weights": ((*grid, 2 * NUM_JOINTS), np.float32),
+        "keypoints": ((max_people, NUM_JOINTS, 3), np.float32),
+        "areas": ((max_people,), np.float32),
+        "valid": ((max_people,), np.bool_),
+        "transform": ((3, 3), np.float32),
+        "transform_inv": ((3, 3), np.float32),
+        "flip": ((), np.bool_),
+    }
+    return {
+        key: ((batch_size, *shape), np.dtype(dtype)) for key, (shape, dtype) in per_example.items()
     }
 
 

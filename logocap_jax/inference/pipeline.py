@@ -204,11 +204,16 @@ def global_kams(network: NetworkOutputs, candidates: Candidates, kams, settings:
 
 
 def predict_poses(model: LogoCap, variables, images, settings: DecodeSettings) -> PoseOutputs:
-    """The whole test-time pipeline on a batch of normalised images [B, H, W, 3]."""
-    network = network_stage(model, variables, images, settings)
-    candidates = local_kems(network, settings)
-    kams = local_kams(model, variables, network, candidates, settings)
-    return global_kams(network, candidates, kams, settings)
+    """The whole test-time pipeline on a batch of normalised images [B, H, W, 3]; each stage of
+    STAGES runs under a `jax.named_scope` of its name, which the compiled program keeps."""
+    with jax.named_scope("backbone"):
+        network = network_stage(model, variables, images, settings)
+    with jax.named_scope("local_kems"):
+        candidates = local_kems(network, settings)
+    with jax.named_scope("local_kams"):
+        kams = local_kams(model, variables, network, candidates, settings)
+    with jax.named_scope("global_kams"):
+        return global_kams(network, candidates, kams, settings)
 
 
 # PoseOutputs fields beyond poses, scores and valid: what inspection (panels, the upper bound)
@@ -216,18 +221,21 @@ def predict_poses(model: LogoCap, variables, images, settings: DecodeSettings) -
 INSPECTION_FIELDS = ("centers", "initial_poses", "mesh", "kams", "refined")
 
 
-def make_predict_fn(model: LogoCap, settings: DecodeSettings, *, inspect: bool = True):
+def make_predict_fn(
+    model: LogoCap, settings: DecodeSettings, *, inspect: bool = True, platform: str | None = None
+):
     """`predict_poses` jitted for one model and settings: fn(variables, images) -> PoseOutputs.
 
     It compiles once per input shape. Without `inspect` the INSPECTION_FIELDS are None, so only
-    poses, scores and validity flags leave the device.
+    poses, scores and validity flags leave the device. `platform` names the platform the
+    program is compiled for when it is not the default backend (ahead-of-time compilation).
     """
 
     def predict(variables, images):
         outputs = predict_poses(model, variables, images, settings)
         return outputs if inspect else outputs._replace(**dict.fromkeys(INSPECTION_FIELDS))
 
-    return compile_options.jit(predict)
+    return compile_options.jit(predict, backend=platform)
 
 
 def inference_variables(variables, dtype):

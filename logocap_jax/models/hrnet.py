@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from logocap_jax.models import remat
 from logocap_jax.models.layers import Dtype, batch_norm, conv, relu, upsample_bilinear
 
 
@@ -49,7 +50,7 @@ class Bottleneck(nn.Module):
     conv_form: str = "native"
 
     @nn.compact
-    def __call__(self, x, *, train: bool):
+    def __call__(self, x, train: bool):
         norm = lambda name: batch_norm(train=train, dtype=self.dtype, name=name)
         pointwise = functools.partial(
             conv, kernel_size=1, dtype=self.dtype, pointwise_as_dot=False, form=self.conv_form
@@ -94,7 +95,7 @@ class HighResolutionModule(nn.Module):
     conv_form: str = "native"
 
     @nn.compact
-    def __call__(self, branches, *, train: bool):
+    def __call__(self, branches, train: bool):
         branches = list(branches)
         for b, width in enumerate(self.widths):
             for k in range(self.num_blocks):
@@ -136,6 +137,8 @@ class HRNet(nn.Module):
       stem_width: width of the two stride-2 stem convolutions.
       layer1_blocks: Bottlenecks in layer1 (planes = stem_width, output 4 * stem_width).
       conv_form: how the 3x3 convolutions are computed (`conv_forms.FORMS`).
+      remat_policy: the `remat` policy of the layer1 bottlenecks and the stage modules; None
+        keeps every activation.
     """
 
     stage_widths: Sequence[int] = (32, 64, 128, 256)
@@ -145,6 +148,7 @@ class HRNet(nn.Module):
     layer1_blocks: int = 4
     dtype: Dtype = jnp.float32
     conv_form: str = "native"
+    remat_policy: str | None = None
 
     @nn.compact
     def __call__(self, images, *, train: bool):
@@ -163,27 +167,29 @@ class HRNet(nn.Module):
         norm = lambda name: batch_norm(train=train, dtype=self.dtype, name=name)
         x = relu(norm("bn1")(_conv3(self, self.stem_width, stride=2, name="conv1")(images)))
         x = relu(norm("bn2")(_conv3(self, self.stem_width, stride=2, name="conv2")(x)))
+        bottleneck = remat.wrap(Bottleneck, self.remat_policy)
+        stage_module = remat.wrap(HighResolutionModule, self.remat_policy)
         for k in range(self.layer1_blocks):
-            x = Bottleneck(
+            x = bottleneck(
                 self.stem_width,
                 downsample=k == 0,
                 dtype=self.dtype,
                 conv_form=self.conv_form,
                 name=f"layer1.{k}",
-            )(x, train=train)
+            )(x, train)
 
         branches = [x]
         for stage, num_modules in enumerate(self.stage_modules):
             widths = self.stage_widths[: stage + 2]
             branches = self._transition(branches, widths, stage + 1, train)
             for m in range(num_modules):
-                branches = HighResolutionModule(
+                branches = stage_module(
                     widths,
                     self.num_blocks,
                     dtype=self.dtype,
                     conv_form=self.conv_form,
                     name=f"stage{stage + 2}.{m}",
-                )(branches, train=train)
+                )(branches, train)
 
         return branches
 

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from logocap_jax.models import cmp_variants, conv_forms
+from logocap_jax.models import cmp_variants, conv_forms, remat
 from logocap_jax.models.hrnet import HRNet
 from logocap_jax.models.layers import (
     Dtype,
@@ -45,7 +45,7 @@ class HeadTransition(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, branches, *, train: bool):
+    def __call__(self, branches, train: bool):
         x = MultiResolutionPointwiseConv(
             self.width, kernel_init=torch_default_kernel_init, dtype=self.dtype, name="0"
         )(branches)
@@ -70,6 +70,9 @@ class LogoCap(nn.Module):
       dtype: compute dtype; parameters stay float32 and outputs are returned as float32.
       conv_form: how the backbone's and the CMP's 3x3 convolutions are computed
         (`conv_forms.FORMS`; `auto` picks per layer, see there); the parameters are the same.
+      remat: which blocks the training step rematerialises (`remat.SCOPES`: 'none', 'stages',
+        'stages_and_heads'), under the `jax.checkpoint_policies` named by `remat_policy`;
+        parameters and results are the same.
     """
 
     stage_widths: tuple = (32, 64, 128, 256)
@@ -84,6 +87,8 @@ class LogoCap(nn.Module):
     local_half_size: int = 5
     dtype: Dtype = jnp.float32
     conv_form: str = "auto"
+    remat: str = "none"
+    remat_policy: str = "nothing_saveable"
 
     def __post_init__(self):
         cmp_variants.check_options(self.cmp_variant, self.cmp_options or {})
@@ -91,21 +96,25 @@ class LogoCap(nn.Module):
             raise ValueError(
                 f"Unknown conv_form {self.conv_form!r}; one of {', '.join(conv_forms.FORMS)}"
             )
+        remat.check(self.remat, self.remat_policy)
         super().__post_init__()
 
     def setup(self):
+        stage_policy, head_policy = remat.policies(self.remat, self.remat_policy)
         self.backbone = HRNet(
             tuple(self.stage_widths),
             tuple(self.stage_modules),
             self.num_blocks,
             dtype=self.dtype,
             conv_form=self.conv_form,
+            remat_policy=stage_policy,
         )
-        self.transition_cls = HeadTransition(self.heatmap_width, dtype=self.dtype)
+        head = remat.wrap(HeadTransition, head_policy)
+        self.transition_cls = head(self.heatmap_width, dtype=self.dtype)
         self.final_layer_cls = self._output_conv(self.num_joints + 1, self.heatmap_width)
-        self.transition_reg = HeadTransition(self.offset_width, dtype=self.dtype)
+        self.transition_reg = head(self.offset_width, dtype=self.dtype)
         self.final_layer_reg = self._output_conv(2 * self.num_joints, self.offset_width)
-        self.transition_embedding = HeadTransition(self.embedding_dim, dtype=self.dtype)
+        self.transition_embedding = head(self.embedding_dim, dtype=self.dtype)
         self.joints_mlp = cmp_variants.create(
             self.cmp_variant,
             self.cmp_options or {},
@@ -135,9 +144,9 @@ class LogoCap(nn.Module):
           float32 `Predictions` on the [B, H/4, W/4] grid.
         """
         branches = self.backbone(images, train=train)
-        heatmaps = self.final_layer_cls(self.transition_cls(branches, train=train))
-        offsets = self.final_layer_reg(self.transition_reg(branches, train=train))
-        embeddings = self.transition_embedding(branches, train=train)
+        heatmaps = self.final_layer_cls(self.transition_cls(branches, train))
+        offsets = self.final_layer_reg(self.transition_reg(branches, train))
+        embeddings = self.transition_embedding(branches, train)
         return Predictions(
             heatmaps.astype(jnp.float32),
             offsets.astype(jnp.float32),

@@ -160,13 +160,18 @@ def training_outputs(
     images = batch["images"]
     assert images.ndim == 4, f"Expected [B, H, W, 3] images, got {images.shape}"
     _, height, width, _ = images.shape
+    # The named scopes mark the stages in the compiled program (logocap_jax.planning reports
+    # the memory each one holds); the model's own modules are named by Flax.
     predictions, state = model.apply(variables, images, train=True, mutable=["batch_stats"])
-    heatmaps_hr = decode.upsample(predictions.heatmaps, height, width)
-    centers = decode.center_nms(jax.lax.stop_gradient(heatmaps_hr[..., -1]), settings.num_centers)
-    poses = decode.initial_poses(centers, jax.lax.stop_gradient(predictions.offsets))
-    mesh = decode.local_mesh(poses, settings.logo_ca.local_half_size)
-    match, pose_gt = _match_batch(mesh, batch, width)
-    selected = decode.valid_centers(match.person.max(axis=(2, 3)), settings.min_oks)
+    with jax.named_scope("local_kems"):
+        heatmaps_hr = decode.upsample(predictions.heatmaps, height, width)
+        centers = decode.center_nms(
+            jax.lax.stop_gradient(heatmaps_hr[..., -1]), settings.num_centers
+        )
+        poses = decode.initial_poses(centers, jax.lax.stop_gradient(predictions.offsets))
+        mesh = decode.local_mesh(poses, settings.logo_ca.local_half_size)
+        match, pose_gt = _match_batch(mesh, batch, width)
+        selected = decode.valid_centers(match.person.max(axis=(2, 3)), settings.min_oks)
     if 0 < settings.max_instances < settings.num_centers:
         slots = selected_slots(selected, settings.max_instances)
         centers, poses, mesh, match, pose_gt, selected = jax.tree_util.tree_map(
@@ -183,29 +188,31 @@ def training_outputs(
     # Instances of all images in one flat axis, each sampling its own image's maps.
     instances = selected.size
     flat_image = image.reshape(-1)
-    features = sample_local_features(
-        predictions.embeddings, mesh, mode=settings.logo_ca.sampling, image=image
-    )
-    kams, state = model.apply(
-        {**variables, **state},
-        features,
-        train=True,
-        mask=selected.reshape(-1),
-        method=LogoCap.attraction_maps,
-        mutable=["batch_stats"],
-    )
-    refined = logo_ca.refined_heatmaps(
-        heatmaps_hr,
-        poses.reshape(instances, *poses.shape[-2:]),
-        kams,
-        settings.logo_ca,
-        image=flat_image,
-    )
-    kams = kams.reshape(mesh.shape[:-1])
-    refined = refined.reshape(*selected.shape, *refined.shape[1:])
-    targets = refined_heatmap_targets(
-        poses, pose_gt, settings.logo_ca.global_half_size, settings.target_sigma
-    )
+    with jax.named_scope("cmp"):
+        features = sample_local_features(
+            predictions.embeddings, mesh, mode=settings.logo_ca.sampling, image=image
+        )
+        kams, state = model.apply(
+            {**variables, **state},
+            features,
+            train=True,
+            mask=selected.reshape(-1),
+            method=LogoCap.attraction_maps,
+            mutable=["batch_stats"],
+        )
+    with jax.named_scope("logo_ca"):
+        refined = logo_ca.refined_heatmaps(
+            heatmaps_hr,
+            poses.reshape(instances, *poses.shape[-2:]),
+            kams,
+            settings.logo_ca,
+            image=flat_image,
+        )
+        kams = kams.reshape(mesh.shape[:-1])
+        refined = refined.reshape(*selected.shape, *refined.shape[1:])
+        targets = refined_heatmap_targets(
+            poses, pose_gt, settings.logo_ca.global_half_size, settings.target_sigma
+        )
     outputs = TrainingOutputs(
         predictions.heatmaps,
         predictions.offsets,

@@ -136,7 +136,9 @@ def loss_and_gradients(state: TrainState, batch, *, model, settings, loss_weight
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
         outputs, batch_stats = forward.training_outputs(model, variables, batch, settings=settings)
-        terms = losses.training_losses(outputs, batch, weights=loss_weights)
+        # Named scopes mark the stages in the compiled program (logocap_jax.planning).
+        with jax.named_scope("losses"):
+            terms = losses.training_losses(outputs, batch, weights=loss_weights)
         return terms["total"], (terms, batch_stats, outputs.selected.sum())
 
     (_, (terms, batch_stats, selected)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -161,7 +163,8 @@ def train_step(state: TrainState, batch, *, model, settings, loss_weights, sched
     terms, grads, batch_stats, selected = loss_and_gradients(
         state, batch, model=model, settings=settings, loss_weights=loss_weights
     )
-    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    with jax.named_scope("optimizer"):
+        new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     metrics = dict(terms, selected_instances=selected, grad_norm=optax.global_norm(grads))
     if schedule is not None:
         metrics["learning_rate"] = schedule(state.step)
@@ -339,7 +342,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> TrainS
         if config.train.num_steps > 0
         else config.train.num_epochs * steps_per_epoch
     )
-    model = config_utils.build_model(config, dtype=config_utils.train_dtype(config))
+    model = config_utils.build_train_model(config)
     tx = create_optimizer(config.train, steps_per_epoch)
     latest = checkpoints.latest_manager(workdir, max_to_keep=config.train.keep_checkpoints)
     best = checkpoints.best_manager(workdir)

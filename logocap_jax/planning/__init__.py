@@ -1,0 +1,1 @@
+"""TPU plans from any host: the training step and inference program compiled for a TPU slice."""
