@@ -121,7 +121,9 @@ def _fake_compiler(monkeypatch, fixed=2 * 2**30, per_example=2**30):
         }
 
     monkeypatch.setattr(plan, "compile_plan", compile_plan)
-    monkeypatch.setattr(plan, "plan_key", lambda config, topology, batch, program: str(batch))
+    monkeypatch.setattr(
+        plan, "plan_key", lambda config, topology, batch, program, effort: str(batch)
+    )
     return calls
 
 

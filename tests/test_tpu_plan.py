@@ -2,8 +2,8 @@
 program compile for a v5e:2x2 slice over the `data` mesh, and the planner reports them.
 
 The tiny config runs every operation of the W32 model (same code path, fewer channels); the
-input is cut to 64 x 64 so that both programs compile in a couple of minutes on 2 cores. One
-compile of each program serves all tests.
+input is cut to 64 x 64 and XLA's optimisation effort lowered, so that both programs compile in
+a couple of minutes on 2 cores. One compile of each program serves all tests.
 """
 
 import pytest
@@ -16,6 +16,8 @@ pytest.importorskip("libtpu", reason='TPU compilation needs libtpu: pip install 
 
 TOPOLOGY = "v5e:2x2"
 SIZE = 64
+# XLA's lowest optimisation effort: the same program compiles about ten times faster.
+EFFORT = -1.0
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,10 @@ def tiny_plans():
     config = config_utils.load_config("tiny")
     config.data.input_size, config.data.output_size = SIZE, SIZE // 4
     config.test.input_size = SIZE
-    return {program: plan.compile_plan(config, TOPOLOGY, 1, program) for program in plan.PROGRAMS}
+    return {
+        program: plan.compile_plan(config, TOPOLOGY, 1, program, effort=EFFORT)
+        for program in plan.PROGRAMS
+    }
 
 
 @pytest.mark.parametrize("program", plan.PROGRAMS)

@@ -12,97 +12,99 @@ import os
 
 from absl import flags
 
-from logocap_jax import errors
 from logocap_jax.commands import cli
 from logocap_jax.planning import plan as plan_lib
 from logocap_jax.planning import report
 
-FLAGS = flags.FLAGS
 
-
-def define_flags(flag_values) -> None:
-    kw = dict(flag_values=flag_values)
-    flags.DEFINE_string(
-        "config",
-        None,
-        "Config name or file; override any of its fields with --config.<key>=<value>.",
-        **kw,
-    )
-    flags.DEFINE_string("topology", "v5e:2x2", "TPU slice, e.g. v5e:2x2, v4:2x2x1.", **kw)
-    flags.DEFINE_integer(
+def define_flags(flag_values: flags.FlagValues) -> None:
+    define = cli.definer(flag_values)
+    define(flags.DEFINE_string, "topology", "v5e:2x2", "TPU slice, e.g. v5e:2x2, v4:2x2x1.")
+    define(
+        flags.DEFINE_integer,
         "per_chip_batch",
         12,
         "Training images per chip (the search's start).",
-        **kw,
+        lower_bound=1,
     )
-    flags.DEFINE_integer(
+    define(
+        flags.DEFINE_integer,
         "inference_batch",
         1,
         "Test images per chip of the inference program.",
-        **kw,
+        lower_bound=1,
     )
-    flags.DEFINE_enum(
+    define(
+        flags.DEFINE_enum,
         "program",
         "both",
-        ["train", "inference", "both"],
         "Which programs to compile.",
-        **kw,
+        enum_values=["train", "inference", "both"],
     )
-    flags.DEFINE_bool(
+    define(
+        flags.DEFINE_bool,
         "max_batch",
         False,
         "Search the largest per-chip training batch that fits (several compiles).",
-        **kw,
     )
-    flags.DEFINE_integer("buffers", 10, "Buffers listed at the memory peak.", **kw)
-    flags.DEFINE_string(
+    define(flags.DEFINE_integer, "buffers", 10, "Buffers listed at the memory peak.")
+    define(
+        flags.DEFINE_float,
+        "effort",
+        0.0,
+        "XLA's exec_time_optimization_effort, -1 to 1: 0 plans what a run compiles; -1 "
+        "compiles about ten times faster a less optimised program (a quick check that it "
+        "compiles; its memory is not the run's).",
+        lower_bound=-1.0,
+        upper_bound=1.0,
+    )
+    define(
+        flags.DEFINE_string,
         "cache",
         plan_lib.DEFAULT_CACHE,
         "JSON file of compiled results, keyed by the settings; empty: no cache.",
-        **kw,
     )
-    flags.DEFINE_string(
+    define(
+        flags.DEFINE_string,
         "dump_dir",
         "",
         "Keep XLA's dumps (optimised program, buffer assignment) here, one folder per program.",
-        **kw,
     )
-    flags.DEFINE_bool("verbose", False, "Show the traceback of an error.", **kw)
-    flags.mark_flags_as_required(["config"], flag_values=flag_values)
 
 
-def main(flag_values, argv, config) -> None:
-    if len(argv) > 1:
-        raise errors.UsageError(f"unexpected arguments: {argv[1:]}")
-    cache = plan_lib.Cache(flag_values.cache or None)
-    topology, options = flag_values.topology, dict(cache=cache, buffers=flag_values.buffers)
+def main(argv=None) -> None:
+    """Plans the programs the command line asks for and prints their reports.
+
+    Raises:
+      UserError: a bad command line or config, or libtpu missing (`cli.run_main` prints it as
+        one line).
+    """
+    args, _ = cli.parse(argv, define_flags, doc=__doc__, config=True)
+    config, topology = args.config, args.topology
+    options = dict(
+        cache=plan_lib.Cache(args.cache or None), buffers=args.buffers, effort=args.effort
+    )
 
     def dumps(program):
-        return os.path.join(flag_values.dump_dir, program) if flag_values.dump_dir else None
+        return os.path.join(args.dump_dir, program) if args.dump_dir else None
 
-    if flag_values.program in ("train", "both"):
-        if flag_values.max_batch:
-            best, tried = plan_lib.max_batch(
-                config, topology, "train", start=flag_values.per_chip_batch, **options
-            )
-            for batch in sorted(tried):
-                print(report.format_plan(tried[batch]))
-            print(report.format_search(best, tried))
-        else:
-            result = plan_lib.plan(
-                config,
-                topology,
-                flag_values.per_chip_batch,
-                "train",
-                dump_dir=dumps("train"),
-                **options,
-            )
-            print(report.format_plan(result))
-    if flag_values.program in ("inference", "both"):
+    if args.program in ("train", "both") and args.max_batch:
+        best, tried = plan_lib.max_batch(
+            config, topology, "train", start=args.per_chip_batch, **options
+        )
+        for batch in sorted(tried):
+            print(report.format_plan(tried[batch]))
+        print(report.format_search(best, tried))
+    elif args.program in ("train", "both"):
+        result = plan_lib.plan(
+            config, topology, args.per_chip_batch, "train", dump_dir=dumps("train"), **options
+        )
+        print(report.format_plan(result))
+    if args.program in ("inference", "both"):
         result = plan_lib.plan(
             config,
             topology,
-            flag_values.inference_batch,
+            args.inference_batch,
             "inference",
             dump_dir=dumps("inference"),
             **options,
@@ -111,8 +113,8 @@ def main(flag_values, argv, config) -> None:
 
 
 def entry_point():
-    define_flags(FLAGS)
-    cli.run_absl(lambda argv, config: main(FLAGS, argv, config))
+    """The `logocap-plan` command: `main` with one-line user errors."""
+    cli.run_main(main)
 
 
 if __name__ == "__main__":

@@ -37,14 +37,15 @@ def _libtpu_version() -> str:
         return "unknown"
 
 
-def plan_key(config, topology: str, per_chip_batch: int, program: str) -> str:
-    """The cache key: the TPU form of the config, the slice, the batch, the program and the
-    compiler versions."""
+def plan_key(config, topology: str, per_chip_batch: int, program: str, effort: float = 0.0) -> str:
+    """The cache key: the TPU form of the config, the slice, the batch, the program, the
+    optimisation effort and the compiler versions."""
     described = {
         "config": programs.for_tpu(config).to_dict(),
         "topology": topology,
         "per_chip_batch": per_chip_batch,
         "program": program,
+        "effort": effort,
         "jax": jax.__version__,
         "libtpu": _libtpu_version(),
     }
@@ -92,11 +93,17 @@ def compile_plan(
     *,
     buffers: int = 10,
     dump_dir: str | None = None,
+    effort: float = 0.0,
 ) -> dict:
     """Compiles `program` of `config` for `topology` with `per_chip_batch` images per chip and
     measures it (see the module docstring); uses no cache. XLA's dumps (the optimised program,
     its buffer assignment) go to `dump_dir`, or to a temporary directory removed afterwards;
     the buffer assignment is written well before the compile ends.
+
+    `effort` is XLA's `exec_time_optimization_effort`, from -1 to 1: 0 (XLA's default) plans
+    the program a run would use; -1 compiles the TPU program about ten times faster but
+    optimises it less, so its memory and bytes are those of a less optimised program (what the
+    tests use to check that a program compiles).
 
     Raises:
       MissingDependencyError: libtpu is not installed.
@@ -111,13 +118,18 @@ def compile_plan(
         "chips": len(devices),
         "per_chip_batch": per_chip_batch,
         "hbm_bytes": chip.hbm_bytes,
+        "effort": effort,
     }
     start = time.perf_counter()
     lowered = _lowered(config, program, per_chip_batch, devices)
     with tempfile.TemporaryDirectory(prefix="logocap_plan_") as temporary:
         dump_dir = dump_dir or temporary
         try:
-            compiled = lowered.compile(compiler_options=hlo_report.dump_options(dump_dir))
+            options = {
+                **hlo_report.dump_options(dump_dir),
+                "exec_time_optimization_effort": effort,
+            }
+            compiled = lowered.compile(compiler_options=options)
         except Exception as error:  # XLA raises a generic runtime error.
             message = str(error)
             if not any(phrase in message for phrase in _OUT_OF_MEMORY):
@@ -170,15 +182,22 @@ def plan(
     cache: Cache | None = None,
     buffers: int = 10,
     dump_dir: str | None = None,
+    effort: float = 0.0,
 ) -> dict:
     """`compile_plan`, or its cached result; adds 'cached' (whether it came from the cache)."""
     cache = cache or Cache(None)
-    key = plan_key(config, topology, per_chip_batch, program)
+    key = plan_key(config, topology, per_chip_batch, program, effort)
     found = cache.get(key)
     if found is not None:
         return dict(found, cached=True)
     result = compile_plan(
-        config, topology, per_chip_batch, program, buffers=buffers, dump_dir=dump_dir
+        config,
+        topology,
+        per_chip_batch,
+        program,
+        buffers=buffers,
+        dump_dir=dump_dir,
+        effort=effort,
     )
     cache.put(key, result)
     return dict(result, cached=False)

@@ -22,6 +22,10 @@ def format_plan(plan: dict, *, title: str = "") -> str:
         f"{title}{name} on {plan['topology']} ({chips} chips), {batch} per chip{cached}",
         f"  compile time: {plan['compile_seconds']:.0f} s",
     ]
+    if plan.get("effort", 0.0) != 0.0:
+        lines.append(
+            f"  XLA optimisation effort {plan['effort']:g}: a less optimised program than a run's"
+        )
     if not plan["fits"] and "total_bytes" not in plan:
         lines.append(f"  does not fit in {_gib(plan['hbm_bytes'])} of HBM: {plan['error']}")
         return "\n".join(lines)
