@@ -16,7 +16,7 @@ pytest.importorskip("libtpu", reason='TPU compilation needs libtpu: pip install 
 
 TOPOLOGY = "v5e:2x2"
 SIZE = 64
-# XLA's lowest optimisation effort: the same program compiles about six times faster.
+# XLA's lowest optimisation effort: the same program compiles much faster (benchmarks.md).
 EFFORT = -1.0
 
 

@@ -53,7 +53,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
         "effort",
         0.0,
         "XLA's exec_time_optimization_effort, -1 to 1: 0 plans what a run compiles; -1 "
-        "compiles about six times faster a less optimised program (a quick check that it "
+        "compiles much faster a less optimised program (a quick check that it "
         "compiles; its memory is not the run's).",
         lower_bound=-1.0,
         upper_bound=1.0,

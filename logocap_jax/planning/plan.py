@@ -101,7 +101,7 @@ def compile_plan(
     the buffer assignment is written well before the compile ends.
 
     `effort` is XLA's `exec_time_optimization_effort`, from -1 to 1: 0 (XLA's default) plans
-    the program a run would use; -1 compiles the TPU program about six times faster but
+    the program a run would use; -1 compiles the TPU program much faster but
     optimises it less, so its memory and bytes are those of a less optimised program (what the
     tests use to check that a program compiles).
 
