@@ -252,6 +252,7 @@ def _run_cli(*args):
     )
 
 
+@pytest.mark.slow
 def test_cli_user_errors_are_one_line_with_status_2(bad_set, tmp_path):
     root, _, _ = bad_set
     data_dir = str(tmp_path / "tfds")

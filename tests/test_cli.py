@@ -430,8 +430,12 @@ def test_usage_errors_are_one_line(capsys):
             ["-m", "logocap_jax.commands.predict", *predict_argv("--config.decode.flipp=1")],
             ["flipp"],
         ),
-        (["eval.py", *eval_argv("--checkpoint", "no_ckpt")], ["No weights at no_ckpt"]),
-        (
+        pytest.param(
+            ["eval.py", *eval_argv("--checkpoint", "no_ckpt")],
+            ["No weights at no_ckpt"],
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
             [
                 "-m",
                 "logocap_jax.commands.convert",
@@ -443,6 +447,7 @@ def test_usage_errors_are_one_line(capsys):
                 "o",
             ],
             ["Checkpoint not found: x.npz"],
+            marks=pytest.mark.slow,
         ),
         (
             ["train.py", "--config", CONFIG, "--workdir", "WORKDIR", "--config.train.stepz=1"],

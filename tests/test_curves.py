@@ -44,6 +44,7 @@ def _run(*args):
     )
 
 
+@pytest.mark.slow
 def test_two_runs_in_one_png(tmp_path):
     _write_metrics(tmp_path / "a", 1.0)
     _write_metrics(tmp_path / "b", 2.0, resumed_at=5)

@@ -221,6 +221,7 @@ def test_a_config_without_flip_test_is_followed(eval_main, tmp_path):
     assert_matches_golden(result.results, golden_results(flip=False))
 
 
+@pytest.mark.slow
 def test_image_ids_select_the_evaluated_images(eval_main, tmp_path):
     """The whole coco_mini file, restricted to the golden image, gives the golden run."""
     mini = ROOT / "data" / "coco_mini" / "annotations" / "person_keypoints_mini.json"

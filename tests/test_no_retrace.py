@@ -61,6 +61,7 @@ def _image(seed, size):
     return jax.block_until_ready(jax.device_put(image))
 
 
+@pytest.mark.slow
 def test_compiles_once_per_input_size(tiny, monkeypatch, compile_events):
     config, model, variables = tiny
     images = [

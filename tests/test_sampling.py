@@ -216,6 +216,7 @@ def test_sample_windows_equals_sampling_every_window_point(mode, size):
     np.testing.assert_array_equal(one, jnp.transpose(expected_one, (0, 3, 1, 2)))
 
 
+@pytest.mark.slow
 def test_sample_windows_gradient_equals_the_pointwise_gradient():
     """Up to float summation order: the same contributions reach each pixel."""
     rng = np.random.default_rng(1)
