@@ -84,6 +84,14 @@ def sample(features, xy, *, mode: str = "reference", per_channel: bool = False, 
     )
 
 
+def _crop_length(size, half_size: int) -> int:
+    """The crop length of a window: its corners' span, or the map's size if smaller. A size
+    that is not known when tracing (an exported program's symbolic size) takes the span, from a
+    map padded by it (`sample_windows`)."""
+    span = 2 * half_size + 4
+    return min(span, size) if isinstance(size, int) else span
+
+
 def _window_axis(center, size: int, half_size: int, mode: str):
     """One axis of a unit-spaced window: crop start, crop length, corner indices relative to
     the crop and their weights, each [A] (A = 2 * half_size + 1)."""
@@ -91,8 +99,8 @@ def _window_axis(center, size: int, half_size: int, mode: str):
     low, high, low_weight, high_weight = _corners(center + steps, size, mode)
     # The corners span at most A + 2 pixels (A + 1, and one more where float rounding of
     # center + step crosses an integer); the crop starts at the first one.
-    length = min(2 * half_size + 4, size)
-    start = jnp.clip(low[0], 0, size - length).astype(jnp.int32)
+    length = _crop_length(size, half_size)
+    start = jnp.clip(low[0], 0, jnp.maximum(size - length, 0)).astype(jnp.int32)
     relative = lambda index: index.astype(jnp.int32) - start
     return start, length, relative(low), relative(high), low_weight, high_weight
 
@@ -115,6 +123,11 @@ def sample_windows(features, centers, half_size: int, *, mode: str = "reference"
     maps = features if image is not None else features[None]
     image = image if image is not None else jnp.zeros(centers.shape[0], jnp.int32)
     height, width = maps.shape[1:3]
+    if not (isinstance(height, int) and isinstance(width, int)):
+        # The crops must fit whatever the size: the pad is never sampled (the corners are
+        # clamped into the map), so the values are the same.
+        span = _crop_length(None, half_size)
+        maps = jnp.pad(maps, ((0, 0), (0, span), (0, span), (0, 0)))
 
     def window(index, channel, center):
         y_start, y_length, y0, y1, wy0, wy1 = _window_axis(center[1], height, half_size, mode)
