@@ -147,7 +147,16 @@ def test_non_finite_loss_names_its_steps_and_the_last_good_checkpoint(monkeypatc
     assert checkpoints.training_steps(workdir) == [3]
 
 
-def test_stop_signals_stop_once_and_restore_the_handlers():
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler during the test, whatever an earlier test left, so that a
+    Ctrl-C given back raises KeyboardInterrupt."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_stop_signals_stop_once_and_restore_the_handlers(python_sigint_handler):
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     with run_io.StopSignals() as stop:
         assert signal.getsignal(signal.SIGTERM) != before[signal.SIGTERM]
