@@ -29,6 +29,7 @@ ENTRY %main (param: f32[8,4], idx: s32[3,1]) -> (f32[3,4], f32[8]) {
   %idx = s32[3,1]{1,0} parameter(1)
   %fusion.3 = f32[3,4]{1,0} fusion(%param, %idx), calls=%fused_gather, metadata={op_name="j/cmp/g"}
   %conv.2 = f32[8,4]{1,0} convolution(%param, %param), metadata={op_name="j/backbone/stage2.0/c"}
+  %conv.2.remat2 = f32[8,4]{1,0} convolution(%param, %param), metadata={op_name="j/backbone/c"}
   %sort.14 = (f32[8]{0}, s32[8]{0}) sort(%param, %idx), metadata={op_name="j/local_kems/s"}
   %cc = f32[8]{0} custom-call(%param), custom_call_target="xla_python_cpu_callback"
   %scatter.5 = f32[8,4]{1,0} scatter(%param, %idx, %fusion.3), metadata={op_name="j/optimizer/s"}
@@ -57,6 +58,7 @@ def test_op_counts_include_fused_computations_and_callbacks():
         "while": 0,
         "custom-call": 1,
         "host-callback": 1,
+        "rematerialized": 1,
     }
 
 
@@ -205,6 +207,9 @@ def test_report_lists_every_figure_of_a_plan():
         "CMP        x3",
     ):
         assert words in text, (words, text)
+    assert "recomputes" not in text
+    recomputing = dict(result, op_counts={**result["op_counts"], "rematerialized": 51})
+    assert "XLA recomputes 51 instructions" in report.format_plan(recomputing)
     assert "largest per-chip batch that fits: 14" in report.format_search(
         14, {14: dict(result, total_bytes=15 * gib), 15: {"fits": False}}
     )

@@ -15,6 +15,9 @@ import re
 # work on a TPU's vector units, custom calls are opaque to XLA, host callbacks stall the step.
 COUNTED_OPS = ("gather", "scatter", "sort", "while", "custom-call")
 HOST_TRANSFER_OPS = ("send", "recv", "infeed", "outfeed")
+# XLA names the copies it makes to recompute a value instead of keeping it `<name>.remat<N>`;
+# its TPU compiler makes them when a program would not otherwise fit the chip's memory.
+_REMATERIALIZED = re.compile(r"\.remat\d*$")
 
 # Stage of an operation from the names in its op_name metadata (Flax module names and the named
 # scopes of forward.training_outputs, trainer.train_step and pipeline.predict_poses, which
@@ -94,14 +97,18 @@ def _is_host_callback(instruction: Instruction) -> bool:
 
 def op_counts(hlo_text: str) -> dict[str, int]:
     """{opcode: count} of COUNTED_OPS in the module (fused computations included), plus
-    'host-callback': custom calls into Python and host transfers."""
+    'host-callback': custom calls into Python and host transfers, and 'rematerialized': the
+    instructions XLA recomputes to fit the chip's memory."""
     counts = dict.fromkeys(COUNTED_OPS, 0)
     counts["host-callback"] = 0
+    counts["rematerialized"] = 0
     for instruction in instructions(hlo_text):
         if instruction.opcode in counts:
             counts[instruction.opcode] += 1
         if _is_host_callback(instruction):
             counts["host-callback"] += 1
+        if _REMATERIALIZED.search(instruction.name):
+            counts["rematerialized"] += 1
     return counts
 
 

@@ -44,6 +44,13 @@ def format_plan(plan: dict, *, title: str = "") -> str:
         f"{plan['hbm_seconds'] * 1e3:,.1f} ms at HBM bandwidth)",
         "  in the optimised TPU program: "
         + ", ".join(f"{op} {count}" for op, count in plan["op_counts"].items()),
+    ]
+    if plan["op_counts"].get("rematerialized"):
+        lines.append(
+            f"  XLA recomputes {plan['op_counts']['rematerialized']} instructions to fit the "
+            "chip's memory; the FLOPs and bytes include the recomputation"
+        )
+    lines += [
         "  custom calls by target: "
         + ", ".join(f"{name} {count}" for name, count in plan["custom_call_targets"].items()),
         "  largest buffers of the temporaries (bytes, stage, values sharing the place, the "
