@@ -206,9 +206,10 @@ def plan(
 def max_batch(config, topology: str, program: str = "train", *, start: int, cache=None, **kw):
     """The largest per-chip batch whose program fits the chip's memory, and the plans tried.
 
-    Memory grows about linearly with the batch, so each next try is the batch at which the
-    line through the nearest tried batches meets the chip's memory, kept strictly between the
-    largest batch that fits and the smallest that does not.
+    Each next try is the batch at which the line through the nearest tried batches meets the
+    chip's memory, kept strictly between the largest batch that fits and the smallest that
+    does not. The line is only a guess: near the limit XLA recomputes values to fit, and the
+    memory grows more slowly than the batch.
     """
     tried = {}
 
