@@ -13,10 +13,20 @@ import jax
 
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
+# A program that runs once, the parameter initialisation, costs its compile alone: one
+# random-number kernel per parameter array, which LLVM optimises at length for nothing
+# (docs/design.md §6).
+CPU_RUN_ONCE_OPTIONS = {"xla_backend_optimization_level": 0}
 
-def for_backend(backend: str | None = None) -> dict | None:
-    """The compiler options of `backend` (default: JAX's default backend), or None."""
-    return dict(CPU_OPTIONS) if (backend or jax.default_backend()) == "cpu" else None
+
+def for_backend(backend: str | None = None, *, run_once: bool = False) -> dict | None:
+    """The compiler options of `backend` (default: JAX's default backend), or None.
+
+    run_once: options for a program that runs once, whose compile time is all its cost.
+    """
+    if (backend or jax.default_backend()) != "cpu":
+        return None
+    return dict(CPU_RUN_ONCE_OPTIONS if run_once else CPU_OPTIONS)
 
 
 def jit(fn, backend: str | None = None, **kwargs):

@@ -20,7 +20,7 @@ from flax import traverse_util
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from logocap_jax import config_utils, device_mesh, errors
+from logocap_jax import compile_options, config_utils, device_mesh, errors
 from logocap_jax import progress as progress_lib
 from logocap_jax.data import coco_records, input_pipeline, record_source, tfds_builders
 from logocap_jax.evaluation import evaluate
@@ -123,7 +123,8 @@ def create_train_state(model, tx, rng, input_size: int, mesh: Mesh) -> TrainStat
     init = _state_init(model, tx, input_size)
     replicated = NamedSharding(mesh, PartitionSpec())
     shardings = jax.tree_util.tree_map(lambda _: replicated, jax.eval_shape(init, rng))
-    return jax.jit(init, out_shardings=shardings)(rng)
+    options = compile_options.for_backend(run_once=True)
+    return jax.jit(init, out_shardings=shardings, compiler_options=options)(rng)
 
 
 def loss_and_gradients(state: TrainState, batch, *, model, settings, loss_weights):
