@@ -29,7 +29,8 @@ def for_backend(backend: str | None = None, *, run_once: bool = False) -> dict |
     return dict(CPU_RUN_ONCE_OPTIONS if run_once else CPU_OPTIONS)
 
 
-def jit(fn, backend: str | None = None, **kwargs):
+def jit(fn, backend: str | None = None, *, run_once: bool = False, **kwargs):
     """`jax.jit(fn, **kwargs)` with the options of `backend` (default: the default backend;
-    name the platform when compiling ahead of time for another one)."""
-    return jax.jit(fn, compiler_options=for_backend(backend), **kwargs)
+    name the platform when compiling ahead of time for another one); `run_once` as in
+    `for_backend`."""
+    return jax.jit(fn, compiler_options=for_backend(backend, run_once=run_once), **kwargs)

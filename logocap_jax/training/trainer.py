@@ -123,8 +123,7 @@ def create_train_state(model, tx, rng, input_size: int, mesh: Mesh) -> TrainStat
     init = _state_init(model, tx, input_size)
     replicated = NamedSharding(mesh, PartitionSpec())
     shardings = jax.tree_util.tree_map(lambda _: replicated, jax.eval_shape(init, rng))
-    options = compile_options.for_backend(run_once=True)
-    return jax.jit(init, out_shardings=shardings, compiler_options=options)(rng)
+    return compile_options.jit(init, run_once=True, out_shardings=shardings)(rng)
 
 
 def loss_and_gradients(state: TrainState, batch, *, model, settings, loss_weights):
