@@ -90,7 +90,7 @@ def training(max_instances: int, per_device: int, repeats: int):
     for key in ("image_id", "replaced"):
         local.pop(key, None)
     mesh = device_mesh.make_mesh()
-    model = config_utils.build_model(config, dtype=config_utils.train_dtype(config))
+    model = config_utils.build_train_model(config)
     tx = trainer.create_optimizer(config.train, steps_per_epoch=1000)
     state = trainer.create_train_state(model, tx, jax.random.key(0), 512, mesh)
     step = trainer.make_train_step(

@@ -74,7 +74,7 @@ def main():
     batch.pop("image_id")
 
     mesh = device_mesh.make_mesh()
-    model = config_utils.build_model(config, dtype=config_utils.train_dtype(config))
+    model = config_utils.build_train_model(config)
     tx = trainer.create_optimizer(config.train, steps_per_epoch=1000)
     start = time.perf_counter()
     state = trainer.create_train_state(model, tx, jax.random.key(0), args.input_size, mesh)
