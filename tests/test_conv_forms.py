@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from logocap_jax import config_utils
+from logocap_jax import compile_options, config_utils
 from logocap_jax.models import conv_forms, layers
 
 PAD = ((1, 1), (1, 1))
@@ -99,21 +99,25 @@ def test_auto_differentiates_pointwise_layers_as_products_on_cpu():
 @pytest.mark.slow
 def test_model_in_shifted_dots_equals_native():
     """The whole tiny model (backbone and CMP) computed with shifted dots: same parameters,
-    same heads and KAMs."""
+    same heads and KAMs. Each program runs once, so it is compiled with the run-once options."""
     config = config_utils.load_config("configs/tiny.py")
     images = jax.random.normal(jax.random.key(0), (1, 64, 64, 3))
     windows = jax.random.normal(jax.random.key(1), (3, 11, 11, 17 * 8))
     native = config_utils.build_model(config, conv_form="native")
-    variables = native.init(jax.random.key(0), images, method=native.initialize)
+    initialize = functools.partial(native.init, method=native.initialize)
+    variables = compile_options.jit(initialize, run_once=True)(jax.random.key(0), images)
     outputs = {}
     for form in ("native", "shifted_dots"):
         model = config_utils.build_model(config, conv_form=form)
         init = functools.partial(model.init, method=model.initialize)
         template = jax.eval_shape(init, jax.random.key(0), images)
         assert jax.tree.map(jnp.shape, template) == jax.tree.map(jnp.shape, variables)
-        heads = model.apply(variables, images, train=False)
-        kams = model.apply(variables, windows, train=False, method=model.attraction_maps)
-        outputs[form] = (heads, kams)
+        heads = functools.partial(model.apply, train=False)
+        kams = functools.partial(model.apply, train=False, method=model.attraction_maps)
+        outputs[form] = (
+            compile_options.jit(heads, run_once=True)(variables, images),
+            compile_options.jit(kams, run_once=True)(variables, windows),
+        )
     for ours, reference in zip(
         jax.tree.leaves(outputs["shifted_dots"]), jax.tree.leaves(outputs["native"])
     ):
