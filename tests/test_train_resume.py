@@ -33,14 +33,10 @@ def _command(workdir, data_dir):
     )
 
 
-def _env(tmp_path):
-    # Processes share compiled programs through the persistent cache.
-    return dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    )
+def _env():
+    # The session's persistent compilation cache (conftest) is in os.environ: the runs share
+    # their programs with each other and with the other tests' runs of the same config.
+    return dict(os.environ, JAX_PLATFORMS="cpu")
 
 
 def _kill_after_first_checkpoint(command, env, workdir):
@@ -69,7 +65,7 @@ def _final_state(workdir):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("resume")
-    env = _env(tmp_path)
+    env = _env()
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     subprocess.run(
         _command(straight, tmp_path / "tfds"),
@@ -140,7 +136,7 @@ def test_resume_refuses_another_global_batch(runs, tmp_path):
         "--config.train.global_batch_size=2",
     ]
     result = subprocess.run(
-        command, env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=900
+        command, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=900
     )
     assert result.returncode != 0
     assert "written with train.global_batch_size=4, this run has 2" in result.stderr
